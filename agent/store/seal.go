@@ -1,0 +1,100 @@
+package store
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+)
+
+// KEKSize is the size of a key-encryption key (AES-256).
+const KEKSize = 32
+
+// LoadOrCreateKEK reads the key-encryption key at path, creating it (mode
+// 0600, 32 random bytes) when missing. A KEK file readable by group or others
+// is refused: it guards every signing key.
+func LoadOrCreateKEK(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		kek := make([]byte, KEKSize)
+		if _, err := rand.Read(kek); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("create key-encryption key %s: %w", path, err)
+		}
+		if _, err := f.Write(kek); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("write key-encryption key %s: %w", path, err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return kek, f.Close()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read key-encryption key %s: %w", path, err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("key-encryption key %s has mode %v: run chmod 600 %s", path, st.Mode().Perm(), path)
+	}
+	if len(b) != KEKSize {
+		return nil, fmt.Errorf("key-encryption key %s is %d bytes, want %d", path, len(b), KEKSize)
+	}
+	return b, nil
+}
+
+// Seal encrypts a private key with AES-256-GCM under kek. The key id is
+// bound as additional data, so a sealed key cannot be swapped onto another
+// record.
+func Seal(kek []byte, kid string, priv ed25519.PrivateKey) ([]byte, error) {
+	aead, err := newAEAD(kek)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	return aead.Seal(nonce, nonce, priv.Seed(), []byte(kid)), nil
+}
+
+// Unseal reverses Seal.
+func Unseal(kek []byte, kid string, sealed []byte) (ed25519.PrivateKey, error) {
+	aead, err := newAEAD(kek)
+	if err != nil {
+		return nil, err
+	}
+	if len(sealed) < aead.NonceSize() {
+		return nil, errors.New("sealed key is truncated")
+	}
+	seed, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], []byte(kid))
+	if err != nil {
+		return nil, fmt.Errorf("unseal key %s: wrong key-encryption key or tampered record", kid)
+	}
+	if len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("unseal key %s: bad seed length", kid)
+	}
+	return ed25519.NewKeyFromSeed(seed), nil
+}
+
+func newAEAD(kek []byte) (cipher.AEAD, error) {
+	if len(kek) != KEKSize {
+		return nil, fmt.Errorf("key-encryption key must be %d bytes", KEKSize)
+	}
+	block, err := aes.NewCipher(kek)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}

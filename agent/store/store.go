@@ -1,0 +1,139 @@
+// Package store is tokenwarden's durable state behind one interface: signing
+// keys (private halves sealed), token records (never the token itself),
+// revocation rules, and Watch for changes so every part of the agent (and,
+// with a shared backend, every node) reacts to a write made anywhere.
+// A write has reached stable storage when the call returns.
+package store
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/policy"
+)
+
+// ErrNotFound is returned for a key, token or rule that is not stored.
+var ErrNotFound = errors.New("not found")
+
+// ErrClosed is returned by calls on a closed store.
+var ErrClosed = errors.New("store is closed")
+
+// KeyState is where a signing key is in its life.
+type KeyState string
+
+const (
+	KeyActive    KeyState = "active"    // signs new tokens (one at a time)
+	KeyVerifying KeyState = "verifying" // no longer signs; its tokens still verify
+	KeyRetired   KeyState = "retired"   // verifies nothing
+)
+
+// Key is a signing key record. Sealed is the private key sealed with
+// Seal under the node's key-encryption key.
+type Key struct {
+	ID        string            `json:"id"`
+	Public    ed25519.PublicKey `json:"public"`
+	Sealed    []byte            `json:"sealed,omitempty"`
+	State     KeyState          `json:"state"`
+	CreatedAt time.Time         `json:"created_at"`
+	RetiredAt time.Time         `json:"retired_at,omitzero"`
+}
+
+// TokenStatus is where a token is in its life.
+type TokenStatus string
+
+const (
+	TokenActive  TokenStatus = "active"
+	TokenRotated TokenStatus = "rotated" // a successor exists; valid until its grace ends
+	TokenRevoked TokenStatus = "revoked"
+)
+
+// TokenRecord is what is kept of an issued token: its claims and the hashes
+// it is known by. The token string is never stored.
+type TokenRecord struct {
+	ID        string      `json:"id"`
+	Subject   string      `json:"subject"`
+	Class     string      `json:"class"`
+	Env       string      `json:"env"`
+	Tenant    string      `json:"tenant,omitempty"`
+	Scopes    []string    `json:"scopes"`
+	KeyID     string      `json:"kid"`
+	IssuedAt  time.Time   `json:"issued_at"`
+	ExpiresAt time.Time   `json:"expires_at"`
+	LeakHash  [32]byte    `json:"leak_hash"` // sha256 of the token string
+	WireHash  uint64      `json:"wire_hash"` // FNV-1a 64 of the token string
+	Rotated   string      `json:"rotated,omitempty"`   // predecessor jti
+	Successor string      `json:"successor,omitempty"` // successor jti
+	Status    TokenStatus `json:"status"`
+	Actor     string      `json:"actor"` // jti of the admin token that issued it, or "system"
+}
+
+// Live reports whether the token can still be presented at now.
+func (r *TokenRecord) Live(now time.Time) bool {
+	return r.Status != TokenRevoked && now.Before(r.ExpiresAt.Add(policy.ClockSkew))
+}
+
+// TokenFilter selects token records; empty fields match everything.
+type TokenFilter struct {
+	Subject string
+	Tenant  string
+	KeyID   string
+	Class   string
+	// LiveAt, when set, keeps only tokens that are live at that time.
+	LiveAt time.Time
+}
+
+// Match reports whether r passes the filter.
+func (f TokenFilter) Match(r *TokenRecord) bool {
+	return (f.Subject == "" || r.Subject == f.Subject) &&
+		(f.Tenant == "" || r.Tenant == f.Tenant) &&
+		(f.KeyID == "" || r.KeyID == f.KeyID) &&
+		(f.Class == "" || r.Class == f.Class) &&
+		(f.LiveAt.IsZero() || r.Live(f.LiveAt))
+}
+
+// EventKind says what changed.
+type EventKind string
+
+const (
+	EventKey        EventKind = "key"
+	EventToken      EventKind = "token"
+	EventRevocation EventKind = "revocation"
+)
+
+// Event is one change, delivered by Watch. Exactly one of Key, Token and
+// Revocation is set. Deleted is true when the object was removed.
+type Event struct {
+	Kind       EventKind
+	Deleted    bool
+	Key        *Key
+	Token      *TokenRecord
+	Revocation *policy.Revocation
+}
+
+// Store is durable state. Implementations: bolt (embedded default).
+type Store interface {
+	PutKey(ctx context.Context, k Key) error
+	Keys(ctx context.Context) ([]Key, error)
+
+	PutToken(ctx context.Context, t TokenRecord) error
+	Token(ctx context.Context, id string) (TokenRecord, error)
+	TokenByLeakHash(ctx context.Context, h [32]byte) (TokenRecord, error)
+	Tokens(ctx context.Context, f TokenFilter) ([]TokenRecord, error)
+	// DeleteToken forgets a token record (after it expired long ago).
+	DeleteToken(ctx context.Context, id string) error
+
+	PutRevocation(ctx context.Context, r policy.Revocation) error
+	DeleteRevocation(ctx context.Context, id string) error
+	Revocations(ctx context.Context) ([]policy.Revocation, error)
+
+	// Watch streams every change committed after it is called, until ctx
+	// ends or the store closes (the channel is then closed). Callers load
+	// current state after calling Watch and apply events idempotently. A
+	// watcher that falls far behind is dropped (channel closed) rather than
+	// stalling writers; it must reload and watch again.
+	Watch(ctx context.Context) (<-chan Event, error)
+
+	Close() error
+}

@@ -1,0 +1,176 @@
+package policy
+
+import (
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Request is what an enforcement point asks about: the bearer token (empty
+// when the request carries none) and the request's method, host and path.
+type Request struct {
+	Token  string
+	Method string
+	Host   string
+	Path   string
+}
+
+// Decision is the answer to a Request. It never holds the token string.
+type Decision struct {
+	Allow    bool
+	Status   int
+	Reason   Reason
+	TokenID  string
+	Subject  string
+	Tenant   string
+	Scopes   []string
+	Rule     string // the matched route's ID, "" when none matched
+	WireHash uint64
+}
+
+// TokenCache remembers verified tokens so that a token seen before skips the
+// signature check. Implementations must not return a token past its exp.
+type TokenCache interface {
+	Get(token string, now time.Time) (*Token, bool)
+	Add(token string, t *Token)
+}
+
+// RevocationChecker answers whether a verified token is revoked at now.
+type RevocationChecker interface {
+	Revoked(t *Token, now time.Time) bool
+}
+
+// Decider makes decisions for one environment. Policy and keys are swapped
+// atomically on reload; Decide is safe for concurrent use.
+type Decider struct {
+	env         string
+	cache       TokenCache
+	revocations RevocationChecker
+	verifier    atomic.Pointer[Verifier]
+}
+
+// DeciderConfig configures a Decider. Cache may be nil (every token is
+// verified); Revocations may not.
+type DeciderConfig struct {
+	Env         string
+	Policy      *Policy
+	Keys        *KeySet
+	Cache       TokenCache
+	Revocations RevocationChecker
+}
+
+// NewDecider builds a Decider.
+func NewDecider(cfg DeciderConfig) *Decider {
+	d := &Decider{env: cfg.Env, cache: cfg.Cache, revocations: cfg.Revocations}
+	d.verifier.Store(&Verifier{Keys: cfg.Keys, Policy: cfg.Policy, Env: cfg.Env})
+	return d
+}
+
+// SetPolicy swaps the policy. Callers also purge the token cache, since
+// lifetime limits may have changed.
+func (d *Decider) SetPolicy(p *Policy) {
+	v := *d.verifier.Load()
+	v.Policy = p
+	d.verifier.Store(&v)
+}
+
+// SetKeys swaps the verification keys. A retired key's cached tokens are
+// refused on their next Decide.
+func (d *Decider) SetKeys(k *KeySet) {
+	v := *d.verifier.Load()
+	v.Keys = k
+	d.verifier.Store(&v)
+}
+
+// Policy returns the policy in force.
+func (d *Decider) Policy() *Policy { return d.verifier.Load().Policy }
+
+// Keys returns the verification keys in force.
+func (d *Decider) Keys() *KeySet { return d.verifier.Load().Keys }
+
+// Env is the environment this Decider enforces.
+func (d *Decider) Env() string { return d.env }
+
+// Decide answers a request. It fails closed: anything it cannot establish
+// is a denial with the precise reason.
+func (d *Decider) Decide(req Request, now time.Time) Decision {
+	v := d.verifier.Load()
+	if v.Policy == nil || d.revocations == nil {
+		return deny(ReasonInternalError)
+	}
+	route, ok := v.Policy.Match(req.Method, req.Host, req.Path)
+	if !ok {
+		return deny(ReasonNoMatchingRoute)
+	}
+	if route.Public {
+		return Decision{Allow: true, Status: 200, Reason: ReasonPublicRoute, Rule: route.ID}
+	}
+	if req.Token == "" {
+		dec := deny(ReasonMissingToken)
+		dec.Rule = route.ID
+		return dec
+	}
+	tok, reason := d.verified(v, req.Token, now)
+	if reason != "" {
+		dec := deny(reason)
+		dec.Rule = route.ID
+		return dec
+	}
+	dec := Decision{
+		Status: 200, Reason: ReasonAllowed, TokenID: tok.ID, Subject: tok.Subject,
+		Tenant: tok.Tenant, Scopes: tok.Scopes, Rule: route.ID, WireHash: tok.WireHash,
+	}
+	if d.revocations.Revoked(tok, now) {
+		return denyToken(dec, ReasonRevoked)
+	}
+	for _, s := range route.Scopes {
+		if !tok.HasScope(s) {
+			return denyToken(dec, ReasonInsufficientScope)
+		}
+	}
+	dec.Allow = true
+	return dec
+}
+
+// verified returns the verified token, from the cache when seen before.
+func (d *Decider) verified(v *Verifier, token string, now time.Time) (*Token, Reason) {
+	if d.cache != nil {
+		if t, ok := d.cache.Get(token, now); ok {
+			// The signature and claims were checked when cached; what can
+			// change since is time and the key set.
+			if r := checkTimes(&t.Claims, now); r != "" {
+				return nil, r
+			}
+			if !v.Keys.Has(t.KeyID) {
+				return nil, ReasonUnknownKey
+			}
+			return t, ""
+		}
+	}
+	t, err := v.Verify(token, now)
+	if err != nil {
+		return nil, err.Reason
+	}
+	if d.cache != nil {
+		d.cache.Add(token, t)
+	}
+	return t, ""
+}
+
+func deny(r Reason) Decision { return Decision{Status: r.Status(), Reason: r} }
+
+func denyToken(dec Decision, r Reason) Decision {
+	dec.Allow, dec.Status, dec.Reason = false, r.Status(), r
+	return dec
+}
+
+// BearerToken extracts the token of an Authorization header value
+// ("Bearer <token>", scheme case-insensitive). It returns "" when the header
+// is absent or of another scheme.
+func BearerToken(authorization string) string {
+	const scheme = "bearer "
+	if len(authorization) <= len(scheme) || !strings.EqualFold(authorization[:len(scheme)], scheme) {
+		return ""
+	}
+	return strings.TrimSpace(authorization[len(scheme):])
+}

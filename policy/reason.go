@@ -1,0 +1,93 @@
+package policy
+
+import "net/http"
+
+// Reason is the stable snake_case code of a decision. It appears in deny
+// bodies, metric labels and audit records, so codes are never renamed.
+type Reason string
+
+const (
+	ReasonAllowed               Reason = "allowed"
+	ReasonPublicRoute           Reason = "public_route"
+	ReasonMissingToken          Reason = "missing_token"
+	ReasonMalformedToken        Reason = "malformed_token"
+	ReasonBadSignature          Reason = "bad_signature"
+	ReasonUnknownKey            Reason = "unknown_key"
+	ReasonExpired               Reason = "expired"
+	ReasonNotYetValid           Reason = "not_yet_valid"
+	ReasonLifetimeExceedsPolicy Reason = "lifetime_exceeds_policy"
+	ReasonWrongEnvironment      Reason = "wrong_environment"
+	ReasonRevoked               Reason = "revoked"
+	ReasonInsufficientScope     Reason = "insufficient_scope"
+	ReasonNoMatchingRoute       Reason = "no_matching_route"
+	ReasonInternalError         Reason = "internal_error"
+)
+
+// Reasons lists every reason code, for metrics pre-registration and docs.
+var Reasons = []Reason{
+	ReasonAllowed, ReasonPublicRoute, ReasonMissingToken, ReasonMalformedToken,
+	ReasonBadSignature, ReasonUnknownKey, ReasonExpired, ReasonNotYetValid,
+	ReasonLifetimeExceedsPolicy, ReasonWrongEnvironment, ReasonRevoked,
+	ReasonInsufficientScope, ReasonNoMatchingRoute, ReasonInternalError,
+}
+
+// Status is the HTTP status of a decision with this reason (RFC 6750):
+// 401 for token faults, 403 for scope, environment and route faults, 200
+// when allowed.
+func (r Reason) Status() int {
+	switch r {
+	case ReasonAllowed, ReasonPublicRoute:
+		return http.StatusOK
+	case ReasonInsufficientScope, ReasonWrongEnvironment, ReasonNoMatchingRoute, ReasonLifetimeExceedsPolicy:
+		return http.StatusForbidden
+	case ReasonInternalError:
+		return http.StatusForbidden
+	default:
+		return http.StatusUnauthorized
+	}
+}
+
+// Challenge is the WWW-Authenticate header value for a denial (RFC 6750).
+func (r Reason) Challenge() string {
+	switch r.Status() {
+	case http.StatusUnauthorized:
+		if r == ReasonMissingToken {
+			return `Bearer realm="tokenwarden"`
+		}
+		return `Bearer realm="tokenwarden", error="invalid_token", error_description="` + string(r) + `"`
+	case http.StatusForbidden:
+		return `Bearer realm="tokenwarden", error="insufficient_scope", error_description="` + string(r) + `"`
+	}
+	return ""
+}
+
+// Message is a short human sentence for a deny body.
+func (r Reason) Message() string {
+	switch r {
+	case ReasonMissingToken:
+		return "this route needs a bearer token"
+	case ReasonMalformedToken:
+		return "the bearer token is not a well-formed tokenwarden token"
+	case ReasonBadSignature:
+		return "the token's signature does not verify"
+	case ReasonUnknownKey:
+		return "the token was signed by a key this node does not trust"
+	case ReasonExpired:
+		return "the token has expired"
+	case ReasonNotYetValid:
+		return "the token is not valid yet"
+	case ReasonLifetimeExceedsPolicy:
+		return "the token lives longer than policy allows"
+	case ReasonWrongEnvironment:
+		return "the token was not minted for this environment"
+	case ReasonRevoked:
+		return "the token has been revoked"
+	case ReasonInsufficientScope:
+		return "the token lacks a scope this route requires"
+	case ReasonNoMatchingRoute:
+		return "no policy route allows this request"
+	case ReasonInternalError:
+		return "the request could not be checked; denied"
+	}
+	return ""
+}

@@ -1,0 +1,320 @@
+package policy
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"time"
+)
+
+const (
+	// TokenPrefix starts every token so that secret scanners find them.
+	TokenPrefix = "tw_"
+	// MaxTokenBytes bounds a token string; longer ones are malformed.
+	MaxTokenBytes = 8 << 10
+	// ClockSkew is how far nbf and exp may be off between nodes.
+	ClockSkew = 30 * time.Second
+
+	algEdDSA = "EdDSA"
+)
+
+var (
+	b64       = base64.RawURLEncoding.Strict()
+	idEncoder = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+)
+
+// Claims are the JWT claims of a tokenwarden token.
+type Claims struct {
+	Issuer    string `json:"iss"`
+	Subject   string `json:"sub"`
+	ID        string `json:"jti"`
+	IssuedAt  int64  `json:"iat"`
+	NotBefore int64  `json:"nbf"`
+	Expires   int64  `json:"exp"`
+	Scope     string `json:"scope"`
+	Env       string `json:"env"`
+	Class     string `json:"cls"`
+	Tenant    string `json:"ten,omitempty"`
+	Rotated   string `json:"rot,omitempty"`
+}
+
+// Token is a verified token: its claims, parsed scopes, signing key and the
+// hashes enforcement points know it by. It never holds the token string.
+type Token struct {
+	Claims
+	KeyID  string
+	Scopes []string
+	// WireHash is FNV-1a 64 of the token string, as the kernel computes it.
+	WireHash uint64
+}
+
+// HasScope reports whether the token holds scope.
+func (t *Token) HasScope(scope string) bool {
+	for _, s := range t.Scopes {
+		if s == scope {
+			return true
+		}
+	}
+	return false
+}
+
+// ExpiresAt is exp as a time.
+func (t *Token) ExpiresAt() time.Time { return time.Unix(t.Expires, 0) }
+
+// NewTokenID returns a fresh random jti: 16 random bytes in lower-case base32.
+func NewTokenID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return idEncoder.EncodeToString(b[:])
+}
+
+// WireHash is the 64-bit FNV-1a of the token string: what the kernel side
+// computes over the bytes after "Bearer ".
+func WireHash(token string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(token))
+	return h.Sum64()
+}
+
+// LeakHash is sha256 of the token string: what the store keeps so a leaked
+// token can be looked up without the token ever being stored.
+func LeakHash(token string) [32]byte { return sha256.Sum256([]byte(token)) }
+
+// SigningKey is an Ed25519 private key with its kid.
+type SigningKey struct {
+	ID      string
+	Private ed25519.PrivateKey
+}
+
+// NewSigningKey generates a key with a fresh kid.
+func NewSigningKey() (SigningKey, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return SigningKey{}, fmt.Errorf("generate ed25519 key: %w", err)
+	}
+	return SigningKey{ID: "k_" + NewTokenID()[:12], Private: priv}, nil
+}
+
+// KeySet holds the public keys that verify tokens, by kid. It is immutable.
+type KeySet struct {
+	keys map[string]ed25519.PublicKey
+}
+
+// NewKeySet builds a key set.
+func NewKeySet(keys map[string]ed25519.PublicKey) *KeySet {
+	m := make(map[string]ed25519.PublicKey, len(keys))
+	for k, v := range keys {
+		m[k] = v
+	}
+	return &KeySet{keys: m}
+}
+
+// Has reports whether kid verifies tokens.
+func (k *KeySet) Has(kid string) bool {
+	if k == nil {
+		return false
+	}
+	_, ok := k.keys[kid]
+	return ok
+}
+
+type header struct {
+	Alg string `json:"alg"`
+	Kid string `json:"kid"`
+	Typ string `json:"typ,omitempty"`
+}
+
+// Mint signs claims into a token string. It checks nothing about policy:
+// Issue does that.
+func Mint(key SigningKey, c Claims) (string, error) {
+	if key.ID == "" || len(key.Private) != ed25519.PrivateKeySize {
+		return "", errors.New("mint: signing key is not set")
+	}
+	if c.Expires == 0 || c.ID == "" {
+		return "", errors.New("mint: claims need jti and exp")
+	}
+	h, err := json.Marshal(header{Alg: algEdDSA, Kid: key.ID, Typ: "JWT"})
+	if err != nil {
+		return "", err
+	}
+	body, err := json.Marshal(c)
+	if err != nil {
+		return "", err
+	}
+	input := b64.EncodeToString(h) + "." + b64.EncodeToString(body)
+	sig := ed25519.Sign(key.Private, []byte(input))
+	return TokenPrefix + input + "." + b64.EncodeToString(sig), nil
+}
+
+// VerifyError is a token rejection with its reason code.
+type VerifyError struct {
+	Reason Reason
+	Detail string
+}
+
+func (e *VerifyError) Error() string { return string(e.Reason) + ": " + e.Detail }
+
+func reject(r Reason, detail string) *VerifyError { return &VerifyError{Reason: r, Detail: detail} }
+
+// Verifier checks tokens against a key set and a policy for one environment.
+type Verifier struct {
+	Keys   *KeySet
+	Policy *Policy
+	Env    string
+}
+
+// Verify parses and verifies a token string. It pins alg to EdDSA and checks
+// the signature, kid, iss, exp, nbf, lifetime and environment.
+func (v *Verifier) Verify(token string, now time.Time) (*Token, *VerifyError) {
+	if len(token) > MaxTokenBytes {
+		return nil, reject(ReasonMalformedToken, fmt.Sprintf("token is over %d bytes", MaxTokenBytes))
+	}
+	rest, ok := strings.CutPrefix(token, TokenPrefix)
+	if !ok {
+		return nil, reject(ReasonMalformedToken, "token lacks the "+TokenPrefix+" prefix")
+	}
+	hdrB64, rest, ok1 := strings.Cut(rest, ".")
+	bodyB64, sigB64, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || strings.Contains(sigB64, ".") {
+		return nil, reject(ReasonMalformedToken, "want three dot-separated segments")
+	}
+	hdrJSON, err := b64.DecodeString(hdrB64)
+	if err != nil {
+		return nil, reject(ReasonMalformedToken, "header is not base64url")
+	}
+	var h header
+	if err := strictJSON(hdrJSON, &h); err != nil {
+		return nil, reject(ReasonMalformedToken, "header: "+err.Error())
+	}
+	if h.Alg != algEdDSA {
+		return nil, reject(ReasonBadSignature, fmt.Sprintf("alg %q is not accepted; only EdDSA", h.Alg))
+	}
+	if v.Keys == nil {
+		return nil, reject(ReasonUnknownKey, "no verification keys")
+	}
+	pub, ok := v.Keys.keys[h.Kid]
+	if !ok {
+		return nil, reject(ReasonUnknownKey, "unknown or retired kid")
+	}
+	sig, err := b64.DecodeString(sigB64)
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		return nil, reject(ReasonMalformedToken, "signature is not a base64url Ed25519 signature")
+	}
+	input := token[len(TokenPrefix) : len(TokenPrefix)+len(hdrB64)+1+len(bodyB64)]
+	if !ed25519.Verify(pub, []byte(input), sig) {
+		return nil, reject(ReasonBadSignature, "signature does not verify")
+	}
+	body, err := b64.DecodeString(bodyB64)
+	if err != nil {
+		return nil, reject(ReasonMalformedToken, "claims are not base64url")
+	}
+	var c Claims
+	if err := strictJSON(body, &c); err != nil {
+		return nil, reject(ReasonMalformedToken, "claims: "+err.Error())
+	}
+	t := &Token{Claims: c, KeyID: h.Kid, Scopes: strings.Fields(c.Scope), WireHash: WireHash(token)}
+	if verr := v.checkClaims(t, now); verr != nil {
+		return nil, verr
+	}
+	return t, nil
+}
+
+// checkClaims checks the time-dependent and policy-dependent claims; Decide
+// repeats the time checks on cached tokens.
+func (v *Verifier) checkClaims(t *Token, now time.Time) *VerifyError {
+	switch {
+	case t.ID == "" || t.Subject == "":
+		return reject(ReasonMalformedToken, "jti and sub are required")
+	case t.Expires == 0:
+		return reject(ReasonMalformedToken, "exp is required")
+	case t.IssuedAt == 0:
+		return reject(ReasonMalformedToken, "iat is required")
+	case v.Policy == nil:
+		return reject(ReasonInternalError, "no policy loaded")
+	case t.Issuer != v.Policy.Issuer():
+		return reject(ReasonMalformedToken, "iss does not name this issuer")
+	}
+	if r := checkTimes(&t.Claims, now); r != "" {
+		return reject(r, "outside its validity window")
+	}
+	if t.Env != v.Env {
+		return reject(ReasonWrongEnvironment, fmt.Sprintf("minted for %q, this is %q", t.Env, v.Env))
+	}
+	limit := v.Policy.Lifetime(v.Env, t.Class)
+	if limit == 0 {
+		return reject(ReasonWrongEnvironment, fmt.Sprintf("class %q is not allowed in %q", t.Class, v.Env))
+	}
+	if time.Duration(t.Expires-t.IssuedAt)*time.Second > limit {
+		return reject(ReasonLifetimeExceedsPolicy, fmt.Sprintf("lifetime above the policy's %s", limit))
+	}
+	return nil
+}
+
+// checkTimes returns the reason a token is not valid at now, or "".
+func checkTimes(c *Claims, now time.Time) Reason {
+	sec := now.Unix()
+	skew := int64(ClockSkew / time.Second)
+	if sec >= c.Expires+skew {
+		return ReasonExpired
+	}
+	if c.NotBefore > sec+skew || c.IssuedAt > sec+skew {
+		return ReasonNotYetValid
+	}
+	return ""
+}
+
+// strictJSON decodes one JSON object, refusing trailing data.
+func strictJSON(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(v); err != nil {
+		return errors.New("not a JSON object")
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
+
+// TokenIDKey decodes a jti minted by NewTokenID into its 16 bytes, without
+// allocating. ok is false for ids of any other shape.
+func TokenIDKey(id string) (key [16]byte, ok bool) {
+	if len(id) != 26 {
+		return key, false
+	}
+	var acc uint64
+	bits, n := 0, 0
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		var v byte
+		switch {
+		case c >= 'a' && c <= 'z':
+			v = c - 'a'
+		case c >= '2' && c <= '7':
+			v = c - '2' + 26
+		default:
+			return key, false
+		}
+		acc = acc<<5 | uint64(v)
+		bits += 5
+		if bits >= 8 {
+			bits -= 8
+			key[n] = byte(acc >> bits)
+			n++
+			if n == 16 {
+				// 26*5 = 130 bits: the last 2 are padding and must be zero.
+				return key, acc&(1<<bits-1) == 0 && i == len(id)-1
+			}
+		}
+	}
+	return key, false
+}
