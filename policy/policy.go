@@ -376,3 +376,6 @@ func (p *Policy) Routes(service string) []Route {
 	}
 	return nil
 }
+
+// ClassNames lists the classes in name order.
+func (p *Policy) ClassNames() []string { return sortedKeys(p.classes) }

@@ -61,8 +61,8 @@ type TokenRecord struct {
 	KeyID     string      `json:"kid"`
 	IssuedAt  time.Time   `json:"issued_at"`
 	ExpiresAt time.Time   `json:"expires_at"`
-	LeakHash  [32]byte    `json:"leak_hash"` // sha256 of the token string
-	WireHash  uint64      `json:"wire_hash"` // FNV-1a 64 of the token string
+	LeakHash  [32]byte    `json:"leak_hash"`           // sha256 of the token string
+	WireHash  uint64      `json:"wire_hash"`           // FNV-1a 64 of the token string
 	Rotated   string      `json:"rotated,omitempty"`   // predecessor jti
 	Successor string      `json:"successor,omitempty"` // successor jti
 	Status    TokenStatus `json:"status"`

@@ -1,0 +1,417 @@
+// Package admin is the admin HTTP API under /v1/: issue, list, show, rotate
+// and revoke tokens, revoke by subject, tenant or key, rotate keys, read and
+// follow the audit log. Every call is authenticated by a tokenwarden token
+// holding the tokenwarden:admin scope. /healthz and /readyz are served here
+// too, unauthenticated.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent/audit"
+	"github.com/tokenwarden/tokenwarden/agent/issuer"
+	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/policy"
+)
+
+// AdminScope is the scope an admin API caller's token must hold.
+const AdminScope = "tokenwarden:admin"
+
+// maxBodyBytes bounds a request body.
+const maxBodyBytes = 64 << 10
+
+// Config configures the admin API.
+type Config struct {
+	Issuer      *issuer.Issuer
+	Store       store.Store
+	Audit       *audit.Log
+	AuditDir    string
+	Decider     *policy.Decider          // policy, keys and environment in force
+	Revocations policy.RevocationChecker // the live revocation set
+	Ready       func() error             // nil error when the agent is ready
+	Now         func() time.Time
+	Logger      *slog.Logger
+}
+
+// API serves the admin endpoints.
+type API struct {
+	cfg Config
+	mux *http.ServeMux
+}
+
+// New builds the API.
+func New(cfg Config) (*API, error) {
+	if cfg.Issuer == nil || cfg.Store == nil || cfg.Decider == nil || cfg.Revocations == nil || cfg.Audit == nil {
+		return nil, errors.New("admin: Issuer, Store, Audit, Decider and Revocations are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Ready == nil {
+		cfg.Ready = func() error { return nil }
+	}
+	a := &API{cfg: cfg, mux: http.NewServeMux()}
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	a.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.cfg.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	a.handle("POST /v1/tokens", a.issue)
+	a.handle("GET /v1/tokens", a.listTokens)
+	a.handle("GET /v1/tokens/{id}", a.showToken)
+	a.handle("POST /v1/tokens/{id}/revoke", a.revokeToken)
+	a.handle("POST /v1/tokens/{id}/rotate", a.rotateToken)
+	a.handle("POST /v1/revocations", a.createRevocation)
+	a.handle("GET /v1/revocations", a.listRevocations)
+	a.handle("GET /v1/keys", a.listKeys)
+	a.handle("POST /v1/keys/rotate", a.rotateKeys)
+	a.handle("GET /v1/audit", a.auditTail)
+	a.handle("GET /v1/audit/stream", a.auditStream)
+	return a, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// caller is the authenticated admin.
+type caller struct{ tokenID string }
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, c caller) error
+
+// apiError is an error with an HTTP status and a stable code.
+type apiError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) error {
+	return &apiError{status: http.StatusBadRequest, code: "bad_request", msg: fmt.Sprintf(format, args...)}
+}
+
+func (a *API) handle(pattern string, h handlerFunc) {
+	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		c, aerr := a.authenticate(r)
+		if aerr != nil {
+			w.Header().Set("WWW-Authenticate", policy.Reason(aerr.code).Challenge())
+			writeError(w, aerr)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+		if err := h(w, r, c); err != nil {
+			var ae *apiError
+			var ie *policy.IssueError
+			switch {
+			case errors.As(err, &ae):
+			case errors.As(err, &ie):
+				ae = &apiError{status: http.StatusBadRequest, code: "refused_by_policy", msg: ie.Msg}
+			case errors.Is(err, store.ErrNotFound):
+				ae = &apiError{status: http.StatusNotFound, code: "not_found", msg: err.Error()}
+			default:
+				a.cfg.Logger.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "actor", c.tokenID, "err", err)
+				ae = &apiError{status: http.StatusInternalServerError, code: "internal_error", msg: "internal error; see the agent log"}
+			}
+			writeError(w, ae)
+		}
+	})
+}
+
+// authenticate verifies the caller's bearer token: signature (Ed25519
+// verification is constant time), claims, environment, revocation and the
+// admin scope.
+func (a *API) authenticate(r *http.Request) (caller, *apiError) {
+	tok := policy.BearerToken(r.Header.Get("Authorization"))
+	if tok == "" {
+		return caller{}, &apiError{status: http.StatusUnauthorized, code: string(policy.ReasonMissingToken), msg: "send the admin token as Authorization: Bearer (see <data-dir>/admin.token)"}
+	}
+	d := a.cfg.Decider
+	v := policy.Verifier{Keys: d.Keys(), Policy: d.Policy(), Env: d.Env()}
+	now := a.cfg.Now()
+	t, verr := v.Verify(tok, now)
+	if verr != nil {
+		return caller{}, &apiError{status: verr.Reason.Status(), code: string(verr.Reason), msg: verr.Reason.Message()}
+	}
+	if a.cfg.Revocations.Revoked(t, now) {
+		return caller{}, &apiError{status: http.StatusUnauthorized, code: string(policy.ReasonRevoked), msg: policy.ReasonRevoked.Message()}
+	}
+	if !t.HasScope(AdminScope) {
+		return caller{}, &apiError{status: http.StatusForbidden, code: string(policy.ReasonInsufficientScope), msg: "the token lacks the " + AdminScope + " scope"}
+	}
+	return caller{tokenID: t.ID}, nil
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	writeJSON(w, e.status, map[string]string{"error": e.code, "message": e.msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return badRequest("request body is empty: send a JSON object")
+		}
+		return badRequest("request body: %v", err)
+	}
+	return nil
+}
+
+// IssueRequest is the body of POST /v1/tokens.
+type IssueRequest struct {
+	Subject string   `json:"subject"`
+	Class   string   `json:"class"`
+	Scopes  []string `json:"scopes,omitempty"`
+	TTL     string   `json:"ttl,omitempty"` // Go duration; empty: the class default
+	Tenant  string   `json:"tenant,omitempty"`
+}
+
+func (a *API) issue(w http.ResponseWriter, r *http.Request, c caller) error {
+	var req IssueRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	var ttl time.Duration
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil {
+			return badRequest("ttl %q: want a Go duration such as 30m or 12h", req.TTL)
+		}
+		ttl = d
+	}
+	out, err := a.cfg.Issuer.Issue(r.Context(), policy.IssueRequest{
+		Subject: req.Subject, Class: req.Class, Scopes: req.Scopes, TTL: ttl, Tenant: req.Tenant,
+	}, c.tokenID)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, out)
+	return nil
+}
+
+// TokenView is a token record as the API shows it.
+type TokenView struct {
+	store.TokenRecord
+	LeakHash string `json:"leak_hash"`
+	WireHash string `json:"wire_hash"`
+	State    string `json:"state"` // active, rotated, revoked, expired
+}
+
+func (a *API) view(rec store.TokenRecord) TokenView {
+	state := string(rec.Status)
+	if rec.Status != store.TokenRevoked && !a.cfg.Now().Before(rec.ExpiresAt) {
+		state = "expired"
+	}
+	return TokenView{TokenRecord: rec, LeakHash: fmt.Sprintf("%x", rec.LeakHash), WireHash: fmt.Sprintf("%016x", rec.WireHash), State: state}
+}
+
+func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c caller) error {
+	q := r.URL.Query()
+	f := store.TokenFilter{Subject: q.Get("subject"), Tenant: q.Get("tenant"), KeyID: q.Get("kid"), Class: q.Get("class")}
+	if q.Get("live") == "true" {
+		f.LiveAt = a.cfg.Now()
+	}
+	recs, err := a.cfg.Store.Tokens(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	views := make([]TokenView, 0, len(recs))
+	for _, rec := range recs {
+		views = append(views, a.view(rec))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tokens": views})
+	return nil
+}
+
+func (a *API) showToken(w http.ResponseWriter, r *http.Request, c caller) error {
+	rec, err := a.cfg.Store.Token(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return fmt.Errorf("token %s: %w", r.PathValue("id"), err)
+	}
+	writeJSON(w, http.StatusOK, a.view(rec))
+	return nil
+}
+
+// RevokeRequest is the body of POST /v1/tokens/{id}/revoke and of
+// POST /v1/revocations (which also takes kind and target).
+type RevokeRequest struct {
+	Kind        policy.RevocationKind `json:"kind,omitempty"`
+	Target      string                `json:"target,omitempty"`
+	Reason      string                `json:"reason"`
+	EffectiveAt time.Time             `json:"effective_at,omitzero"`
+}
+
+// RevokeResponse reports a stored rule and the live tokens it covers.
+type RevokeResponse struct {
+	Revocation policy.Revocation `json:"revocation"`
+	Covered    int               `json:"covered"`
+}
+
+func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, c caller) error {
+	var req RevokeRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	req.Kind, req.Target = policy.RevokeToken, r.PathValue("id")
+	return a.revoke(w, r, c, req)
+}
+
+func (a *API) createRevocation(w http.ResponseWriter, r *http.Request, c caller) error {
+	var req RevokeRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	return a.revoke(w, r, c, req)
+}
+
+func (a *API) revoke(w http.ResponseWriter, r *http.Request, c caller, req RevokeRequest) error {
+	if strings.TrimSpace(req.Reason) == "" {
+		return badRequest("reason is required: say why, e.g. \"leaked in CI logs\"")
+	}
+	rule, covered, err := a.cfg.Issuer.Revoke(r.Context(), policy.Revocation{
+		Kind: req.Kind, Target: req.Target, Reason: req.Reason, Actor: c.tokenID, EffectiveAt: req.EffectiveAt,
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, RevokeResponse{Revocation: rule, Covered: covered})
+	return nil
+}
+
+func (a *API) listRevocations(w http.ResponseWriter, r *http.Request, c caller) error {
+	rules, err := a.cfg.Store.Revocations(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"revocations": rules})
+	return nil
+}
+
+func (a *API) rotateToken(w http.ResponseWriter, r *http.Request, c caller) error {
+	out, err := a.cfg.Issuer.Rotate(r.Context(), r.PathValue("id"), c.tokenID)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, out)
+	return nil
+}
+
+func (a *API) listKeys(w http.ResponseWriter, r *http.Request, c caller) error {
+	writeJSON(w, http.StatusOK, map[string]any{"keys": a.cfg.Issuer.Keys()})
+	return nil
+}
+
+func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, c caller) error {
+	k, err := a.cfg.Issuer.RotateKeys(r.Context(), c.tokenID)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, k)
+	return nil
+}
+
+func auditFilter(r *http.Request) audit.Filter {
+	q := r.URL.Query()
+	return audit.Filter{TokenID: q.Get("token"), Subject: q.Get("subject"), Action: q.Get("action")}
+}
+
+func (a *API) auditTail(w http.ResponseWriter, r *http.Request, c caller) error {
+	n := 50
+	if s := r.URL.Query().Get("n"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 || v > 10000 {
+			return badRequest("n: want a number from 1 to 10000")
+		}
+		n = v
+	}
+	recs, err := audit.Tail(a.cfg.AuditDir, n, auditFilter(r))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"records": recs})
+	return nil
+}
+
+// auditStream follows the audit log as NDJSON until the client goes away.
+// With ?n=N it first sends the last N matching records.
+func (a *API) auditStream(w http.ResponseWriter, r *http.Request, c caller) error {
+	f := auditFilter(r)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	live := a.cfg.Audit.Subscribe(ctx, f)
+	var backlog []audit.Record
+	if s := r.URL.Query().Get("n"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 || n > 10000 {
+			return badRequest("n: want a number from 0 to 10000")
+		}
+		if n > 0 {
+			if backlog, err = audit.Tail(a.cfg.AuditDir, n, f); err != nil {
+				return err
+			}
+		}
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	var last uint64
+	for _, rec := range backlog {
+		enc.Encode(rec)
+		last = rec.Seq
+	}
+	rc.Flush()
+	heartbeat := time.NewTicker(15 * time.Second)
+	defer heartbeat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-heartbeat.C:
+			// A blank line keeps proxies from closing an idle stream.
+			if _, err := io.WriteString(w, "\n"); err != nil {
+				return nil
+			}
+			rc.Flush()
+		case rec, ok := <-live:
+			if !ok {
+				return nil // cut off as a slow reader, or the log closed
+			}
+			if rec.Seq <= last {
+				continue
+			}
+			if err := enc.Encode(rec); err != nil {
+				return nil
+			}
+			rc.Flush()
+		}
+	}
+}

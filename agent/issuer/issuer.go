@@ -1,0 +1,397 @@
+// Package issuer mints tokens within policy and records them: it is the one
+// place a token string exists, and it leaves only the token's id and hashes
+// behind (store record, audit line). It also owns the signing keys (sealed
+// at rest, one active at a time) and turns revocation requests into rules.
+package issuer
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent/audit"
+	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/policy"
+)
+
+// ActorSystem is the actor of automatic actions (rotation, anomaly, expiry).
+const ActorSystem = "system"
+
+// Auditor records audit records; *audit.Log implements it.
+type Auditor interface {
+	Append(r audit.Record) (audit.Record, error)
+}
+
+// Config configures an Issuer.
+type Config struct {
+	Store  store.Store
+	KEK    []byte // key-encryption key sealing private keys
+	Env    string
+	Policy func() *policy.Policy // the policy in force (reloads swap it)
+	Audit  Auditor
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Issuer issues, rotates and revokes tokens and rotates signing keys.
+type Issuer struct {
+	cfg Config
+
+	mu     sync.Mutex
+	active policy.SigningKey
+	keys   []store.Key
+}
+
+// Issued is a freshly minted token. Token is shown once, to the caller, and
+// never stored or logged.
+type Issued struct {
+	Token  string            `json:"token"`
+	Record store.TokenRecord `json:"record"`
+}
+
+// New loads the signing keys, creating the first one on a new store.
+func New(ctx context.Context, cfg Config) (*Issuer, error) {
+	if cfg.Store == nil || cfg.Policy == nil || cfg.Audit == nil {
+		return nil, errors.New("issuer: Store, Policy and Audit are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	i := &Issuer{cfg: cfg}
+	if err := i.Reload(ctx); err != nil {
+		return nil, err
+	}
+	if i.active.ID == "" {
+		if _, err := i.RotateKeys(ctx, ActorSystem); err != nil {
+			return nil, err
+		}
+	}
+	return i, nil
+}
+
+// Reload reads the key records from the store (another node may have
+// rotated keys) and unseals the active one.
+func (i *Issuer) Reload(ctx context.Context) error {
+	keys, err := i.cfg.Store.Keys(ctx)
+	if err != nil {
+		return fmt.Errorf("load signing keys: %w", err)
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.adopt(keys)
+}
+
+func (i *Issuer) adopt(keys []store.Key) error {
+	var active policy.SigningKey
+	for _, k := range keys {
+		if k.State != store.KeyActive || len(k.Sealed) == 0 {
+			continue
+		}
+		if active.ID != "" {
+			return fmt.Errorf("store holds two active signing keys (%s, %s): retire one with `tokenwarden keys rotate`", active.ID, k.ID)
+		}
+		priv, err := store.Unseal(i.cfg.KEK, k.ID, k.Sealed)
+		if err != nil {
+			return err
+		}
+		active = policy.SigningKey{ID: k.ID, Private: priv}
+	}
+	i.keys, i.active = keys, active
+	return nil
+}
+
+// KeySet is the set of keys that verify tokens: active and verifying ones.
+func (i *Issuer) KeySet() *policy.KeySet {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return KeySetOf(i.keys)
+}
+
+// KeySetOf builds the verification key set from key records.
+func KeySetOf(keys []store.Key) *policy.KeySet {
+	m := map[string]ed25519.PublicKey{}
+	for _, k := range keys {
+		if k.State == store.KeyActive || k.State == store.KeyVerifying {
+			m[k.ID] = k.Public
+		}
+	}
+	return policy.NewKeySet(m)
+}
+
+// Keys lists the key records (public halves only).
+func (i *Issuer) Keys() []store.Key {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	out := make([]store.Key, len(i.keys))
+	for n, k := range i.keys {
+		k.Sealed = nil
+		out[n] = k
+	}
+	return out
+}
+
+// Issue checks req against policy, mints the token, stores its record and
+// audits the issuance before returning the token.
+func (i *Issuer) Issue(ctx context.Context, req policy.IssueRequest, actor string) (Issued, error) {
+	if req.Env == "" {
+		req.Env = i.cfg.Env
+	}
+	now := i.cfg.Now()
+	claims, err := i.cfg.Policy().Issue(req, now)
+	if err != nil {
+		return Issued{}, err
+	}
+	i.mu.Lock()
+	key := i.active
+	i.mu.Unlock()
+	if key.ID == "" {
+		return Issued{}, errors.New("no active signing key: run `tokenwarden keys rotate`")
+	}
+	tok, err := policy.Mint(key, claims)
+	if err != nil {
+		return Issued{}, err
+	}
+	rec := store.TokenRecord{
+		ID: claims.ID, Subject: claims.Subject, Class: claims.Class, Env: claims.Env,
+		Tenant: claims.Tenant, Scopes: splitScopes(claims.Scope), KeyID: key.ID,
+		IssuedAt: time.Unix(claims.IssuedAt, 0).UTC(), ExpiresAt: time.Unix(claims.Expires, 0).UTC(),
+		LeakHash: policy.LeakHash(tok), WireHash: policy.WireHash(tok),
+		Rotated: claims.Rotated, Status: store.TokenActive, Actor: actor,
+	}
+	if err := i.cfg.Store.PutToken(ctx, rec); err != nil {
+		return Issued{}, fmt.Errorf("record token %s: %w", rec.ID, err)
+	}
+	if _, err := i.cfg.Audit.Append(audit.Record{
+		Action: "token.issue", Actor: actor, TokenID: rec.ID, Subject: rec.Subject, Tenant: rec.Tenant,
+		Details: jsonDetails(issueDetails(rec)),
+	}); err != nil {
+		return Issued{}, fmt.Errorf("audit issuance of %s: %w", rec.ID, err)
+	}
+	return Issued{Token: tok, Record: rec}, nil
+}
+
+// Rotate issues a successor of token id (same subject, class, scopes and
+// tenant; rot claim linking them) and retires the predecessor after the
+// class's rotation_grace with a future-effective revocation rule.
+func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
+	pred, err := i.cfg.Store.Token(ctx, id)
+	if err != nil {
+		return Issued{}, fmt.Errorf("token %s: %w", id, err)
+	}
+	now := i.cfg.Now()
+	if !pred.Live(now) {
+		return Issued{}, &policy.IssueError{Msg: fmt.Sprintf("token %s is %s; only live tokens can be rotated", id, liveness(pred, now))}
+	}
+	if pred.Successor != "" {
+		return Issued{}, &policy.IssueError{Msg: fmt.Sprintf("token %s was already rotated to %s", id, pred.Successor)}
+	}
+	var grace time.Duration
+	if c, ok := i.cfg.Policy().Class(pred.Class); ok {
+		grace = c.RotationGrace.D()
+	}
+	succ, err := i.Issue(ctx, policy.IssueRequest{
+		Subject: pred.Subject, Class: pred.Class, Env: pred.Env, Scopes: pred.Scopes,
+		Tenant: pred.Tenant, Rotated: pred.ID,
+	}, actor)
+	if err != nil {
+		return Issued{}, err
+	}
+	pred.Successor, pred.Status = succ.Record.ID, store.TokenRotated
+	if err := i.cfg.Store.PutToken(ctx, pred); err != nil {
+		return Issued{}, fmt.Errorf("link %s to its successor: %w", pred.ID, err)
+	}
+	rule := policy.Revocation{
+		Kind: policy.RevokeToken, Target: pred.ID, EffectiveAt: now.Add(grace),
+		Reason: "rotated", Actor: actor,
+	}
+	if _, _, err := i.revoke(ctx, rule, false); err != nil {
+		return Issued{}, err
+	}
+	if _, err := i.cfg.Audit.Append(audit.Record{
+		Action: "token.rotate", Actor: actor, TokenID: pred.ID, Subject: pred.Subject, Tenant: pred.Tenant,
+		Details: jsonDetails(map[string]any{"successor": succ.Record.ID, "retired_at": rule.EffectiveAt.UTC()}),
+	}); err != nil {
+		return Issued{}, err
+	}
+	return succ, nil
+}
+
+// Revoke stores a revocation rule and returns it with the number of live
+// tokens it covers. Rules take effect at EffectiveAt (now when zero).
+func (i *Issuer) Revoke(ctx context.Context, r policy.Revocation) (policy.Revocation, int, error) {
+	return i.revoke(ctx, r, true)
+}
+
+func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bool) (policy.Revocation, int, error) {
+	now := i.cfg.Now()
+	p := i.cfg.Policy()
+	r.ID = policy.NewRevocationID()
+	r.CreatedAt = now.UTC()
+	if r.EffectiveAt.IsZero() {
+		r.EffectiveAt = now.UTC()
+	}
+	skew := policy.ClockSkew
+	var covered []store.TokenRecord
+	switch r.Kind {
+	case policy.RevokeToken:
+		rec, err := i.cfg.Store.Token(ctx, r.Target)
+		if err != nil {
+			return r, 0, fmt.Errorf("token %s: %w", r.Target, err)
+		}
+		r.Expires = rec.ExpiresAt.Add(skew).UTC()
+		if rec.Live(now) {
+			covered = append(covered, rec)
+		}
+	case policy.RevokeSubject, policy.RevokeTenant:
+		if r.IssuedBefore.IsZero() {
+			r.IssuedBefore = now.UTC()
+		}
+		r.Expires = r.IssuedBefore.Add(p.MaxLifetime() + skew).UTC()
+		f := store.TokenFilter{LiveAt: now}
+		if r.Kind == policy.RevokeSubject {
+			f.Subject = r.Target
+		} else {
+			f.Tenant = r.Target
+		}
+		recs, err := i.cfg.Store.Tokens(ctx, f)
+		if err != nil {
+			return r, 0, err
+		}
+		for _, rec := range recs {
+			if !rec.IssuedAt.After(r.IssuedBefore) {
+				covered = append(covered, rec)
+			}
+		}
+	case policy.RevokeKey:
+		known := false
+		for _, k := range i.Keys() {
+			known = known || k.ID == r.Target
+		}
+		if !known {
+			return r, 0, &policy.IssueError{Msg: fmt.Sprintf("no signing key %q (see `tokenwarden keys list`)", r.Target)}
+		}
+		recs, err := i.cfg.Store.Tokens(ctx, store.TokenFilter{KeyID: r.Target, LiveAt: now})
+		if err != nil {
+			return r, 0, err
+		}
+		covered = recs
+	}
+	if err := r.Validate(); err != nil {
+		return r, 0, &policy.IssueError{Msg: err.Error()}
+	}
+	if err := i.cfg.Store.PutRevocation(ctx, r); err != nil {
+		return r, 0, fmt.Errorf("store revocation: %w", err)
+	}
+	if markRecords && !r.EffectiveAt.After(now) {
+		for _, rec := range covered {
+			rec.Status = store.TokenRevoked
+			if err := i.cfg.Store.PutToken(ctx, rec); err != nil {
+				i.cfg.Logger.Warn("mark token revoked", "token_id", rec.ID, "err", err)
+			}
+		}
+	}
+	ar := audit.Record{
+		Action: "revocation.create", Actor: r.Actor, Reason: r.Reason,
+		Details: jsonDetails(map[string]any{"rule": r.ID, "kind": r.Kind, "target": r.Target, "effective_at": r.EffectiveAt, "covered": len(covered)}),
+	}
+	switch r.Kind {
+	case policy.RevokeToken:
+		ar.Action, ar.TokenID = "token.revoke", r.Target
+		if len(covered) == 1 {
+			ar.Subject, ar.Tenant = covered[0].Subject, covered[0].Tenant
+		}
+	case policy.RevokeSubject:
+		ar.Subject = r.Target
+	case policy.RevokeTenant:
+		ar.Tenant = r.Target
+	}
+	if _, err := i.cfg.Audit.Append(ar); err != nil {
+		return r, len(covered), fmt.Errorf("audit revocation %s: %w", r.ID, err)
+	}
+	return r, len(covered), nil
+}
+
+// RotateKeys makes a new active signing key. The previous active key keeps
+// verifying its tokens until they have all expired (policy max lifetime),
+// after which a later rotation retires it.
+func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error) {
+	sk, err := policy.NewSigningKey()
+	if err != nil {
+		return store.Key{}, err
+	}
+	sealed, err := store.Seal(i.cfg.KEK, sk.ID, sk.Private)
+	if err != nil {
+		return store.Key{}, err
+	}
+	now := i.cfg.Now().UTC()
+	maxLife := i.cfg.Policy().MaxLifetime() + policy.ClockSkew
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	keys := slices.Clone(i.keys)
+	for n, k := range keys {
+		switch {
+		case k.State == store.KeyActive:
+			k.State, k.RetiredAt = store.KeyVerifying, now
+		case k.State == store.KeyVerifying && now.Sub(k.RetiredAt) > maxLife:
+			// Every token it signed has expired: it verifies nothing now.
+			k.State, k.Sealed = store.KeyRetired, nil
+		default:
+			continue
+		}
+		keys[n] = k
+		if err := i.cfg.Store.PutKey(ctx, k); err != nil {
+			return store.Key{}, fmt.Errorf("demote key %s: %w", k.ID, err)
+		}
+	}
+	nk := store.Key{ID: sk.ID, Public: sk.Private.Public().(ed25519.PublicKey), Sealed: sealed, State: store.KeyActive, CreatedAt: now}
+	if err := i.cfg.Store.PutKey(ctx, nk); err != nil {
+		return store.Key{}, fmt.Errorf("store key %s: %w", nk.ID, err)
+	}
+	keys = append(keys, nk)
+	i.keys, i.active = keys, sk
+	if _, err := i.cfg.Audit.Append(audit.Record{Action: "key.rotate", Actor: actor, Details: jsonDetails(map[string]any{"kid": nk.ID})}); err != nil {
+		return store.Key{}, err
+	}
+	nk.Sealed = nil
+	return nk, nil
+}
+
+func issueDetails(rec store.TokenRecord) map[string]any {
+	d := map[string]any{"class": rec.Class, "scopes": rec.Scopes, "expires_at": rec.ExpiresAt, "kid": rec.KeyID}
+	if rec.Rotated != "" {
+		d["rotated"] = rec.Rotated
+	}
+	return d
+}
+
+func splitScopes(s string) []string { return strings.Fields(s) }
+
+// jsonDetails encodes audit evidence; a value that cannot be encoded is
+// recorded as its error rather than dropped.
+func jsonDetails(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		b, _ = json.Marshal(map[string]string{"encode_error": err.Error()})
+	}
+	return b
+}
+
+func liveness(r store.TokenRecord, now time.Time) string {
+	if r.Status == store.TokenRevoked {
+		return "revoked"
+	}
+	if !now.Before(r.ExpiresAt) {
+		return "expired"
+	}
+	return string(r.Status)
+}

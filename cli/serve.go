@@ -1,0 +1,118 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tokenwarden/tokenwarden/agent"
+)
+
+func newServeCommand() *cobra.Command {
+	cfg := agent.Config{}
+	var logLevel, logFormat string
+	cmd := &cobra.Command{
+		Use:   "serve --policy FILE --env NAME [--data-dir DIR]",
+		Short: "Run the node agent: admin API, ext_authz, xDS, kernel side",
+		Long: `Run the node agent. On first start it creates the data directory, a
+key-encryption key (mode 0600), the first signing key (sealed) and an admin
+token in <data-dir>/admin.token (mode 0600) for the CLI.
+
+SIGHUP reloads the policy file (a policy with errors is refused and the old
+one stays); SIGTERM and SIGINT shut down gracefully.`,
+		Example: `  tokenwarden serve --data-dir .data --policy deploy/policy.example.yaml --env dev`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			logger, err := newLogger(logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			slog.SetDefault(logger)
+			cfg.Logger = logger
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			cfg.OnReady = func(r agent.Ready) { printReady(cmd.ErrOrStderr(), r) }
+			a, err := agent.New(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			go reloadOnHangup(ctx, a, logger)
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(), "state: store, keys, audit log, admin token (env "+envDataDir+")")
+	f.StringVar(&cfg.PolicyPath, "policy", "", "policy file (required; see deploy/policy.example.yaml)")
+	f.StringVar(&cfg.Env, "env", "", "environment this node enforces: a row of the policy's environments (required)")
+	f.StringVar(&cfg.AdminAddr, "admin", agent.DefaultAdminAddr, "admin API, /healthz and /readyz listen address")
+	f.StringVar(&cfg.MetricsAddr, "metrics", agent.DefaultMetricsAddr, `Prometheus /metrics listen address ("" disables)`)
+	f.IntVar(&cfg.CacheSize, "cache-size", 100_000, "verified tokens remembered (LRU)")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	cmd.MarkFlagRequired("policy")
+	cmd.MarkFlagRequired("env")
+	return cmd
+}
+
+func reloadOnHangup(ctx context.Context, a *agent.Agent, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := a.Reload(); err != nil {
+				log.Error("policy reload refused; the old policy stays in force", "err", err)
+			}
+		}
+	}
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// printReady tells the person at the terminal where things are and what to
+// try next.
+func printReady(w io.Writer, r agent.Ready) {
+	fmt.Fprintf(w, "\ntokenwarden agent is serving environment %q\n", r.Env)
+	fmt.Fprintf(w, "  admin API   http://%s   (/healthz, /readyz, /v1/...)\n", r.AdminAddr)
+	names := make([]string, 0, len(r.Listeners))
+	for name := range r.Listeners {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(w, "  %-11s %s\n", name, r.Listeners[name])
+	}
+	if r.MetricsAddr != "" {
+		fmt.Fprintf(w, "  metrics     http://%s/metrics\n", r.MetricsAddr)
+	}
+	fmt.Fprintf(w, "  admin token %s (mode 0600; the CLI reads it from there)\n\n", r.AdminTokenFile)
+	fmt.Fprintf(w, "Next, in another shell:\n")
+	fmt.Fprintf(w, "  TOKEN=$(./bin/tokenwarden token issue --subject ci --class service --scope orders:read)\n")
+	fmt.Fprintf(w, "  ./bin/tokenwarden token list\n")
+	fmt.Fprintf(w, "  ./bin/tokenwarden token revoke ID --reason \"leaked\"\n")
+	fmt.Fprintf(w, "  ./bin/tokenwarden audit tail -f\n\n")
+}

@@ -1,0 +1,240 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tokenwarden/tokenwarden/agent/admin"
+	"github.com/tokenwarden/tokenwarden/agent/issuer"
+	"github.com/tokenwarden/tokenwarden/policy"
+)
+
+func newTokenCommand(af *adminFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Issue, list, show, revoke and rotate tokens",
+	}
+	cmd.AddCommand(newTokenIssueCommand(af), newTokenListCommand(af), newTokenShowCommand(af),
+		newTokenRevokeCommand(af), newTokenRotateCommand(af))
+	return cmd
+}
+
+func newTokenIssueCommand(af *adminFlags) *cobra.Command {
+	var req admin.IssueRequest
+	var ttl time.Duration
+	cmd := &cobra.Command{
+		Use:   "issue --subject S --class C [--scope X]... [--ttl D] [--tenant T]",
+		Short: "Issue a token within policy; prints the token alone on stdout",
+		Long: `Issue a token within policy. The token is printed alone on stdout, once:
+tokenwarden keeps only its id and hashes. Its id and expiry go to stderr.
+
+Refused (exit 1) when a scope is outside the class, the TTL is above the
+policy's limit, or the class is not allowed in the agent's environment.`,
+		Example: `  TOKEN=$(tokenwarden token issue --subject ci --class service --scope orders:read --ttl 30m)`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := af.client()
+			if err != nil {
+				return err
+			}
+			if ttl > 0 {
+				req.TTL = ttl.String()
+			}
+			var out issuer.Issued
+			if err := c.do(cmd.Context(), "POST", "/v1/tokens", req, &out); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), out.Token)
+			fmt.Fprintf(cmd.ErrOrStderr(), "issued %s for %s (class %s, expires %s)\n",
+				out.Record.ID, out.Record.Subject, out.Record.Class, out.Record.ExpiresAt.Format(time.RFC3339))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Subject, "subject", "", "who the token is for (required)")
+	f.StringVar(&req.Class, "class", "", "token class from the policy (required)")
+	f.StringArrayVar(&req.Scopes, "scope", nil, "scope to grant (repeatable; default: every scope of the class)")
+	f.DurationVar(&ttl, "ttl", 0, "lifetime (default: the class default_ttl)")
+	f.StringVar(&req.Tenant, "tenant", "", "tenant the token belongs to")
+	cmd.MarkFlagRequired("subject")
+	cmd.MarkFlagRequired("class")
+	return cmd
+}
+
+func newTokenListCommand(af *adminFlags) *cobra.Command {
+	var subject, tenant, class string
+	var live, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List issued tokens (ids and claims, never token strings)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := af.client()
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			for k, v := range map[string]string{"subject": subject, "tenant": tenant, "class": class} {
+				if v != "" {
+					q.Set(k, v)
+				}
+			}
+			if live {
+				q.Set("live", "true")
+			}
+			var out struct {
+				Tokens []admin.TokenView `json:"tokens"`
+			}
+			if err := c.do(cmd.Context(), "GET", "/v1/tokens?"+q.Encode(), nil, &out); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd, out.Tokens)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSUBJECT\tCLASS\tTENANT\tSTATE\tEXPIRES\tSCOPES")
+			for _, t := range out.Tokens {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Subject, t.Class, dash(t.Tenant), t.State,
+					t.ExpiresAt.Format(time.RFC3339), strings.Join(t.Scopes, " "))
+			}
+			return tw.Flush()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&subject, "subject", "", "only this subject's tokens")
+	f.StringVar(&tenant, "tenant", "", "only this tenant's tokens")
+	f.StringVar(&class, "class", "", "only tokens of this class")
+	f.BoolVar(&live, "live", false, "only tokens that can still be used")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newTokenShowCommand(af *adminFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ID",
+		Short: "Show one token's record",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := af.client()
+			if err != nil {
+				return err
+			}
+			var out admin.TokenView
+			if err := c.do(cmd.Context(), "GET", "/v1/tokens/"+url.PathEscape(args[0]), nil, &out); err != nil {
+				return err
+			}
+			return printJSON(cmd, out)
+		},
+	}
+}
+
+func newTokenRevokeCommand(af *adminFlags) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:     "revoke ID --reason R",
+		Short:   "Revoke one token now, everywhere",
+		Example: `  tokenwarden token revoke 3q2x... --reason "leaked in CI logs"`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := af.client()
+			if err != nil {
+				return err
+			}
+			var out admin.RevokeResponse
+			if err := c.do(cmd.Context(), "POST", "/v1/tokens/"+url.PathEscape(args[0])+"/revoke", admin.RevokeRequest{Reason: reason}, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked token %s (rule %s)\n", args[0], out.Revocation.ID)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded in the audit log; required)")
+	cmd.MarkFlagRequired("reason")
+	return cmd
+}
+
+func newTokenRotateCommand(af *adminFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rotate ID",
+		Short: "Issue a successor; the old token is revoked after its class's rotation_grace",
+		Long: `Issue a successor of token ID (same subject, class, scopes and tenant) and
+print it alone on stdout. The predecessor keeps working for the class's
+rotation_grace, then a future-effective revocation retires it.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := af.client()
+			if err != nil {
+				return err
+			}
+			var out issuer.Issued
+			if err := c.do(cmd.Context(), "POST", "/v1/tokens/"+url.PathEscape(args[0])+"/rotate", nil, &out); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), out.Token)
+			fmt.Fprintf(cmd.ErrOrStderr(), "rotated %s -> %s (expires %s)\n", args[0], out.Record.ID, out.Record.ExpiresAt.Format(time.RFC3339))
+			return nil
+		},
+	}
+}
+
+func newRevokeCommand(af *adminFlags) *cobra.Command {
+	var subject, tenant, key, reason string
+	cmd := &cobra.Command{
+		Use:   "revoke (--subject S | --tenant T | --key KID) --reason R",
+		Short: "Revoke every token of a subject, a tenant or a signing key",
+		Long: `Revoke by subject (role change) or tenant (contract ends): every token
+issued to it until now stops working; tokens issued afterwards work. Revoke by
+key (compromise): every token the key signed stops working.
+Prints how many live tokens the rule covers.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := admin.RevokeRequest{Reason: reason}
+			n := 0
+			for kind, target := range map[string]string{"subject": subject, "tenant": tenant, "key": key} {
+				if target != "" {
+					req.Kind, req.Target = policy.RevocationKind(kind), target
+					n++
+				}
+			}
+			if n != 1 {
+				return fmt.Errorf("give exactly one of --subject, --tenant or --key")
+			}
+			c, err := af.client()
+			if err != nil {
+				return err
+			}
+			var out admin.RevokeResponse
+			if err := c.do(cmd.Context(), "POST", "/v1/revocations", req, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s %s: covers %d live token(s) (rule %s)\n", req.Kind, req.Target, out.Covered, out.Revocation.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&subject, "subject", "", "revoke this subject's tokens")
+	f.StringVar(&tenant, "tenant", "", "revoke this tenant's tokens")
+	f.StringVar(&key, "key", "", "revoke every token signed by this key id")
+	f.StringVar(&reason, "reason", "", "why (recorded in the audit log; required)")
+	cmd.MarkFlagRequired("reason")
+	return cmd
+}
+
+func printJSON(cmd *cobra.Command, v any) error {
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
