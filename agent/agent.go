@@ -243,6 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	servers = append(servers, &http.Server{Handler: a.admin, ReadHeaderTimeout: 10 * time.Second})
 	listeners := []net.Listener{adminLis}
+	metricsAddr := ""
 	if a.cfg.MetricsAddr != "" {
 		lis, err := net.Listen("tcp", a.cfg.MetricsAddr)
 		if err != nil {
@@ -251,6 +252,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{Registry: a.registry}))
+		metricsAddr = lis.Addr().String()
 		servers = append(servers, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second})
 		listeners = append(listeners, lis)
 	}
@@ -274,10 +276,10 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.ready.Store(true)
 	if a.cfg.OnReady != nil {
-		a.cfg.OnReady(Ready{Env: a.cfg.Env, AdminAddr: adminLis.Addr().String(), MetricsAddr: a.cfg.MetricsAddr, AdminTokenFile: tokenFile, Listeners: map[string]string{}})
+		a.cfg.OnReady(Ready{Env: a.cfg.Env, AdminAddr: adminLis.Addr().String(), MetricsAddr: metricsAddr, AdminTokenFile: tokenFile, Listeners: map[string]string{}})
 	}
 	a.log.Info("tokenwarden agent ready",
-		"env", a.cfg.Env, "admin", adminLis.Addr().String(), "metrics", a.cfg.MetricsAddr,
+		"env", a.cfg.Env, "admin", adminLis.Addr().String(), "metrics", metricsAddr,
 		"admin_token_file", tokenFile, "policy", a.cfg.PolicyPath)
 
 	var runErr error
