@@ -67,6 +67,10 @@ type TokenRecord struct {
 	Successor string      `json:"successor,omitempty"` // successor jti
 	Status    TokenStatus `json:"status"`
 	Actor     string      `json:"actor"` // jti of the admin token that issued it, or "system"
+	// ExpiryWarned and ExpiryRecorded mark that the near-expiry warning and
+	// the expiry were audited, so each is recorded once.
+	ExpiryWarned   bool `json:"expiry_warned,omitempty"`
+	ExpiryRecorded bool `json:"expiry_recorded,omitempty"`
 }
 
 // Live reports whether the token can still be presented at now.
