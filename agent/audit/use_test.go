@@ -1,0 +1,86 @@
+package audit
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// memLog is an in-memory Appender for UseRecorder tests.
+type memLog struct {
+	mu      sync.Mutex
+	records []Record
+}
+
+func (m *memLog) Append(r Record) (Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.records = append(m.records, r)
+	return r, nil
+}
+
+func (m *memLog) byAction() map[string][]Record {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string][]Record{}
+	for _, r := range m.records {
+		out[r.Action] = append(out[r.Action], r)
+	}
+	return out
+}
+
+func TestUseRecorder(t *testing.T) {
+	tests := map[string]struct {
+		allows      string
+		allowCalls  int
+		denyCalls   int
+		wantActions map[string]int
+		wantCount   uint64 // count on the summary or suppressed record
+	}{
+		"summary sums allows per token": {AllowsSummary, 50, 0, map[string]int{ActionAuthzAllowSummary: 1}, 50},
+		"every writes each allow":       {AllowsEvery, 5, 0, map[string]int{ActionAuthzAllow: 5}, 0},
+		"denies under the cap":          {AllowsSummary, 0, 10, map[string]int{ActionAuthzDeny: 10}, 0},
+		"denies over the cap":           {AllowsSummary, 0, 25, map[string]int{ActionAuthzDeny: 20, ActionDenySuppressed: 1}, 5},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			log := &memLog{}
+			now := time.Unix(1_800_000_000, 0)
+			u := NewUseRecorder(UseConfig{Log: log, Allows: tc.allows, Interval: time.Hour, DenyPerSecond: 20, Now: func() time.Time { return now }})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { u.Run(ctx); close(done) }()
+			for i := 0; i < tc.allowCalls; i++ {
+				u.Allow("tok1", "svc", "", "orders#0", "10.0.0.1")
+			}
+			for i := 0; i < tc.denyCalls; i++ {
+				u.Deny("expired", "", "", "orders#0", "10.0.0.2")
+			}
+			cancel() // Run drains the queue and flushes summaries on exit
+			<-done
+			got := log.byAction()
+			for action, n := range tc.wantActions {
+				if len(got[action]) != n {
+					t.Errorf("%s: %d records, want %d", action, len(got[action]), n)
+				}
+			}
+			for _, action := range []string{ActionAuthzAllowSummary, ActionDenySuppressed} {
+				if rs := got[action]; len(rs) == 1 && rs[0].Count != tc.wantCount {
+					t.Errorf("%s count %d, want %d", action, rs[0].Count, tc.wantCount)
+				}
+			}
+		})
+	}
+}
+
+func TestUseRecorderNeverBlocks(t *testing.T) {
+	u := NewUseRecorder(UseConfig{Log: &memLog{}, Allows: AllowsEvery, Queue: 4})
+	// No Run: the queue fills and the rest are dropped, not waited on.
+	for i := 0; i < 10; i++ {
+		u.Allow("tok", "s", "", "r", "")
+	}
+	if u.Dropped() != 6 {
+		t.Fatalf("dropped %d, want 6", u.Dropped())
+	}
+}
