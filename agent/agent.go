@@ -5,6 +5,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -79,9 +80,11 @@ type Agent struct {
 	admin    *admin.API
 	registry *prometheus.Registry
 
-	policy  atomic.Pointer[policy.Policy]
-	ready   atomic.Bool
-	closers []func() error
+	policy   atomic.Pointer[policy.Policy]
+	onPolicy []func(*policy.Policy) // parts that follow policy reloads
+	reloadMu sync.Mutex
+	ready    atomic.Bool
+	closers  []func() error
 }
 
 // New builds an agent: opens the store and audit log, loads the policy and
@@ -210,6 +213,8 @@ func (a *Agent) registerMetrics() {
 // Reload re-reads the policy file. A policy with errors is refused and the
 // one in force stays.
 func (a *Agent) Reload() error {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
 	p, err := loadPolicy(a.cfg.PolicyPath)
 	if err != nil {
 		return err
@@ -220,6 +225,12 @@ func (a *Agent) Reload() error {
 	a.policy.Store(p)
 	a.decider.SetPolicy(p)
 	a.cache.Purge()
+	for _, f := range a.onPolicy {
+		f(p)
+	}
+	for _, w := range p.Warnings {
+		a.log.Warn("policy", "problem", w.String())
+	}
 	a.log.Info("policy reloaded", "path", a.cfg.PolicyPath, "services", len(p.ServiceNames()), "warnings", len(p.Warnings))
 	return nil
 }
@@ -268,10 +279,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		a.housekeeping(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		a.watchPolicyFile(ctx)
 	}()
 
 	a.ready.Store(true)
@@ -392,6 +407,33 @@ func (a *Agent) housekeeping(ctx context.Context) {
 			}
 			if _, err := a.ensureAdminToken(ctx); err != nil {
 				a.log.Error("refresh admin token", "err", err)
+			}
+		}
+	}
+}
+
+// policyPollEvery is how often the policy file is checked for changes. A
+// poll of the content (not inotify) also sees Kubernetes ConfigMap updates,
+// which swap a symlink rather than write the file.
+const policyPollEvery = 2 * time.Second
+
+// watchPolicyFile reloads the policy when the file's content changes.
+func (a *Agent) watchPolicyFile(ctx context.Context) {
+	last, _ := os.ReadFile(a.cfg.PolicyPath)
+	t := time.NewTicker(policyPollEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			cur, err := os.ReadFile(a.cfg.PolicyPath)
+			if err != nil || bytes.Equal(cur, last) {
+				continue
+			}
+			last = cur
+			if err := a.Reload(); err != nil {
+				a.log.Error("policy file changed but was refused; the old policy stays in force", "err", err)
 			}
 		}
 	}
