@@ -23,12 +23,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tokenwarden/tokenwarden/agent/admin"
+	"github.com/tokenwarden/tokenwarden/agent/anomaly"
 	"github.com/tokenwarden/tokenwarden/agent/audit"
+	"github.com/tokenwarden/tokenwarden/agent/authz"
 	"github.com/tokenwarden/tokenwarden/agent/issuer"
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
+	"github.com/tokenwarden/tokenwarden/agent/rotation"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/agent/store/bolt"
 	"github.com/tokenwarden/tokenwarden/policy"
+	"github.com/tokenwarden/tokenwarden/xds"
 )
 
 // Config is everything the agent needs; cli fills it from flags.
@@ -40,7 +44,25 @@ type Config struct {
 	AdminAddr   string // admin API, /healthz, /readyz
 	MetricsAddr string // Prometheus /metrics; "" disables
 
+	AuthzGRPCAddr string // ext_authz gRPC: host:port or unix socket path
+	AuthzHTTPAddr string // ext_authz HTTP mode (Envoy HTTP, nginx, Caddy)
+	XDSAddr       string // ADS for the node's sidecars
+	// XDSAuthzAddress is the ext_authz address as sidecars reach it
+	// (default AuthzGRPCAddr); XDSAppAddress is the application behind
+	// each sidecar (default 127.0.0.1:8080).
+	XDSAuthzAddress string
+	XDSAppAddress   string
+	// StripAuthorization removes Authorization from allowed requests
+	// before the application sees them (the kernel side then cannot count
+	// them where the application receives them).
+	StripAuthorization bool
+
+	BPF           string   // BPFAuto, BPFRequired or BPFOff
+	BPFInterfaces []string // TCX attach points
+	BPFCgroup     string   // cgroup_skb attach point
+
 	CacheSize int // verified tokens remembered
+	TopTokens int // per-token metric series kept (busiest tokens)
 	// OnReady, if set, is called once every listener is up.
 	OnReady func(Ready)
 	Logger  *slog.Logger
@@ -60,6 +82,9 @@ type Ready struct {
 const (
 	DefaultAdminAddr   = "127.0.0.1:9003"
 	DefaultMetricsAddr = "127.0.0.1:9090"
+	DefaultAuthzGRPC   = "127.0.0.1:9001"
+	DefaultAuthzHTTP   = "127.0.0.1:9002"
+	DefaultXDSAddr     = "127.0.0.1:18000"
 	AdminTokenFile     = "admin.token"
 	kekFile            = "kek"
 	storeFile          = "tokenwarden.db"
@@ -79,6 +104,15 @@ type Agent struct {
 	decider  *policy.Decider
 	admin    *admin.API
 	registry *prometheus.Registry
+
+	authz        *authz.Server
+	authzMetrics *authz.Metrics
+	use          *audit.UseRecorder
+	tokens       *tokenIndex
+	kernel       *kernel
+	anomaly      *anomaly.Detector
+	rotation     *rotation.Scheduler
+	xds          *xds.Server
 
 	policy   atomic.Pointer[policy.Policy]
 	onPolicy []func(*policy.Policy) // parts that follow policy reloads
@@ -150,17 +184,55 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if a.cache, err = revocation.NewCache(cfg.CacheSize); err != nil {
 		return nil, err
 	}
+	a.registerMetrics()
+	if a.authzMetrics, err = authz.NewMetrics(a.registry, authz.MetricsConfig{TopTokens: cfg.TopTokens}); err != nil {
+		return nil, err
+	}
 	a.decider = policy.NewDecider(policy.DeciderConfig{
-		Env: cfg.Env, Policy: p, Keys: a.issuer.KeySet(), Cache: a.cache, Revocations: a.revoked,
+		Env: cfg.Env, Policy: p, Keys: a.issuer.KeySet(), Cache: a.authzMetrics.CountingCache(a.cache), Revocations: a.revoked,
 	})
+	a.tokens = newTokenIndex()
+	a.use = audit.NewUseRecorder(audit.UseConfig{
+		Log: a.audit, Allows: p.Doc.Audit.Allows, Interval: p.Doc.Audit.SummaryInterval.D(), Now: cfg.Now, Logger: cfg.Logger,
+	})
+	if a.kernel, err = a.startKernel(); err != nil {
+		return nil, err
+	}
+	source := anomaly.SourceAuthz
+	if a.kernel != nil {
+		source = anomaly.SourceKernel
+	}
+	if a.anomaly, err = anomaly.New(anomaly.Config{
+		Policy: p.Doc.Anomaly, RateSource: source, OnTrigger: a.onAnomaly, Registerer: a.registry, Now: cfg.Now,
+	}); err != nil {
+		return nil, err
+	}
+	if a.rotation, err = rotation.New(rotation.Config{
+		Store: st, Rotator: a.issuer, Policy: a.policy.Load, Audit: a.audit, Now: cfg.Now,
+		Registerer: a.registry, Logger: cfg.Logger,
+	}); err != nil {
+		return nil, err
+	}
+	if a.authz, err = authz.New(authz.Config{
+		Decider: a.decider, Now: cfg.Now, StripAuthorization: cfg.StripAuthorization,
+		Observer: authz.ObserverFunc(a.observeCheck), Metrics: a.authzMetrics, Logger: cfg.Logger,
+	}); err != nil {
+		return nil, err
+	}
 	a.admin, err = admin.New(admin.Config{
-		Issuer: a.issuer, Store: st, Audit: a.audit, AuditDir: filepath.Join(cfg.DataDir, auditDir),
+		Issuer: a.issuer, Rotator: a.rotation, Store: st, Audit: a.audit, AuditDir: filepath.Join(cfg.DataDir, auditDir),
 		Decider: a.decider, Revocations: a.revoked, Ready: a.readiness, Now: cfg.Now, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	a.registerMetrics()
+	if err := a.startXDS(); err != nil {
+		return nil, err
+	}
+	a.onPolicy = append(a.onPolicy,
+		func(p *policy.Policy) { a.anomaly.SetPolicy(p.Doc.Anomaly) },
+		func(p *policy.Policy) { a.use.SetAllows(p.Doc.Audit.Allows) },
+	)
 	return a, nil
 }
 
@@ -201,9 +273,7 @@ func (a *Agent) registerMetrics() {
 	a.registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "tokenwarden_revocation_rules", Help: "Revocation rules held in memory.",
-		}, func() float64 { return float64(a.revoked.Len()) }),
+		authz.RevocationRulesGauge(a.revoked),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tokenwarden_token_cache_entries", Help: "Verified tokens held in the LRU.",
 		}, func() float64 { return float64(a.cache.Len()) }),
@@ -235,11 +305,51 @@ func (a *Agent) Reload() error {
 	return nil
 }
 
-// Run serves until ctx ends, then shuts down gracefully.
+// task is one long-running part of the agent: it runs until ctx ends and
+// returns nil then, or returns an error that stops the agent.
+type task struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// listen opens addr (host:port, or a unix socket for the enforcement
+// listeners) and records it for the ready banner.
+func (a *Agent) listen(name, addr string, open func(string) (net.Listener, error), ready map[string]string) (net.Listener, error) {
+	lis, err := open(addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s listener %s: %w", name, addr, err)
+	}
+	ready[name] = lis.Addr().String()
+	return lis, nil
+}
+
+func tcpListen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+
+// serveHTTP runs an HTTP server on lis until ctx ends, then drains it.
+func serveHTTP(h http.Handler) func(net.Listener) func(context.Context) error {
+	return func(lis net.Listener) func(context.Context) error {
+		return func(ctx context.Context) error {
+			srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+			go func() {
+				<-ctx.Done()
+				sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				defer cancel()
+				srv.Shutdown(sctx)
+			}()
+			if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		}
+	}
+}
+
+// Run serves until ctx ends, then shuts down gracefully: readiness drops
+// first, listeners drain, background work stops, the audit log is flushed.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := a.syncRevocations(ctx); err != nil {
+	if err := a.syncState(ctx); err != nil {
 		return err
 	}
 	tokenFile, err := a.ensureAdminToken(ctx)
@@ -247,94 +357,135 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 
-	var servers []*http.Server
-	adminLis, err := net.Listen("tcp", a.cfg.AdminAddr)
-	if err != nil {
-		return fmt.Errorf("admin listener %s: %w", a.cfg.AdminAddr, err)
-	}
-	servers = append(servers, &http.Server{Handler: a.admin, ReadHeaderTimeout: 10 * time.Second})
-	listeners := []net.Listener{adminLis}
-	metricsAddr := ""
-	if a.cfg.MetricsAddr != "" {
-		lis, err := net.Listen("tcp", a.cfg.MetricsAddr)
-		if err != nil {
-			adminLis.Close()
-			return fmt.Errorf("metrics listener %s: %w", a.cfg.MetricsAddr, err)
+	addrs := map[string]string{}
+	var tasks []task
+	var opened []net.Listener
+	fail := func(err error) error {
+		for _, l := range opened {
+			l.Close()
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{Registry: a.registry}))
-		metricsAddr = lis.Addr().String()
-		servers = append(servers, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second})
-		listeners = append(listeners, lis)
+		return err
+	}
+	open := func(name, addr string, listen func(string) (net.Listener, error), serve func(net.Listener) func(context.Context) error) error {
+		if addr == "" {
+			return nil
+		}
+		lis, err := a.listen(name, addr, listen, addrs)
+		if err != nil {
+			return err
+		}
+		opened = append(opened, lis)
+		tasks = append(tasks, task{name, serve(lis)})
+		return nil
+	}
+	metricsMux := http.NewServeMux()
+	metricsMux.Handle("/metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{Registry: a.registry}))
+	for _, l := range []struct {
+		name, addr string
+		listen     func(string) (net.Listener, error)
+		serve      func(net.Listener) func(context.Context) error
+	}{
+		{"admin", a.cfg.AdminAddr, tcpListen, serveHTTP(a.admin)},
+		{"metrics", a.cfg.MetricsAddr, tcpListen, serveHTTP(metricsMux)},
+		{"authz-grpc", a.cfg.AuthzGRPCAddr, authz.Listen, func(lis net.Listener) func(context.Context) error {
+			return func(ctx context.Context) error { return a.authz.ServeGRPC(ctx, lis) }
+		}},
+		{"authz-http", a.cfg.AuthzHTTPAddr, authz.Listen, func(lis net.Listener) func(context.Context) error {
+			return func(ctx context.Context) error { return a.authz.ServeHTTPMode(ctx, lis) }
+		}},
+	} {
+		if err := open(l.name, l.addr, l.listen, l.serve); err != nil {
+			return fail(err)
+		}
+	}
+	if err := a.extraListeners(open); err != nil {
+		return fail(err)
 	}
 
-	errc := make(chan error, len(servers)+1)
+	tasks = append(tasks,
+		task{"housekeeping", func(ctx context.Context) error { a.housekeeping(ctx); return nil }},
+		task{"policy-watch", func(ctx context.Context) error { a.watchPolicyFile(ctx); return nil }},
+		task{"authz-metrics", func(ctx context.Context) error { a.authzMetrics.Run(ctx, 0); return nil }},
+	)
+	if a.kernel != nil {
+		tasks = append(tasks, task{"kernel", func(ctx context.Context) error { a.kernel.run(ctx); return nil }})
+	}
+	tasks = append(tasks, a.extraTasks()...)
+
+	// The use recorder outlives the other tasks so that their last records
+	// (denies during drain) are written before the agent stops.
+	useCtx, stopUse := context.WithCancel(context.WithoutCancel(ctx))
+	useDone := make(chan struct{})
+	go func() { a.use.Run(useCtx); close(useDone) }()
+
+	errc := make(chan error, len(tasks))
 	var wg sync.WaitGroup
-	for i, srv := range servers {
+	for _, t := range tasks {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := srv.Serve(listeners[i]); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
+			if err := t.run(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", t.name, err)
 			}
 		}()
 	}
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		a.housekeeping(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		a.watchPolicyFile(ctx)
-	}()
 
 	a.ready.Store(true)
-	if a.cfg.OnReady != nil {
-		a.cfg.OnReady(Ready{Env: a.cfg.Env, AdminAddr: adminLis.Addr().String(), MetricsAddr: metricsAddr, AdminTokenFile: tokenFile, Listeners: map[string]string{}})
+	ready := Ready{Env: a.cfg.Env, AdminAddr: addrs["admin"], MetricsAddr: addrs["metrics"], AdminTokenFile: tokenFile, Listeners: map[string]string{}}
+	for name, addr := range addrs {
+		if name != "admin" && name != "metrics" {
+			ready.Listeners[name] = addr
+		}
 	}
-	a.log.Info("tokenwarden agent ready",
-		"env", a.cfg.Env, "admin", adminLis.Addr().String(), "metrics", metricsAddr,
-		"admin_token_file", tokenFile, "policy", a.cfg.PolicyPath)
+	if a.cfg.OnReady != nil {
+		a.cfg.OnReady(ready)
+	}
+	a.log.Info("tokenwarden agent ready", "env", a.cfg.Env, "listeners", addrs,
+		"kernel_side", a.kernel != nil, "admin_token_file", tokenFile, "policy", a.cfg.PolicyPath)
 
 	var runErr error
 	select {
 	case <-ctx.Done():
 	case runErr = <-errc:
+		a.log.Error("stopping after a fault", "err", runErr)
 	}
 	a.ready.Store(false)
 	a.log.Info("shutting down")
-	shutdownCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
-	defer stop()
-	for _, srv := range servers {
-		srv.Shutdown(shutdownCtx)
-	}
 	cancel()
 	wg.Wait()
+	stopUse()
+	<-useDone
+	a.log.Info("stopped")
 	return runErr
 }
 
-// syncRevocations loads every rule into the set, then follows the store so
-// a revocation made anywhere is enforced here.
-func (a *Agent) syncRevocations(ctx context.Context) error {
+// syncState loads every revocation rule and live token, then follows the
+// store so a revocation made anywhere is enforced here.
+func (a *Agent) syncState(ctx context.Context) error {
 	events, err := a.store.Watch(ctx)
 	if err != nil {
 		return fmt.Errorf("watch store: %w", err)
 	}
-	if err := a.loadRevocations(ctx); err != nil {
+	if err := a.loadState(ctx); err != nil {
 		return err
 	}
 	go a.follow(ctx, events)
 	return nil
 }
 
-func (a *Agent) loadRevocations(ctx context.Context) error {
+func (a *Agent) loadState(ctx context.Context) error {
 	rules, err := a.store.Revocations(ctx)
 	if err != nil {
 		return fmt.Errorf("load revocations: %w", err)
 	}
 	for _, r := range rules {
 		a.revoked.Add(r)
+	}
+	if err := a.tokens.load(ctx, a.store, a.cfg.Now()); err != nil {
+		return fmt.Errorf("load tokens: %w", err)
+	}
+	if a.kernel != nil {
+		a.kernel.reconcileSoon()
 	}
 	return nil
 }
@@ -353,7 +504,7 @@ func (a *Agent) follow(ctx context.Context, events <-chan store.Event) {
 		for {
 			var err error
 			if events, err = a.store.Watch(ctx); err == nil {
-				if err = a.loadRevocations(ctx); err == nil {
+				if err = a.loadState(ctx); err == nil {
 					if err = a.reloadKeys(ctx); err == nil {
 						break
 					}
@@ -375,6 +526,15 @@ func (a *Agent) apply(ctx context.Context, ev store.Event) {
 			a.revoked.Remove(*ev.Revocation)
 		} else {
 			a.revoked.Add(*ev.Revocation)
+		}
+		if a.kernel != nil {
+			a.kernel.reconcileSoon()
+		}
+	case store.EventToken:
+		if ev.Deleted {
+			a.tokens.remove(ev.Token.ID)
+		} else if ev.Token.Live(a.cfg.Now()) || ev.Token.Status == store.TokenRevoked {
+			a.tokens.put(tokenOf(ev.Token))
 		}
 	case store.EventKey:
 		if err := a.reloadKeys(ctx); err != nil {
@@ -402,6 +562,7 @@ func (a *Agent) housekeeping(ctx context.Context) {
 			now := a.cfg.Now()
 			rules := a.revoked.Prune(now)
 			tokens := a.cache.Prune(now)
+			a.tokens.prune(now)
 			if rules+tokens > 0 {
 				a.log.Debug("pruned", "revocation_rules", rules, "cached_tokens", tokens)
 			}

@@ -32,6 +32,7 @@ const maxBodyBytes = 64 << 10
 // Config configures the admin API.
 type Config struct {
 	Issuer      *issuer.Issuer
+	Rotator     Rotator // manual rotation; nil means Issuer (no delivery sinks)
 	Store       store.Store
 	Audit       *audit.Log
 	AuditDir    string
@@ -40,6 +41,11 @@ type Config struct {
 	Ready       func() error             // nil error when the agent is ready
 	Now         func() time.Time
 	Logger      *slog.Logger
+}
+
+// Rotator rotates a token and delivers its successor to the class's sinks.
+type Rotator interface {
+	Rotate(ctx context.Context, id, actor string) (issuer.Issued, error)
 }
 
 // API serves the admin endpoints.
@@ -58,6 +64,9 @@ func New(cfg Config) (*API, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Rotator == nil {
+		cfg.Rotator = cfg.Issuer
 	}
 	if cfg.Ready == nil {
 		cfg.Ready = func() error { return nil }
@@ -315,12 +324,24 @@ func (a *API) listRevocations(w http.ResponseWriter, r *http.Request, c caller) 
 }
 
 func (a *API) rotateToken(w http.ResponseWriter, r *http.Request, c caller) error {
-	out, err := a.cfg.Issuer.Rotate(r.Context(), r.PathValue("id"), c.tokenID)
-	if err != nil {
+	out, err := a.cfg.Rotator.Rotate(r.Context(), r.PathValue("id"), c.tokenID)
+	if err != nil && out.Token == "" {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, out)
+	resp := RotateResponse{Issued: out}
+	if err != nil {
+		// The successor exists but a delivery sink failed: the caller gets
+		// the token here, as it is not kept anywhere else.
+		resp.Warning = err.Error()
+	}
+	writeJSON(w, http.StatusCreated, resp)
 	return nil
+}
+
+// RotateResponse is the answer to POST /v1/tokens/{id}/rotate.
+type RotateResponse struct {
+	issuer.Issued
+	Warning string `json:"warning,omitempty"`
 }
 
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request, c caller) error {

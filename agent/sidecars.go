@@ -1,0 +1,56 @@
+package agent
+
+import (
+	"context"
+	"net"
+
+	"github.com/tokenwarden/tokenwarden/policy"
+	"github.com/tokenwarden/tokenwarden/xds"
+)
+
+// startXDS builds the ADS server for the node's sidecars and makes it
+// follow policy reloads.
+func (a *Agent) startXDS() error {
+	if a.cfg.XDSAddr == "" {
+		return nil
+	}
+	authzAddr := a.cfg.XDSAuthzAddress
+	if authzAddr == "" {
+		authzAddr = a.cfg.AuthzGRPCAddr
+	}
+	srv, err := xds.New(xds.Config{
+		AuthzAddress: authzAddr, AppAddress: a.cfg.XDSAppAddress,
+		Registerer: a.registry, Logger: a.log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := srv.SetPolicy(a.policy.Load()); err != nil {
+		return err
+	}
+	a.xds = srv
+	a.onPolicy = append(a.onPolicy, func(p *policy.Policy) {
+		if err := srv.SetPolicy(p); err != nil {
+			a.log.Error("push policy to sidecars", "err", err)
+		}
+	})
+	return nil
+}
+
+// extraListeners opens the xDS listener.
+func (a *Agent) extraListeners(open func(name, addr string, listen func(string) (net.Listener, error), serve func(net.Listener) func(context.Context) error) error) error {
+	if a.xds == nil {
+		return nil
+	}
+	return open("xds", a.cfg.XDSAddr, xds.Listen, func(lis net.Listener) func(context.Context) error {
+		return func(ctx context.Context) error { return a.xds.Serve(ctx, lis) }
+	})
+}
+
+// extraTasks are the agent's background loops beyond the listeners.
+func (a *Agent) extraTasks() []task {
+	return []task{
+		{"anomaly", func(ctx context.Context) error { a.anomaly.Run(ctx); return nil }},
+		{"rotation", func(ctx context.Context) error { a.rotation.Run(ctx); return nil }},
+	}
+}

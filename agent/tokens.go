@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/policy"
+)
+
+// tokenIndex knows the live tokens of the node by id and by wire hash: it
+// names kernel counters by token id and subject, and tells the kernel side
+// which hashes a subject, tenant or key revocation covers. It is filled from
+// the store (at start and through Watch) and learns hashes from checks.
+type tokenIndex struct {
+	mu     sync.RWMutex
+	byID   map[string]*policy.Token
+	byHash map[uint64]*policy.Token
+}
+
+func newTokenIndex() *tokenIndex {
+	return &tokenIndex{byID: map[string]*policy.Token{}, byHash: map[uint64]*policy.Token{}}
+}
+
+// tokenOf rebuilds the verified-token shape of a record, for revocation
+// look-ups.
+func tokenOf(r *store.TokenRecord) *policy.Token {
+	return &policy.Token{
+		Claims: policy.Claims{
+			ID: r.ID, Subject: r.Subject, Tenant: r.Tenant, Class: r.Class, Env: r.Env,
+			IssuedAt: r.IssuedAt.Unix(), Expires: r.ExpiresAt.Unix(),
+		},
+		KeyID: r.KeyID, Scopes: r.Scopes, WireHash: r.WireHash,
+	}
+}
+
+func (x *tokenIndex) put(t *policy.Token) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.byID[t.ID] = t
+	if t.WireHash != 0 {
+		x.byHash[t.WireHash] = t
+	}
+}
+
+func (x *tokenIndex) remove(id string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if t, ok := x.byID[id]; ok {
+		delete(x.byID, id)
+		delete(x.byHash, t.WireHash)
+	}
+}
+
+// learn records a hash seen at check time for a token the store does not
+// list (its record was lost or not yet replicated). Such an entry is kept no
+// longer than until, as its exp is not in the decision.
+func (x *tokenIndex) learn(dec *policy.Decision, until time.Time) {
+	if dec.WireHash == 0 || dec.TokenID == "" {
+		return
+	}
+	x.mu.RLock()
+	_, known := x.byHash[dec.WireHash]
+	x.mu.RUnlock()
+	if known {
+		return
+	}
+	x.put(&policy.Token{Claims: policy.Claims{ID: dec.TokenID, Subject: dec.Subject, Tenant: dec.Tenant, Expires: until.Unix()}, WireHash: dec.WireHash})
+}
+
+// lookup names a wire hash.
+func (x *tokenIndex) lookup(hash uint64) (id, subject string, ok bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	t, ok := x.byHash[hash]
+	if !ok {
+		return "", "", false
+	}
+	return t.ID, t.Subject, true
+}
+
+// revokedHashes lists the wire hashes of known tokens that rev revokes at
+// now: what the kernel's revoked map must hold.
+func (x *tokenIndex) revokedHashes(rev policy.RevocationChecker, now time.Time) []uint64 {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var out []uint64
+	for h, t := range x.byHash {
+		if rev.Revoked(t, now) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// prune forgets tokens past their exp (plus skew): no enforcement point
+// accepts them, so the kernel needs no entry either.
+func (x *tokenIndex) prune(now time.Time) {
+	limit := now.Add(-policy.ClockSkew).Unix()
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for id, t := range x.byID {
+		if t.Expires != 0 && t.Expires < limit {
+			delete(x.byID, id)
+			delete(x.byHash, t.WireHash)
+		}
+	}
+}
+
+func (x *tokenIndex) len() int {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return len(x.byID)
+}
+
+// load fills the index with every live token in the store.
+func (x *tokenIndex) load(ctx context.Context, st store.Store, now time.Time) error {
+	recs, err := st.Tokens(ctx, store.TokenFilter{LiveAt: now})
+	if err != nil {
+		return err
+	}
+	for i := range recs {
+		x.put(tokenOf(&recs[i]))
+	}
+	return nil
+}
