@@ -169,14 +169,31 @@ type runningAgent struct {
 }
 
 func startAgentOnce(t *testing.T, dataDir string) runningAgent {
+	return startAgentWith(t, Config{DataDir: dataDir})
+}
+
+// startAgentWith starts an agent on loopback ports; empty fields of cfg
+// take test defaults (example policy, env dev, kernel side off).
+func startAgentWith(t *testing.T, cfg Config) runningAgent {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	readyc := make(chan Ready, 1)
-	a, err := New(ctx, Config{
-		DataDir: dataDir, PolicyPath: "../deploy/policy.example.yaml", Env: "dev",
-		AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		OnReady: func(r Ready) { readyc <- r },
-	})
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	if cfg.PolicyPath == "" {
+		cfg.PolicyPath = "../deploy/policy.example.yaml"
+	}
+	if cfg.Env == "" {
+		cfg.Env = "dev"
+	}
+	if cfg.BPF == "" {
+		cfg.BPF = BPFOff
+	}
+	cfg.AdminAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.OnReady = func(r Ready) { readyc <- r }
+	a, err := New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

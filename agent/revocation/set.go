@@ -33,7 +33,7 @@ type Set struct {
 	subjects map[string][]issuedBefore
 	tenants  map[string][]issuedBefore
 	keys     map[string]window
-	rules    map[string]policy.RevocationKind // rule id -> kind, for Remove of non-token rules
+	listed   int // entries in subjects and tenants
 }
 
 // NewSet returns an empty set.
@@ -44,7 +44,6 @@ func NewSet() *Set {
 		subjects: map[string][]issuedBefore{},
 		tenants:  map[string][]issuedBefore{},
 		keys:     map[string]window{},
-		rules:    map[string]policy.RevocationKind{},
 	}
 }
 
@@ -55,8 +54,24 @@ func nanos(t time.Time) int64 {
 	return t.UnixNano()
 }
 
-// Add inserts a rule (idempotent). Token rules are keyed by jti: a second
-// rule for the same jti keeps the earlier effective time.
+// merge combines two rules on one jti or key: the union applies from the
+// earlier effective time until the later expiry (0 = never), so neither
+// rule is shortened by the other.
+func merge(old window, had bool, w window) window {
+	if !had {
+		return w
+	}
+	old.effective = min(old.effective, w.effective)
+	if old.expires != 0 && (w.expires == 0 || w.expires > old.expires) {
+		old.expires = w.expires
+	}
+	return old
+}
+
+// Add inserts a rule (idempotent). Token and key rules are keyed by their
+// target: a second rule on the same jti or key widens the first (earlier
+// effective time, later expiry). Subject and tenant rules are kept apart;
+// a rule with the id of one already held replaces it, as the store does.
 func (s *Set) Add(r policy.Revocation) {
 	w := window{effective: nanos(r.EffectiveAt), expires: nanos(r.Expires)}
 	s.mu.Lock()
@@ -64,28 +79,32 @@ func (s *Set) Add(r policy.Revocation) {
 	switch r.Kind {
 	case policy.RevokeToken:
 		if k, ok := policy.TokenIDKey(r.Target); ok {
-			if old, ok := s.byID[k]; !ok || w.effective < old.effective {
-				s.byID[k] = w
-			}
-		} else if old, ok := s.byIDText[r.Target]; !ok || w.effective < old.effective {
-			s.byIDText[r.Target] = w
+			old, had := s.byID[k]
+			s.byID[k] = merge(old, had, w)
+		} else {
+			old, had := s.byIDText[r.Target]
+			s.byIDText[r.Target] = merge(old, had, w)
 		}
 	case policy.RevokeSubject, policy.RevokeTenant:
 		m := s.subjects
 		if r.Kind == policy.RevokeTenant {
 			m = s.tenants
 		}
-		for _, e := range m[r.Target] {
-			if e.id == r.ID {
+		e := issuedBefore{window: w, before: r.IssuedBefore.Unix(), id: r.ID}
+		list := m[r.Target]
+		for i := range list {
+			// Without an id a rule can only be told apart by its content:
+			// two different id-less rules must both be kept.
+			if list[i] == e || (r.ID != "" && list[i].id == r.ID) {
+				list[i] = e
 				return
 			}
 		}
-		m[r.Target] = append(m[r.Target], issuedBefore{window: w, before: r.IssuedBefore.Unix(), id: r.ID})
-		s.rules[r.ID] = r.Kind
+		m[r.Target] = append(list, e)
+		s.listed++
 	case policy.RevokeKey:
-		if old, ok := s.keys[r.Target]; !ok || w.effective < old.effective {
-			s.keys[r.Target] = w
-		}
+		old, had := s.keys[r.Target]
+		s.keys[r.Target] = merge(old, had, w)
 	}
 }
 
@@ -140,6 +159,8 @@ func (s *Set) Remove(r policy.Revocation) {
 		for _, e := range m[r.Target] {
 			if e.id != r.ID {
 				kept = append(kept, e)
+			} else {
+				s.listed--
 			}
 		}
 		if len(kept) == 0 {
@@ -147,7 +168,6 @@ func (s *Set) Remove(r policy.Revocation) {
 		} else {
 			m[r.Target] = kept
 		}
-		delete(s.rules, r.ID)
 	case policy.RevokeKey:
 		delete(s.keys, r.Target)
 	}
@@ -178,7 +198,7 @@ func (s *Set) Prune(now time.Time) int {
 			kept := list[:0]
 			for _, e := range list {
 				if expired(e.window) {
-					delete(s.rules, e.id)
+					s.listed--
 					dropped++
 					continue
 				}
@@ -204,7 +224,7 @@ func (s *Set) Prune(now time.Time) int {
 func (s *Set) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return len(s.byID) + len(s.byIDText) + len(s.rules) + len(s.keys)
+	return len(s.byID) + len(s.byIDText) + s.listed + len(s.keys)
 }
 
 var _ policy.RevocationChecker = (*Set)(nil)

@@ -1,0 +1,211 @@
+// Package authz is the enforcement point every sidecar calls on every
+// request: Envoy's ext_authz over gRPC (envoy.service.auth.v3) and over HTTP,
+// nginx auth_request and Caddy/Traefik forward auth. Each request becomes a
+// policy.Request for the same Decider and is answered with upstream identity
+// headers or an RFC 6750 denial. Anything it cannot establish is a denial.
+package authz
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+
+	"github.com/tokenwarden/tokenwarden/policy"
+)
+
+// Default listen addresses of the two modes.
+const (
+	DefaultGRPCAddr = "127.0.0.1:9001"
+	DefaultHTTPAddr = "127.0.0.1:9002"
+)
+
+// DefaultMaxHeaderBytes bounds the request headers of one check (names plus
+// values). A larger request is denied with internal_error over gRPC; in HTTP
+// mode net/http answers 431, which every proxy treats as a denial. Tokens
+// themselves are bounded by policy.MaxTokenBytes (malformed_token above it).
+const DefaultMaxHeaderBytes = 64 << 10
+
+// Headers an allowed request carries upstream. Incoming headers with the
+// x-tokenwarden- prefix are always overwritten or removed, so an application
+// can trust them.
+const (
+	HeaderSubject = "x-tokenwarden-subject"
+	HeaderTokenID = "x-tokenwarden-token-id"
+	HeaderScopes  = "x-tokenwarden-scopes" // space-separated, as in the token
+	HeaderTenant  = "x-tokenwarden-tenant" // only when the token has one
+
+	headerPrefix        = "x-tokenwarden-"
+	headerAuthorization = "authorization"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Decider makes every decision. Required.
+	Decider *policy.Decider
+	// Now is the clock decisions use; time.Now when nil.
+	Now func() time.Time
+	// StripAuthorization removes the Authorization header from allowed
+	// requests before they reach the application. Off by default: the
+	// kernel side counts tokens where the application receives them, and
+	// it can only see a token that is still there.
+	StripAuthorization bool
+	// Observer sees every check (audit, anomaly detection, wire-hash
+	// learning). It is called synchronously on the hot path: keep it cheap.
+	Observer Observer
+	// Metrics records checks; nil records none.
+	Metrics *Metrics
+	// MaxHeaderBytes bounds a check's request headers; 0 means
+	// DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
+	// Logger receives internal faults; slog.Default() when nil. Tokens are
+	// never logged.
+	Logger *slog.Logger
+}
+
+// Server answers checks over gRPC and HTTP. It is safe for concurrent use.
+type Server struct {
+	decider        *policy.Decider
+	now            func() time.Time
+	observer       Observer
+	metrics        *Metrics
+	maxHeaderBytes int
+	log            *slog.Logger
+
+	denials      map[policy.Reason]*denial
+	strip        []string // headers removed from every allowed request
+	stripHeader  []string // the same, as an x-envoy-auth-headers-to-remove value
+	grpcOnce     sync.Once
+	grpcServer   *grpc.Server
+	healthServer *health.Server
+}
+
+// New validates cfg and builds a Server, with every denial response built
+// once up front.
+func New(cfg Config) (*Server, error) {
+	if cfg.Decider == nil {
+		return nil, errors.New("authz: Config.Decider is required")
+	}
+	if cfg.MaxHeaderBytes < 0 {
+		return nil, fmt.Errorf("authz: Config.MaxHeaderBytes %d is negative; use 0 for the default of %d", cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	}
+	s := &Server{
+		decider:        cfg.Decider,
+		now:            cfg.Now,
+		observer:       cfg.Observer,
+		metrics:        cfg.Metrics,
+		maxHeaderBytes: cfg.MaxHeaderBytes,
+		log:            cfg.Logger,
+		denials:        make(map[policy.Reason]*denial, len(policy.Reasons)),
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.maxHeaderBytes == 0 {
+		s.maxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if cfg.StripAuthorization {
+		s.strip = []string{headerAuthorization}
+		s.stripHeader = []string{headerAuthorization}
+	}
+	for _, r := range policy.Reasons {
+		if r.Status() != 200 {
+			s.denials[r] = newDenial(r)
+		}
+	}
+	return s, nil
+}
+
+// denied returns the prebuilt denial for reason r.
+func (s *Server) denied(r policy.Reason) *denial {
+	if d, ok := s.denials[r]; ok {
+		return d
+	}
+	// Decide only returns the reasons in policy.Reasons; anything else is a
+	// fault of ours, and still a denial.
+	return s.denials[policy.ReasonInternalError]
+}
+
+// decide asks the Decider, turning a panic into an internal_error denial.
+func (s *Server) decide(req policy.Request) (dec policy.Decision) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("authz: Decide panicked; denying", "panic", r, "method", req.Method, "host", req.Host)
+			dec = denyDecision(policy.ReasonInternalError)
+		}
+	}()
+	return s.decider.Decide(req, s.now())
+}
+
+// stop records one finished check: metrics, per-token counts and the
+// Observer. Every exit path of a check goes through it, panics included.
+func (s *Server) stop(start time.Time, ev *Event, token string) {
+	ev.Duration = time.Since(start)
+	if ev.WireHash == 0 {
+		ev.WireHash = ev.Decision.WireHash
+	}
+	if ev.WireHash == 0 && token != "" {
+		ev.WireHash = wireHash(token)
+	}
+	if s.metrics != nil {
+		s.metrics.observe(&ev.Decision, ev.Duration)
+	}
+	if s.observer != nil {
+		s.observe(ev)
+	}
+}
+
+// observe calls the Observer, so that a panic in it cannot take the server
+// down.
+func (s *Server) observe(ev *Event) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("authz: Observer panicked", "panic", r)
+		}
+	}()
+	s.observer.ObserveCheck(*ev)
+}
+
+func denyDecision(r policy.Reason) policy.Decision {
+	return policy.Decision{Status: r.Status(), Reason: r}
+}
+
+// wireHash is policy.WireHash (FNV-1a 64) without a []byte conversion.
+func wireHash(token string) uint64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for i := 0; i < len(token); i++ {
+		h ^= uint64(token[i])
+		h *= prime
+	}
+	return h
+}
+
+// setsHeader reports whether an allowed decision sets the x-tokenwarden-
+// header name (lower case) itself, overwriting any incoming value.
+func setsHeader(dec *policy.Decision, name string) bool {
+	if dec.TokenID == "" {
+		return false
+	}
+	switch name {
+	case HeaderSubject, HeaderTokenID, HeaderScopes:
+		return true
+	case HeaderTenant:
+		return dec.Tenant != ""
+	}
+	return false
+}
+
+// isTokenwardenHeader reports whether name (any case) has the
+// x-tokenwarden- prefix.
+func isTokenwardenHeader(name string) bool {
+	return len(name) >= len(headerPrefix) && strings.EqualFold(name[:len(headerPrefix)], headerPrefix)
+}

@@ -1,0 +1,266 @@
+package authz
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/policy"
+)
+
+// HTTP mode endpoints, one per kind of proxy. Each reads the original
+// request from the headers that proxy sends and no others, so a client
+// cannot pick another proxy's headers to describe a request it is not
+// making (Caddy and nginx pass client headers through to the auth call).
+const (
+	// PathEnvoy is the prefix for Envoy's HTTP ext_authz service
+	// (path_prefix: /envoy): method, Host and path are the check request's
+	// own, with the prefix removed.
+	PathEnvoy = "/envoy"
+	// PathNginx is for nginx auth_request: X-Original-Method and
+	// X-Original-URI (both required), host from X-Original-Host or Host,
+	// client from X-Real-IP.
+	PathNginx = "/nginx"
+	// PathForwardAuth is for Caddy forward_auth and Traefik ForwardAuth:
+	// X-Forwarded-Method and X-Forwarded-Uri (both required), host from
+	// X-Forwarded-Host or Host, client from the last X-Forwarded-For hop.
+	PathForwardAuth = "/forward-auth"
+)
+
+// HeaderRemove lists, on an allowed HTTP answer, the request headers the
+// proxy must drop before the request goes upstream: forged x-tokenwarden-
+// headers the answer does not set, and Authorization when configured. Envoy
+// applies it by itself; nginx does through a map (see docs/authz.md).
+const HeaderRemove = "x-envoy-auth-headers-to-remove"
+
+// Canonical forms, so the hot path indexes http.Header maps directly.
+const (
+	hAuthorization   = "Authorization"
+	hContentType     = "Content-Type"
+	hWWWAuthenticate = "Www-Authenticate"
+	hOriginalMethod  = "X-Original-Method"
+	hOriginalURI     = "X-Original-Uri"
+	hOriginalHost    = "X-Original-Host"
+	hRealIP          = "X-Real-Ip"
+	hForwardedMethod = "X-Forwarded-Method"
+	hForwardedURI    = "X-Forwarded-Uri"
+	hForwardedHost   = "X-Forwarded-Host"
+	hForwardedFor    = "X-Forwarded-For"
+	hSubject         = "X-Tokenwarden-Subject"
+	hTokenID         = "X-Tokenwarden-Token-Id"
+	hScopes          = "X-Tokenwarden-Scopes"
+	hTenant          = "X-Tokenwarden-Tenant"
+	hRemove          = "X-Envoy-Auth-Headers-To-Remove"
+	hPrefix          = "X-Tokenwarden-"
+)
+
+// HTTP server timeouts.
+const (
+	// httpReadHeaderTimeout drops clients that trickle headers.
+	httpReadHeaderTimeout = 5 * time.Second
+	// httpIdleTimeout outlives the idle keep-alive of the proxies that
+	// call us (nginx keepalive_timeout 60s, Envoy 1h is capped by this),
+	// so that the client closes an idle connection first and never reuses
+	// one we are closing, which it would report as a 502.
+	httpIdleTimeout = 120 * time.Second
+)
+
+// Handler is the HTTP mode: PathEnvoy, PathNginx and PathForwardAuth.
+// Allowed checks get 200 with the identity headers; denied ones 401 or 403
+// with WWW-Authenticate and a JSON body. Any other path is denied.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveCheck) }
+
+func (s *Server) serveCheck(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	ev := Event{Protocol: ProtocolHTTP}
+	var token string
+	defer func() { s.stop(start, &ev, token) }()
+	s.checkHTTP(w, r, &ev, &token)
+}
+
+// checkHTTP answers one HTTP check, filling ev. A panic before the answer
+// is written is an internal_error denial.
+func (s *Server) checkHTTP(w http.ResponseWriter, r *http.Request, ev *Event, token *string) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("authz: HTTP check panicked; denying", "panic", p)
+			ev.Decision = denyDecision(policy.ReasonInternalError)
+			s.writeDenial(w, s.denied(policy.ReasonInternalError))
+		}
+	}()
+	req, source, ok := originalRequest(r)
+	ev.Source = source
+	if !ok {
+		s.log.Debug("authz: HTTP check lacks the original request; denying (check the proxy's auth config)",
+			"path", r.URL.Path, "peer", r.RemoteAddr)
+		ev.Decision = denyDecision(policy.ReasonInternalError)
+		s.writeDenial(w, s.denied(policy.ReasonInternalError))
+		return
+	}
+	switch auth := r.Header[hAuthorization]; len(auth) {
+	case 0:
+	case 1:
+		req.Token = policy.BearerToken(auth[0])
+	default:
+		// As Envoy does: joined, they make one malformed token.
+		req.Token = policy.BearerToken(strings.Join(auth, ","))
+	}
+	*token = req.Token
+	ev.Decision = s.decide(req)
+	if !ev.Decision.Allow {
+		s.writeDenial(w, s.denied(ev.Decision.Reason))
+		return
+	}
+	s.writeAllowed(w, &ev.Decision, forgedHTTP(r.Header))
+}
+
+// originalRequest reads the request being authorized from the headers of
+// the proxy kind the endpoint serves.
+func originalRequest(r *http.Request) (req policy.Request, source string, ok bool) {
+	h := r.Header
+	switch r.URL.Path {
+	case PathNginx:
+		req.Method, ok = single(h, hOriginalMethod)
+		if !ok {
+			return req, "", false
+		}
+		req.Path, ok = single(h, hOriginalURI)
+		req.Host = firstOf(h, hOriginalHost, r.Host)
+		return req, firstOf(h, hRealIP, peerHost(r.RemoteAddr)), ok
+	case PathForwardAuth:
+		req.Method, ok = single(h, hForwardedMethod)
+		if !ok {
+			return req, "", false
+		}
+		req.Path, ok = single(h, hForwardedURI)
+		req.Host = firstOf(h, hForwardedHost, r.Host)
+		return req, lastHop(h, r.RemoteAddr), ok
+	}
+	// Envoy: the check request is the original with path_prefix prepended.
+	// RequestURI is the target as sent, undecoded, as Envoy's own path is.
+	rest, found := strings.CutPrefix(r.RequestURI, PathEnvoy)
+	if !found || rest == "" || rest[0] != '/' {
+		return req, "", false
+	}
+	req.Method, req.Host, req.Path = r.Method, r.Host, rest
+	return req, lastHop(h, r.RemoteAddr), true
+}
+
+// single returns the one value of a header; absent or repeated is not ok.
+func single(h http.Header, key string) (string, bool) {
+	v := h[key]
+	if len(v) != 1 || v[0] == "" {
+		return "", false
+	}
+	return v[0], true
+}
+
+func firstOf(h http.Header, key, fallback string) string {
+	if v := h[key]; len(v) > 0 && v[0] != "" {
+		return v[0]
+	}
+	return fallback
+}
+
+// lastHop is the client address the nearest proxy appended to
+// X-Forwarded-For, or the connection's peer.
+func lastHop(h http.Header, remoteAddr string) string {
+	if v := h[hForwardedFor]; len(v) > 0 {
+		last := v[len(v)-1]
+		if i := strings.LastIndexByte(last, ','); i >= 0 {
+			last = last[i+1:]
+		}
+		if last = strings.TrimSpace(last); last != "" {
+			return last
+		}
+	}
+	return peerHost(remoteAddr)
+}
+
+func peerHost(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
+
+// forgedHTTP lists incoming x-tokenwarden- headers (nil almost always).
+func forgedHTTP(h http.Header) []string {
+	var forged []string
+	for k := range h {
+		if strings.HasPrefix(k, hPrefix) || isTokenwardenHeader(k) {
+			forged = append(forged, k)
+		}
+	}
+	return forged
+}
+
+func (s *Server) writeDenial(w http.ResponseWriter, d *denial) {
+	h := w.Header()
+	h[hContentType] = contentTypeJSON
+	if d.challenge[0] != "" {
+		h[hWWWAuthenticate] = d.challenge
+	}
+	w.WriteHeader(d.status)
+	_, _ = w.Write(d.body)
+}
+
+func (s *Server) writeAllowed(w http.ResponseWriter, dec *policy.Decision, forged []string) {
+	h := w.Header()
+	if dec.TokenID != "" {
+		v := []string{dec.Subject, dec.TokenID, strings.Join(dec.Scopes, " "), dec.Tenant}
+		h[hSubject] = v[0:1:1]
+		h[hTokenID] = v[1:2:2]
+		h[hScopes] = v[2:3:3]
+		if dec.Tenant != "" {
+			h[hTenant] = v[3:4:4]
+		}
+	}
+	if len(forged) == 0 {
+		if s.stripHeader != nil {
+			h[hRemove] = s.stripHeader
+		}
+	} else if rm := s.removals(dec, forged); len(rm) > 0 {
+		h[hRemove] = []string{strings.Join(rm, ", ")}
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// ServeHTTPMode serves Handler on lis until ctx ends, then stops accepting,
+// lets in-flight checks finish (for at most shutdownGrace) and returns nil.
+func (s *Server) ServeHTTPMode(ctx context.Context, lis net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: httpReadHeaderTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    s.maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		select {
+		case <-ctx.Done():
+		case <-served:
+			return
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close()
+		}
+	}()
+	err := srv.Serve(lis)
+	if errors.Is(err, http.ErrServerClosed) {
+		<-stopped
+		return nil
+	}
+	close(served)
+	<-stopped
+	return err
+}
