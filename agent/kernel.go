@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tokenwarden/tokenwarden/agent/audit"
+	"github.com/tokenwarden/tokenwarden/agent/authz"
 	"github.com/tokenwarden/tokenwarden/agent/usage"
 	"github.com/tokenwarden/tokenwarden/bpf"
 )
@@ -109,7 +110,11 @@ func (k *kernel) registerMetrics(reg prometheus.Registerer) error {
 		Name: "tokenwarden_kernel_requests_total",
 		Help: "HTTP requests seen in the kernel per token, for the busiest tokens only; series of tokens that drop out are deleted.",
 	}, []string{"token_id", "subject"})
-	k.requests = usage.NewTopN(vec, k.a.cfg.TopTokens)
+	top := k.a.cfg.TopTokens
+	if top == 0 {
+		top = authz.DefaultTopTokens
+	}
+	k.requests = usage.NewTopN(vec, max(top, 0))
 	k.drops = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tokenwarden_kernel_drops_total",
 		Help: "Requests dropped in the kernel for carrying a revoked token.",

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
@@ -78,6 +79,8 @@ type Server struct {
 	log            *slog.Logger
 
 	denials      map[policy.Reason]*denial
+	public       *authv3.CheckResponse // allowed without a token (public route)
+	identities   *identityCache
 	strip        []string // headers removed from every allowed request
 	stripHeader  []string // the same, as an x-envoy-auth-headers-to-remove value
 	grpcOnce     sync.Once
@@ -102,6 +105,7 @@ func New(cfg Config) (*Server, error) {
 		maxHeaderBytes: cfg.MaxHeaderBytes,
 		log:            cfg.Logger,
 		denials:        make(map[policy.Reason]*denial, len(policy.Reasons)),
+		identities:     new(identityCache),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -121,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 			s.denials[r] = newDenial(r)
 		}
 	}
+	s.public = s.allowedGRPC(&policy.Decision{Allow: true}, "", nil)
 	return s, nil
 }
 

@@ -105,7 +105,7 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 	if !ev.Decision.Allow {
 		return s.denied(ev.Decision.Reason).grpc
 	}
-	return s.allowedGRPC(&ev.Decision, h.forged)
+	return s.answerGRPC(&ev.Decision, h.forged)
 }
 
 // checkHeaders is what a check needs from the request headers.

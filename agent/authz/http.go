@@ -212,12 +212,17 @@ func (s *Server) writeDenial(w http.ResponseWriter, d *denial) {
 func (s *Server) writeAllowed(w http.ResponseWriter, dec *policy.Decision, forged []string) {
 	h := w.Header()
 	if dec.TokenID != "" {
-		v := []string{dec.Subject, dec.TokenID, strings.Join(dec.Scopes, " "), dec.Tenant}
-		h[hSubject] = v[0:1:1]
-		h[hTokenID] = v[1:2:2]
-		h[hScopes] = v[2:3:3]
+		var v *[4][]string
+		if dec.WireHash != 0 {
+			v = &s.identity(dec).http
+		} else {
+			v = &s.newIdentity(dec, nil).http
+		}
+		h[hSubject] = v[0]
+		h[hTokenID] = v[1]
+		h[hScopes] = v[2]
 		if dec.Tenant != "" {
-			h[hTenant] = v[3:4:4]
+			h[hTenant] = v[3]
 		}
 	}
 	if len(forged) == 0 {

@@ -248,6 +248,7 @@ func BenchmarkHTTPCheckAllowed(b *testing.B) {
 	tok, _ := f.mint(b, policy.IssueRequest{Subject: "svc", Scopes: []string{"orders:read"}}, fixedNow)
 	req, _ := http.NewRequest("GET", "http://authz"+PathEnvoy+"/orders/1", nil)
 	req.RequestURI = PathEnvoy + "/orders/1"
+	req.RemoteAddr = "127.0.0.1:40000"
 	req.Host = "orders"
 	req.Header.Set("Authorization", "Bearer "+tok)
 	h := s.Handler()

@@ -3,6 +3,7 @@ package authz
 import (
 	"encoding/json"
 	"strings"
+	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -67,44 +68,81 @@ func newDenial(r policy.Reason) *denial {
 	}
 }
 
-// allowed is one allowed gRPC answer with everything it points to, so that
-// building it costs one allocation instead of a dozen.
-type allowed struct {
-	resp    authv3.CheckResponse
-	oneof   authv3.CheckResponse_OkResponse
-	ok      authv3.OkHttpResponse
-	options [4]corev3.HeaderValueOption
-	values  [4]corev3.HeaderValue
-	list    [4]*corev3.HeaderValueOption
+// identity is the allowed answer for one token: the gRPC response and the
+// HTTP header values, built on the token's first allowed check and shared,
+// read-only, by every later one. Only the token's claims go into it, and a
+// token's claims never change.
+type identity struct {
+	wireHash uint64
+	tokenID  string
+	grpc     *authv3.CheckResponse
+	http     [4][]string // subject, token id, scopes, tenant
 }
 
-// allowedGRPC answers an allowed check: identity headers overwrite any the
+// identitySlots sizes the direct-mapped identity cache: a token whose slot
+// another token took is rebuilt, which costs what no cache would.
+const identitySlots = 4096
+
+type identityCache [identitySlots]atomic.Pointer[identity]
+
+// identity returns the cached answer for an allowed decision with a token.
+func (s *Server) identity(dec *policy.Decision) *identity {
+	slot := &s.identities[dec.WireHash%identitySlots]
+	if id := slot.Load(); id != nil && id.wireHash == dec.WireHash && id.tokenID == dec.TokenID {
+		return id
+	}
+	id := s.newIdentity(dec, nil)
+	slot.Store(id)
+	return id
+}
+
+func (s *Server) newIdentity(dec *policy.Decision, forged []string) *identity {
+	scopes := strings.Join(dec.Scopes, " ")
+	return &identity{
+		wireHash: dec.WireHash,
+		tokenID:  dec.TokenID,
+		grpc:     s.allowedGRPC(dec, scopes, forged),
+		http:     [4][]string{{dec.Subject}, {dec.TokenID}, {scopes}, {dec.Tenant}},
+	}
+}
+
+// allowedGRPC builds an allowed answer: identity headers overwrite any the
 // client sent, and forged x-tokenwarden- headers the decision does not set
 // are removed along with, when configured, Authorization.
-func (s *Server) allowedGRPC(dec *policy.Decision, forged []string) *authv3.CheckResponse {
-	a := &allowed{}
-	a.resp.Status = okStatus
-	a.resp.HttpResponse = &a.oneof
-	a.oneof.OkResponse = &a.ok
-	n := 0
+func (s *Server) allowedGRPC(dec *policy.Decision, scopes string, forged []string) *authv3.CheckResponse {
+	var headers []*corev3.HeaderValueOption
 	set := func(key, value string) {
-		a.values[n] = corev3.HeaderValue{Key: key, Value: value}
-		a.options[n].Header = &a.values[n]
-		a.options[n].Append = overwrite
-		a.list[n] = &a.options[n]
-		n++
+		headers = append(headers, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: key, Value: value}, Append: overwrite})
 	}
 	if dec.TokenID != "" {
 		set(HeaderSubject, dec.Subject)
 		set(HeaderTokenID, dec.TokenID)
-		set(HeaderScopes, strings.Join(dec.Scopes, " "))
+		set(HeaderScopes, scopes)
 		if dec.Tenant != "" {
 			set(HeaderTenant, dec.Tenant)
 		}
 	}
-	a.ok.Headers = a.list[:n:n]
-	a.ok.HeadersToRemove = s.removals(dec, forged)
-	return &a.resp
+	return &authv3.CheckResponse{
+		Status: okStatus,
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers:         headers,
+			HeadersToRemove: s.removals(dec, forged),
+		}},
+	}
+}
+
+// answerGRPC is the response to an allowed check: shared unless the
+// request forged x-tokenwarden- headers.
+func (s *Server) answerGRPC(dec *policy.Decision, forged []string) *authv3.CheckResponse {
+	switch {
+	case len(forged) > 0:
+		return s.allowedGRPC(dec, strings.Join(dec.Scopes, " "), forged)
+	case dec.TokenID == "":
+		return s.public
+	case dec.WireHash == 0:
+		return s.allowedGRPC(dec, strings.Join(dec.Scopes, " "), nil)
+	}
+	return s.identity(dec).grpc
 }
 
 // removals lists the headers to remove from an allowed request: forged
