@@ -1,7 +1,10 @@
 package policy
 
 import (
+	"bytes"
 	"fmt"
+	"io"
+	"math"
 	"reflect"
 	"sort"
 	"strconv"
@@ -143,6 +146,47 @@ func (e *LoadError) Error() string {
 type findings struct {
 	file     string
 	problems []Problem
+	// failed holds the paths ("classes.ci.max_ttl") whose value could not
+	// be decoded, so that validation does not report the same mistake again
+	// as a missing value.
+	failed map[string]bool
+}
+
+// badValue reports a value at path that cannot be decoded.
+func (f *findings) badValue(n *yaml.Node, path string, format string, args ...any) {
+	if f.failed == nil {
+		f.failed = map[string]bool{}
+	}
+	f.failed[path] = true
+	f.errorf(n, format, args...)
+}
+
+// decoded reports whether path and every path above it were decoded
+// without a problem.
+func (f *findings) decoded(path string) bool {
+	if f.failed["policy"] {
+		return false
+	}
+	for i := 0; i <= len(path); i++ {
+		if i == len(path) || path[i] == '.' || path[i] == '[' {
+			if f.failed[path[:i]] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// sortProblems puts problems in file order; problems at one position keep
+// the order in which they were found.
+func (f *findings) sortProblems() {
+	sort.SliceStable(f.problems, func(i, j int) bool {
+		a, b := f.problems[i], f.problems[j]
+		if a.Line != b.Line {
+			return a.Line < b.Line
+		}
+		return a.Column < b.Column
+	})
 }
 
 func (f *findings) errorf(n *yaml.Node, format string, args ...any) {
@@ -174,7 +218,7 @@ func (f *findings) hasErrors() bool {
 // and bad duration at its line and column instead of stopping at the first.
 func (f *findings) decodeStrict(n *yaml.Node, v reflect.Value, where string) {
 	if n.Kind == yaml.AliasNode {
-		f.errorf(n, "%s: YAML aliases are not allowed in a policy file; write the value out", where)
+		f.badValue(n, where, "%s: YAML aliases are not allowed in a policy file; write the value out", where)
 		return
 	}
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
@@ -183,12 +227,12 @@ func (f *findings) decodeStrict(n *yaml.Node, v reflect.Value, where string) {
 	switch {
 	case v.Type() == durationType:
 		if n.Kind != yaml.ScalarNode {
-			f.errorf(n, "%s: want a duration such as 15m or 24h", where)
+			f.badValue(n, where, "%s: want a duration such as 15m or 24h", where)
 			return
 		}
 		d, err := time.ParseDuration(n.Value)
 		if err != nil || d <= 0 {
-			f.errorf(n, "%s: bad duration %q: write a positive Go duration such as 90s, 15m or 24h", where, n.Value)
+			f.badValue(n, where, "%s: bad duration %q: write a positive Go duration such as 90s, 15m or 24h", where, n.Value)
 			return
 		}
 		v.SetInt(int64(d))
@@ -201,7 +245,7 @@ func (f *findings) decodeStrict(n *yaml.Node, v reflect.Value, where string) {
 		return
 	case v.Kind() == reflect.Struct:
 		if n.Kind != yaml.MappingNode {
-			f.errorf(n, "%s: want a mapping", where)
+			f.badValue(n, where, "%s: want a mapping of %s", where, strings.Join(sortedKeys(structFields(v.Type())), ", "))
 			return
 		}
 		fields := structFields(v.Type())
@@ -210,20 +254,20 @@ func (f *findings) decodeStrict(n *yaml.Node, v reflect.Value, where string) {
 			k, val := n.Content[i], n.Content[i+1]
 			idx, ok := fields[k.Value]
 			if !ok {
-				f.errorf(k, "%s: unknown field %q (known fields: %s)", where, k.Value, strings.Join(sortedKeys(fields), ", "))
+				f.errorf(k, "%s: unknown field %q: remove it or correct its spelling (known fields: %s)", where, k.Value, strings.Join(sortedKeys(fields), ", "))
 				continue
 			}
 			if seen[k.Value] {
-				f.errorf(k, "%s: field %q given twice", where, k.Value)
+				f.errorf(k, "%s: field %q given twice: keep one", where, k.Value)
 				continue
 			}
 			seen[k.Value] = true
-			f.decodeStrict(val, v.Field(idx), where+"."+k.Value)
+			f.decodeStrict(val, v.Field(idx), childPath(where, k.Value))
 		}
 		return
 	case v.Kind() == reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			f.errorf(n, "%s: want a mapping", where)
+			f.badValue(n, where, "%s: want a mapping of names", where)
 			return
 		}
 		if v.IsNil() {
@@ -232,17 +276,17 @@ func (f *findings) decodeStrict(n *yaml.Node, v reflect.Value, where string) {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, val := n.Content[i], n.Content[i+1]
 			if v.MapIndex(reflect.ValueOf(k.Value)).IsValid() {
-				f.errorf(k, "%s: %q given twice", where, k.Value)
+				f.errorf(k, "%s: %q given twice: merge the two or rename one", where, k.Value)
 				continue
 			}
 			elem := reflect.New(v.Type().Elem()).Elem()
-			f.decodeStrict(val, elem, where+"."+k.Value)
+			f.decodeStrict(val, elem, childPath(where, k.Value))
 			v.SetMapIndex(reflect.ValueOf(k.Value), elem)
 		}
 		return
 	case v.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			f.errorf(n, "%s: want a list", where)
+			f.badValue(n, where, "%s: want a list, e.g. [a, b]", where)
 			return
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
@@ -253,7 +297,7 @@ func (f *findings) decodeStrict(n *yaml.Node, v reflect.Value, where string) {
 		return
 	}
 	if n.Kind != yaml.ScalarNode {
-		f.errorf(n, "%s: want a single value", where)
+		f.badValue(n, where, "%s: want a single value, not a list or mapping", where)
 		return
 	}
 	switch v.Kind() {
@@ -262,27 +306,36 @@ func (f *findings) decodeStrict(n *yaml.Node, v reflect.Value, where string) {
 	case reflect.Bool:
 		b, err := strconv.ParseBool(n.Value)
 		if err != nil {
-			f.errorf(n, "%s: want true or false, got %q", where, n.Value)
+			f.badValue(n, where, "%s: want true or false, got %q", where, n.Value)
 			return
 		}
 		v.SetBool(b)
 	case reflect.Int:
 		i, err := strconv.Atoi(n.Value)
 		if err != nil {
-			f.errorf(n, "%s: want a whole number, got %q", where, n.Value)
+			f.badValue(n, where, "%s: want a whole number, got %q", where, n.Value)
 			return
 		}
 		v.SetInt(int64(i))
 	case reflect.Float64:
 		x, err := strconv.ParseFloat(n.Value, 64)
-		if err != nil {
-			f.errorf(n, "%s: want a number, got %q", where, n.Value)
+		if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
+			f.badValue(n, where, "%s: want a number, got %q", where, n.Value)
 			return
 		}
 		v.SetFloat(x)
 	default:
-		f.errorf(n, "%s: unsupported value", where)
+		f.badValue(n, where, "%s: unsupported value", where)
 	}
+}
+
+// childPath names a field the way validation problems do: "classes.ci.max_ttl",
+// without the "policy" of the root.
+func childPath(where, key string) string {
+	if where == "policy" {
+		return key
+	}
+	return where + "." + key
 }
 
 func structFields(t reflect.Type) map[string]int {
@@ -349,26 +402,21 @@ func seqItem(n *yaml.Node, i int) *yaml.Node {
 }
 
 // parseDocument decodes data into a Document and returns the root mapping
-// node for positions.
+// node for positions; the node is nil when there is nothing to validate.
 func (f *findings) parseDocument(data []byte) (*Document, *yaml.Node) {
 	doc := &Document{}
 	if len(data) > MaxDocumentBytes {
-		f.errorf(nil, "policy file is %d bytes, over the %d-byte limit", len(data), MaxDocumentBytes)
+		f.errorf(nil, "policy file is %d bytes, over the %d-byte limit: a policy this large is a mistake; check that this is the right file", len(data), MaxDocumentBytes)
 		return doc, nil
 	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		line := 1
-		msg := err.Error()
-		// yaml.v3 reports "yaml: line N: ..." for syntax errors.
-		if rest, ok := strings.CutPrefix(msg, "yaml: line "); ok {
-			if num, tail, ok := strings.Cut(rest, ":"); ok {
-				if l, err := strconv.Atoi(num); err == nil {
-					line, msg = l, strings.TrimSpace(tail)
-				}
-			}
+	if err := dec.Decode(&root); err != nil {
+		if err == io.EOF {
+			f.errorf(nil, "policy file is empty: start from deploy/policy.example.yaml")
+		} else {
+			f.syntaxError(data, err)
 		}
-		f.problems = append(f.problems, Problem{File: f.file, Line: line, Column: 1, Severity: SeverityError, Message: "YAML syntax: " + msg})
 		return doc, nil
 	}
 	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
@@ -376,6 +424,84 @@ func (f *findings) parseDocument(data []byte) (*Document, *yaml.Node) {
 		return doc, nil
 	}
 	top := root.Content[0]
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case err == io.EOF:
+	case err != nil:
+		f.syntaxError(data, err)
+		return doc, nil
+	default:
+		// yaml.Unmarshal would silently drop every document but the first.
+		f.errorf(&next, "a second YAML document starts here: a policy file holds one; remove the extra ---")
+		return doc, nil
+	}
+	if top.Kind == yaml.ScalarNode && top.Tag == "!!null" {
+		f.errorf(top, "policy file is empty: start from deploy/policy.example.yaml")
+		return doc, nil
+	}
 	f.decodeStrict(top, reflect.ValueOf(doc).Elem(), "policy")
+	if top.Kind != yaml.MappingNode {
+		return doc, nil
+	}
 	return doc, top
+}
+
+// yamlParserErrors are the messages of yaml.v3's parser (as opposed to its
+// scanner). For them yaml.v3 reports the 0-based line where the enclosing
+// collection starts, one less than the line a reader counts.
+var yamlParserErrors = map[string]bool{
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected <document start>": true,
+	"did not find expected key":              true,
+	"did not find expected node content":     true,
+	"found duplicate %TAG directive":         true,
+	"found duplicate %YAML directive":        true,
+	"found incompatible YAML document":       true,
+	"found undefined tag handle":             true,
+}
+
+// syntaxError reports a YAML syntax error. yaml.v3 gives the line only
+// ("yaml: line N: ..."); the column is that of the line's first character
+// after its indenting spaces, which is where indentation mistakes, the
+// usual cause, show (a tab is itself pointed at).
+func (f *findings) syntaxError(data []byte, err error) {
+	line, msg := 1, err.Error()
+	msg = strings.TrimPrefix(msg, "yaml: ")
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if num, tail, ok := strings.Cut(rest, ":"); ok {
+			if l, err := strconv.Atoi(num); err == nil && l > 0 {
+				line, msg = l, strings.TrimSpace(tail)
+				if yamlParserErrors[msg] {
+					line++
+				}
+			}
+		}
+	}
+	f.problems = append(f.problems, Problem{
+		File: f.file, Line: line, Column: firstColumn(data, line), Severity: SeverityError,
+		Message: "YAML syntax: " + msg + ": check the indentation (spaces, not tabs), colons and quoting here",
+	})
+}
+
+// firstColumn is the 1-based column of the first character other than a
+// space on a 1-based line of data, or 1.
+func firstColumn(data []byte, line int) int {
+	for l := 1; l < line; l++ {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			return 1
+		}
+		data = data[i+1:]
+	}
+	for i, c := range data {
+		if c != ' ' {
+			if c == '\n' || c == '\r' {
+				return 1
+			}
+			return i + 1
+		}
+	}
+	return 1
 }

@@ -52,6 +52,7 @@ func Load(name string, data []byte) (*Policy, error) {
 	if root != nil {
 		f.validate(doc, root)
 	}
+	f.sortProblems()
 	if f.hasErrors() {
 		return nil, &LoadError{Problems: f.problems}
 	}
@@ -77,22 +78,22 @@ func Check(name string, data []byte) []Problem {
 }
 
 func (f *findings) validate(d *Document, root *yaml.Node) {
-	if d.Version != 1 {
+	if d.Version != 1 && f.decoded("version") {
 		f.errorf(fieldNode(root, "version"), "version: want 1, got %d", d.Version)
 	}
-	if d.Issuer == "" {
+	if d.Issuer == "" && f.decoded("issuer") {
 		f.errorf(fieldNode(root, "issuer"), "issuer: required (the iss claim of every token, e.g. tokenwarden.example)")
 	}
-	if len(d.Environments) == 0 {
+	if len(d.Environments) == 0 && f.decoded("environments") {
 		f.errorf(fieldNode(root, "environments"), "environments: define at least one, e.g. prod: { max_ttl: 24h }")
 	}
 	envNode := fieldNode(root, "environments")
 	for _, name := range sortedKeys(d.Environments) {
 		e := d.Environments[name]
 		if !namePattern.MatchString(name) {
-			f.errorf(keyNode(envNode, name), "environments.%s: names are lower-case letters, digits and dashes", name)
+			f.errorf(keyNode(envNode, name), "environments.%s: names are lower-case letters, digits and dashes; rename it", name)
 		}
-		if e.MaxTTL <= 0 {
+		if e.MaxTTL <= 0 && f.decoded("environments."+name+".max_ttl") {
 			f.errorf(fieldNode(envNode, name), "environments.%s.max_ttl: required, e.g. 24h", name)
 		}
 	}
@@ -103,14 +104,20 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 		c := d.Classes[name]
 		cn := fieldNode(classNode, name)
 		where := "classes." + name
-		if !namePattern.MatchString(name) {
-			f.errorf(keyNode(classNode, name), "%s: names are lower-case letters, digits and dashes", where)
+		if !f.decoded(where) {
+			continue
 		}
-		if len(c.Scopes) == 0 {
+		if !namePattern.MatchString(name) {
+			f.errorf(keyNode(classNode, name), "%s: names are lower-case letters, digits and dashes; rename it", where)
+		}
+		if len(c.Scopes) == 0 && f.decoded(where+".scopes") {
 			f.errorf(cn, "%s.scopes: list the scopes a token of this class may hold", where)
 		}
 		for i, s := range c.Scopes {
 			n := seqItem(fieldNode(cn, "scopes"), i)
+			if !f.decoded(fmt.Sprintf("%s.scopes[%d]", where, i)) {
+				continue
+			}
 			if !scopePattern.MatchString(s) {
 				f.errorf(n, "%s.scopes[%d]: malformed scope %q: use letters, digits, _ . - separated by colons, e.g. orders:read", where, i, s)
 				continue
@@ -119,31 +126,36 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 				granted[s] = n
 			}
 		}
-		if c.MaxTTL <= 0 {
+		if c.MaxTTL <= 0 && f.decoded(where+".max_ttl") {
 			f.errorf(cn, "%s.max_ttl: required, e.g. 12h", where)
 		}
 		if c.DefaultTTL <= 0 {
-			f.errorf(cn, "%s.default_ttl: required, e.g. 1h", where)
+			if f.decoded(where + ".default_ttl") {
+				f.errorf(cn, "%s.default_ttl: required, e.g. 1h", where)
+			}
 		} else if c.MaxTTL > 0 && c.DefaultTTL > c.MaxTTL {
 			f.errorf(fieldNode(cn, "default_ttl"), "%s.default_ttl %s is above its max_ttl %s: lower default_ttl or raise max_ttl", where, c.DefaultTTL.D(), c.MaxTTL.D())
 		}
 		if c.RotateAfter > 0 && c.MaxTTL > 0 && c.RotateAfter >= c.MaxTTL {
 			f.errorf(fieldNode(cn, "rotate_after"), "%s.rotate_after %s must be below max_ttl %s, or tokens expire before their successor is issued", where, c.RotateAfter.D(), c.MaxTTL.D())
 		}
-		if c.RotationGrace > 0 && c.RotateAfter == 0 {
-			f.errorf(fieldNode(cn, "rotation_grace"), "%s.rotation_grace needs rotate_after", where)
+		if c.RotationGrace > 0 && c.RotateAfter == 0 && f.decoded(where+".rotate_after") {
+			f.errorf(fieldNode(cn, "rotation_grace"), "%s.rotation_grace needs rotate_after: set rotate_after or drop rotation_grace", where)
 		}
-		if c.Delivery != nil && c.Delivery.Webhook != nil && c.Delivery.Webhook.URL == "" {
+		if c.Delivery != nil && c.Delivery.Webhook != nil && c.Delivery.Webhook.URL == "" && f.decoded(where+".delivery.webhook.url") {
 			f.errorf(fieldNode(cn, "delivery", "webhook"), "%s.delivery.webhook.url: required", where)
 		}
-		if len(c.Environments) == 0 {
+		if len(c.Environments) == 0 && f.decoded(where+".environments") {
 			f.errorf(cn, "%s.environments: list the environments this class may be issued in", where)
 		}
 		for i, env := range c.Environments {
 			n := seqItem(fieldNode(cn, "environments"), i)
+			if !f.decoded(fmt.Sprintf("%s.environments[%d]", where, i)) {
+				continue
+			}
 			e, ok := d.Environments[env]
 			if !ok {
-				f.errorf(n, "%s.environments[%d]: unknown environment %q (defined: %s)", where, i, env, strings.Join(sortedKeys(d.Environments), ", "))
+				f.errorf(n, "%s.environments[%d]: unknown environment %q (defined: %s): define it under environments or remove it here", where, i, env, strings.Join(sortedKeys(d.Environments), ", "))
 				continue
 			}
 			if c.MaxTTL > 0 && e.MaxTTL > 0 && c.MaxTTL > e.MaxTTL {
@@ -159,29 +171,40 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 		s := d.Services[name]
 		sn := fieldNode(svcNode, name)
 		where := "services." + name
-		if !namePattern.MatchString(name) {
-			f.errorf(keyNode(svcNode, name), "%s: names are lower-case letters, digits and dashes", where)
+		if !f.decoded(where) {
+			continue
 		}
-		if len(s.Hosts) == 0 {
+		if !namePattern.MatchString(name) {
+			f.errorf(keyNode(svcNode, name), "%s: names are lower-case letters, digits and dashes; rename it", where)
+		}
+		if len(s.Hosts) == 0 && f.decoded(where+".hosts") {
 			f.errorf(sn, "%s.hosts: list the host names requests for this service carry", where)
 		}
 		for i, h := range s.Hosts {
 			n := seqItem(fieldNode(sn, "hosts"), i)
+			if !f.decoded(fmt.Sprintf("%s.hosts[%d]", where, i)) {
+				continue
+			}
 			if !hostPattern.MatchString(h) {
-				f.errorf(n, "%s.hosts[%d]: %q is not a lower-case host name (no port, no scheme)", where, i, h)
+				f.errorf(n, "%s.hosts[%d]: %q is not a lower-case host name: write it in lower case, without port or scheme", where, i, h)
 				continue
 			}
 			if other, ok := hostOwner[h]; ok {
-				f.errorf(n, "%s.hosts[%d]: host %q already belongs to service %s", where, i, h, other)
+				if other == name {
+					f.errorf(n, "%s.hosts[%d]: host %q is listed twice: remove one", where, i, h)
+				} else {
+					f.errorf(n, "%s.hosts[%d]: host %q already belongs to service %s: a host routes to one service; remove it from one of them", where, i, h, other)
+				}
 				continue
 			}
 			hostOwner[h] = name
 		}
 		routesNode := fieldNode(sn, "routes")
-		if len(s.Routes) == 0 {
+		if len(s.Routes) == 0 && f.decoded(where+".routes") {
 			f.errorf(sn, "%s.routes: list at least one route; requests are denied by default", where)
 		}
 		type seenRoute struct {
+			usable  bool
 			segs    []string
 			methods map[string]bool
 		}
@@ -189,15 +212,25 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 		for i, r := range s.Routes {
 			rn := seqItem(routesNode, i)
 			rw := fmt.Sprintf("%s.routes[%d]", where, i)
+			if !f.decoded(rw) {
+				earlier = append(earlier, seenRoute{})
+				continue
+			}
+			usable := true // well-formed enough to check for shadowing
 			segs, err := parsePattern(r.Path)
 			if err != nil {
-				f.errorf(fieldNode(rn, "path"), "%s.path: %v", rw, err)
-				continue
+				if f.decoded(rw + ".path") {
+					f.errorf(fieldNode(rn, "path"), "%s.path: %v", rw, err)
+				}
+				usable = false
 			}
 			methods := map[string]bool{}
 			for j, m := range r.Methods {
 				if !methodPattern.MatchString(m) || methodBit(m) == 0 {
-					f.errorf(seqItem(fieldNode(rn, "methods"), j), "%s.methods[%d]: unknown method %q (use upper case: %s)", rw, j, m, strings.Join(knownMethods[:], ", "))
+					if f.decoded(fmt.Sprintf("%s.methods[%d]", rw, j)) {
+						f.errorf(seqItem(fieldNode(rn, "methods"), j), "%s.methods[%d]: unknown method %q (use upper case: %s)", rw, j, m, strings.Join(knownMethods[:], ", "))
+					}
+					usable = false
 					continue
 				}
 				methods[m] = true
@@ -207,12 +240,21 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 			}
 			for j, sc := range r.Scopes {
 				if !scopePattern.MatchString(sc) {
-					f.errorf(seqItem(fieldNode(rn, "scopes"), j), "%s.scopes[%d]: malformed scope %q", rw, j, sc)
+					if f.decoded(fmt.Sprintf("%s.scopes[%d]", rw, j)) {
+						f.errorf(seqItem(fieldNode(rn, "scopes"), j), "%s.scopes[%d]: malformed scope %q: use letters, digits, _ . - separated by colons, e.g. orders:read", rw, j, sc)
+					}
 					continue
 				}
 				required[sc] = true
 			}
-			for k, e := range earlier {
+			earlier = append(earlier, seenRoute{usable: usable, segs: segs, methods: methods})
+			if !usable {
+				continue
+			}
+			for k, e := range earlier[:i] {
+				if !e.usable {
+					continue
+				}
 				methodsCovered := len(e.methods) == 0
 				if !methodsCovered && len(methods) > 0 {
 					methodsCovered = true
@@ -227,12 +269,11 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 					break
 				}
 			}
-			earlier = append(earlier, seenRoute{segs: segs, methods: methods})
 		}
 	}
 	for _, s := range sortedKeys(granted) {
 		if !required[s] {
-			f.warnf(granted[s], "scope %q is granted by a class but no route requires it", s)
+			f.warnf(granted[s], "scope %q is granted by a class but no route requires it: add a route that requires it, or drop it from the class", s)
 		}
 	}
 
@@ -243,7 +284,7 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 		f.errorf(fieldNode(an, "action"), "anomaly.action: want revoke or alert, got %q", d.Anomaly.Action)
 	}
 	if d.Anomaly.MaxRPS < 0 || d.Anomaly.SpikeFactor < 0 || d.Anomaly.MaxSourceIPs < 0 {
-		f.errorf(an, "anomaly: limits cannot be negative")
+		f.errorf(an, "anomaly: limits cannot be negative; write 0 to turn a check off")
 	}
 	if d.Anomaly.SpikeFactor > 0 && d.Anomaly.SpikeFactor <= 1 {
 		f.errorf(fieldNode(an, "spike_factor"), "anomaly.spike_factor must be above 1 (a multiple of the token's baseline rate)")
@@ -301,9 +342,7 @@ func compile(d *Document) (*Policy, error) {
 			}
 			svc.routes = append(svc.routes, rt)
 		}
-		for i := range svc.routes {
-			svc.trie.insert(svc.routes[i].segments, i)
-		}
+		svc.build()
 		for _, h := range spec.Hosts {
 			p.hosts[h] = svc
 		}

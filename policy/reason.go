@@ -32,13 +32,16 @@ var Reasons = []Reason{
 }
 
 // Status is the HTTP status of a decision with this reason (RFC 6750):
-// 401 for token faults, 403 for scope, environment and route faults, 200
-// when allowed.
+// 401 for token faults (the client needs another token: missing, malformed,
+// bad signature, unknown key, expired, not yet valid, living longer than
+// policy allows, revoked), 403 for scope, environment and route faults (the
+// token is fine but not for this request), 200 when allowed. An internal
+// fault denies with 403.
 func (r Reason) Status() int {
 	switch r {
 	case ReasonAllowed, ReasonPublicRoute:
 		return http.StatusOK
-	case ReasonInsufficientScope, ReasonWrongEnvironment, ReasonNoMatchingRoute, ReasonLifetimeExceedsPolicy:
+	case ReasonInsufficientScope, ReasonWrongEnvironment, ReasonNoMatchingRoute:
 		return http.StatusForbidden
 	case ReasonInternalError:
 		return http.StatusForbidden
@@ -48,14 +51,15 @@ func (r Reason) Status() int {
 }
 
 // Challenge is the WWW-Authenticate header value for a denial (RFC 6750).
+// A request without a token, and an internal fault, get no error code: the
+// client did nothing wrong that another token or scope would fix.
 func (r Reason) Challenge() string {
-	switch r.Status() {
-	case http.StatusUnauthorized:
-		if r == ReasonMissingToken {
-			return `Bearer realm="tokenwarden"`
-		}
+	switch {
+	case r == ReasonMissingToken || r == ReasonInternalError:
+		return `Bearer realm="tokenwarden"`
+	case r.Status() == http.StatusUnauthorized:
 		return `Bearer realm="tokenwarden", error="invalid_token", error_description="` + string(r) + `"`
-	case http.StatusForbidden:
+	case r.Status() == http.StatusForbidden:
 		return `Bearer realm="tokenwarden", error="insufficient_scope", error_description="` + string(r) + `"`
 	}
 	return ""

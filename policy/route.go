@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 )
 
 // MaxPathBytes bounds a request path considered for matching; longer paths
@@ -47,10 +48,11 @@ func (r *Route) allowsMethod(method string) bool {
 var errBadPattern = errors.New("bad path pattern")
 
 // parsePattern splits a path pattern into segments, checking that "*" and
-// "**" stand alone as segments.
+// "**" stand alone as segments and that every other segment could match a
+// request path at all.
 func parsePattern(p string) ([]string, error) {
 	if !strings.HasPrefix(p, "/") {
-		return nil, fmt.Errorf("%w %q: a pattern starts with /", errBadPattern, p)
+		return nil, fmt.Errorf("%w %q: a pattern starts with /, e.g. \"/orders/**\"", errBadPattern, p)
 	}
 	if len(p) > MaxPathBytes {
 		return nil, fmt.Errorf("%w: longer than %d bytes", errBadPattern, MaxPathBytes)
@@ -62,14 +64,18 @@ func parsePattern(p string) ([]string, error) {
 	for i, s := range segs {
 		switch {
 		case s == "":
-			return nil, fmt.Errorf("%w %q: empty segment (//)", errBadPattern, p)
+			return nil, fmt.Errorf("%w %q: empty segment (//): remove the extra /", errBadPattern, p)
 		case s == "." || s == "..":
-			return nil, fmt.Errorf("%w %q: dot segments are not allowed", errBadPattern, p)
+			return nil, fmt.Errorf("%w %q: dot segments (. and ..) are not allowed: write the path out", errBadPattern, p)
 		case s == "*" || s == "**":
 		case strings.Contains(s, "*"):
-			return nil, fmt.Errorf("%w %q: segment %d mixes * with text; use * or ** as a whole segment", errBadPattern, p, i+1)
+			return nil, fmt.Errorf("%w %q: segment %d mixes * with text: use * (one segment) or ** (any number) as a whole segment", errBadPattern, p, i+1)
 		case strings.ContainsAny(s, "?#"):
-			return nil, fmt.Errorf("%w %q: a pattern matches the path only, without ? or #", errBadPattern, p)
+			return nil, fmt.Errorf("%w %q: a pattern matches the path only: drop the ? or # part", errBadPattern, p)
+		default:
+			if _, ok := cleanPath("/" + s); !ok {
+				return nil, fmt.Errorf("%w %q: segment %d can never match, since requests whose paths hold it are denied as ambiguous (encoded unreserved characters such as %%2e, backslashes, ; parameters on a dot segment): write it as clients do, decoded", errBadPattern, p, i+1)
+			}
 		}
 	}
 	return segs, nil
@@ -101,6 +107,7 @@ type routeTrie struct {
 	one      *routeTrie // "*"
 	any      *routeTrie // "**"
 	terminal []int      // routes whose pattern ends here, ascending
+	anyID    int        // for a node reached by "**": its row in a matchMemo
 }
 
 func (t *routeTrie) insert(segs []string, idx int) {
@@ -132,21 +139,85 @@ func (t *routeTrie) insert(segs []string, idx int) {
 	n.terminal = append(n.terminal, idx)
 }
 
-// match returns the lowest route index that matches path (starting at
-// offset off, just after a '/') and accepts the method, or best unchanged.
-func (t *routeTrie) match(routes []Route, path string, method string, best int) int {
+// numberAny numbers the "**" nodes from next on and reports how many there
+// are and whether one lies below another (a pattern with two or more "**").
+func (t *routeTrie) numberAny(next int, underAny bool) (int, bool) {
+	nested := false
+	visit := func(c *routeTrie, isAny bool) {
+		if c == nil {
+			return
+		}
+		if isAny {
+			nested = nested || underAny
+			c.anyID = next
+			next++
+		}
+		var n bool
+		next, n = c.numberAny(next, underAny || isAny)
+		nested = nested || n
+	}
+	for _, k := range sortedKeys(t.literal) {
+		visit(t.literal[k], false)
+	}
+	visit(t.one, false)
+	visit(t.any, true)
+	return next, nested
+}
+
+// matchMemo records which ("**" node, remaining path length) pairs a match
+// has explored. Without it, nested "**" backtrack: a pattern such as
+// /**/x/**/x/**/y takes seconds on a 1 KiB path of x/x/x/... With it, each
+// pair is explored once. Exploring a pair again cannot find a lower route
+// index, because best only falls.
+type matchMemo struct {
+	bits   []uint64
+	stride int // remaining lengths 0..len(path)
+}
+
+var memoPool = sync.Pool{New: func() any { return new(matchMemo) }}
+
+func (m *matchMemo) reset(anyNodes, pathLen int) {
+	m.stride = pathLen + 1
+	words := (anyNodes*m.stride + 63) / 64
+	if cap(m.bits) < words {
+		m.bits = make([]uint64, words)
+	}
+	m.bits = m.bits[:words]
+	clear(m.bits)
+}
+
+// seen marks the pair and reports whether it was marked before.
+func (m *matchMemo) seen(anyID, remaining int) bool {
+	i := anyID*m.stride + remaining
+	w, b := i/64, uint64(1)<<(i%64)
+	if m.bits[w]&b != 0 {
+		return true
+	}
+	m.bits[w] |= b
+	return false
+}
+
+// match returns the lowest route index that matches path (the rest of the
+// request path, just after a '/') and accepts the method, or best unchanged.
+// memo is nil when the trie has no nested "**".
+func (t *routeTrie) match(routes []Route, path string, method string, best int, memo *matchMemo) int {
 	if t.any != nil {
-		// ** swallows zero or more segments: try every suffix.
+		// ** swallows zero or more segments: try every suffix. A suffix the
+		// memo has seen was reached by an earlier loop over this same node,
+		// which went on through every shorter suffix: stop there.
 		for off := 0; ; {
-			best = t.any.match(routes, path[off:], method, best)
+			if memo != nil && memo.seen(t.any.anyID, len(path)-off) {
+				break
+			}
+			best = t.any.match(routes, path[off:], method, best, memo)
 			i := strings.IndexByte(path[off:], '/')
 			if i < 0 {
+				if path != "" && (memo == nil || !memo.seen(t.any.anyID, 0)) {
+					best = t.any.match(routes, "", method, best, memo)
+				}
 				break
 			}
 			off += i + 1
-		}
-		if path != "" {
-			best = t.any.match(routes, "", method, best)
 		}
 	}
 	if path == "" {
@@ -167,17 +238,25 @@ func (t *routeTrie) match(routes []Route, path string, method string, best int) 
 	}
 	if t.literal != nil {
 		if c := t.literal[seg]; c != nil {
-			best = c.match(routes, rest, method, best)
+			best = c.match(routes, rest, method, best, memo)
 		}
 	}
 	if t.one != nil {
-		best = t.one.match(routes, rest, method, best)
+		best = t.one.match(routes, rest, method, best, memo)
 	}
 	return best
 }
 
-// cleanPath strips the query and fragment and rejects paths that a proxy
-// might interpret differently from us (dot segments, empty segments).
+// cleanPath strips the query and fragment and rejects paths that a proxy or
+// an application might read differently from us, so that a route cannot be
+// dodged by spelling its path another way:
+//   - dot segments and empty segments ("/a/../b", "/a//b", "//"),
+//   - dot segments hidden behind path parameters ("/a/..;/b", as Tomcat and
+//     Jetty read them), and segments that are only parameters ("/a/;x/b"),
+//   - percent-encoded unreserved characters ("%2e%2e", "%61dmin"), which
+//     RFC 3986 normalization decodes, and malformed percent-encoding,
+//   - backslashes, which some servers read as '/'.
+//
 // It returns the path without its leading '/' and trailing '/'.
 func cleanPath(p string) (string, bool) {
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
@@ -187,17 +266,35 @@ func cleanPath(p string) (string, bool) {
 		return "", false
 	}
 	p = p[1:]
-	if len(p) > 0 && p[len(p)-1] == '/' {
-		p = p[:len(p)-1]
-	}
 	if p == "" {
 		return "", true
+	}
+	if p[len(p)-1] == '/' {
+		p = p[:len(p)-1]
+	}
+	for i := 0; i < len(p); i++ {
+		switch p[i] {
+		case '\\':
+			return "", false
+		case '%':
+			if i+2 >= len(p) {
+				return "", false
+			}
+			hi, ok1 := unhex(p[i+1])
+			lo, ok2 := unhex(p[i+2])
+			if !ok1 || !ok2 || isUnreserved(hi<<4|lo) {
+				return "", false
+			}
+		}
 	}
 	for s := p; ; {
 		seg := s
 		i := strings.IndexByte(s, '/')
 		if i >= 0 {
 			seg = s[:i]
+		}
+		if j := strings.IndexByte(seg, ';'); j >= 0 {
+			seg = seg[:j]
 		}
 		if seg == "" || seg == "." || seg == ".." {
 			return "", false
@@ -210,11 +307,40 @@ func cleanPath(p string) (string, bool) {
 	return p, true
 }
 
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// isUnreserved reports whether c is an RFC 3986 unreserved character, one
+// that is never percent-encoded in a normalized URI.
+func isUnreserved(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' ||
+		c == '-' || c == '.' || c == '_' || c == '~'
+}
+
 // service is the compiled form of one ServiceSpec.
 type service struct {
-	name   string
-	routes []Route
-	trie   routeTrie
+	name     string
+	routes   []Route
+	trie     routeTrie
+	anyNodes int  // "**" nodes in trie
+	nested   bool // a "**" below another: match needs a memo
+}
+
+// build fills the trie from the routes.
+func (s *service) build() {
+	for i := range s.routes {
+		s.trie.insert(s.routes[i].segments, i)
+	}
+	s.anyNodes, s.nested = s.trie.numberAny(0, false)
 }
 
 func (s *service) match(method, path string) *Route {
@@ -222,7 +348,15 @@ func (s *service) match(method, path string) *Route {
 	if !ok {
 		return nil
 	}
-	best := s.trie.match(s.routes, p, method, -1)
+	var best int
+	if s.nested {
+		memo := memoPool.Get().(*matchMemo)
+		memo.reset(s.anyNodes, len(p))
+		best = s.trie.match(s.routes, p, method, -1, memo)
+		memoPool.Put(memo)
+	} else {
+		best = s.trie.match(s.routes, p, method, -1, nil)
+	}
 	if best < 0 {
 		return nil
 	}
