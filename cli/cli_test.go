@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -168,5 +170,44 @@ func TestNoAgentIsAClearError(t *testing.T) {
 	_, errOut, code := run(t, "token", "list")
 	if code != 1 || !strings.Contains(errOut, "cannot reach the agent's admin API") {
 		t.Fatalf("exit %d: %s", code, errOut)
+	}
+}
+
+// TestScanFindsAndRevokesLeaks plants a token in a log file and has scan
+// confirm it by signature and revoke it by hash.
+func TestScanFindsAndRevokesLeaks(t *testing.T) {
+	r := startAgent(t)
+	t.Setenv(envServer, r.AdminAddr)
+	t.Setenv(envAdminTokenFile, r.AdminTokenFile)
+	out, errOut, code := run(t, "token", "issue", "--subject", "leaky", "--class", "service")
+	if code != 0 {
+		t.Fatalf("issue: %s", errOut)
+	}
+	token := strings.TrimSpace(out)
+	id := strings.Fields(strings.TrimPrefix(errOut, "issued "))[0]
+	dir := t.TempDir()
+	forged := token[:len(token)-8] + "AAAAAAAA" // right shape, wrong signature
+	logText := "ok\nGET /x Authorization: Bearer " + token + "\nnoise " + forged + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "ci.log"), []byte(logText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out, _, code = run(t, "scan", dir)
+	if code != 3 || !strings.Contains(out, "ci.log:2: token "+id) || strings.Count(out, "\n") != 1 {
+		t.Fatalf("scan: exit %d:\n%s", code, out)
+	}
+	if strings.Contains(out, token) {
+		t.Fatal("scan printed the token")
+	}
+	out, _, code = run(t, "scan", "--revoke", dir)
+	if code != 3 || !strings.Contains(out, "revoked (rule") {
+		t.Fatalf("scan --revoke: exit %d:\n%s", code, out)
+	}
+	out, _, _ = run(t, "token", "show", id)
+	if !strings.Contains(out, `"state": "revoked"`) {
+		t.Fatalf("token not revoked after scan --revoke:\n%s", out)
+	}
+	if _, _, code = run(t, "scan", "testdata"); code != 0 {
+		t.Fatalf("clean dir: exit %d", code)
 	}
 }

@@ -86,6 +86,7 @@ Follow the audit:    tokenwarden audit tail -f`,
 		newPolicyCommand(),
 		newAuditCommand(admin),
 		newXDSCommand(),
+		newScanCommand(admin),
 	)
 	return root
 }

@@ -189,6 +189,21 @@ type Verifier struct {
 // holder could alter the bytes without breaking the signature and so dodge
 // everything keyed by the token bytes (the kernel's revoked map, WireHash).
 func (v *Verifier) Verify(token string, now time.Time) (*Token, *VerifyError) {
+	t, verr := v.Keys.VerifySignature(token)
+	if verr != nil {
+		return nil, verr
+	}
+	if verr := v.checkClaims(t, now); verr != nil {
+		return nil, verr
+	}
+	return t, nil
+}
+
+// VerifySignature parses a token and checks its signature under the key
+// set, and nothing else: not time, environment or policy. It is what
+// `tokenwarden scan` uses to confirm that a string found in the wild is a
+// real token (no false positives), whatever its state.
+func (k *KeySet) VerifySignature(token string) (*Token, *VerifyError) {
 	if len(token) > MaxTokenBytes {
 		return nil, reject(ReasonMalformedToken, fmt.Sprintf("token is over %d bytes", MaxTokenBytes))
 	}
@@ -223,10 +238,10 @@ func (v *Verifier) Verify(token string, now time.Time) (*Token, *VerifyError) {
 	if h.Alg != algEdDSA {
 		return nil, reject(ReasonBadSignature, fmt.Sprintf("alg %q is not accepted; only EdDSA", h.Alg))
 	}
-	if v.Keys == nil {
+	if k == nil {
 		return nil, reject(ReasonUnknownKey, "no verification keys")
 	}
-	pub, ok := v.Keys.keys[h.Kid]
+	pub, ok := k.keys[h.Kid]
 	if !ok {
 		return nil, reject(ReasonUnknownKey, "unknown or retired kid")
 	}
@@ -241,11 +256,7 @@ func (v *Verifier) Verify(token string, now time.Time) (*Token, *VerifyError) {
 	if err := strictJSON(body, &c); err != nil {
 		return nil, reject(ReasonMalformedToken, "claims: "+err.Error())
 	}
-	t := &Token{Claims: c, KeyID: h.Kid, Scopes: strings.Fields(c.Scope), WireHash: WireHash(token)}
-	if verr := v.checkClaims(t, now); verr != nil {
-		return nil, verr
-	}
-	return t, nil
+	return &Token{Claims: c, KeyID: h.Kid, Scopes: strings.Fields(c.Scope), WireHash: WireHash(token)}, nil
 }
 
 // isCompactJWS reports whether s holds only base64url characters and dots.

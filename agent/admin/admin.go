@@ -7,6 +7,7 @@ package admin
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -89,6 +90,7 @@ func New(cfg Config) (*API, error) {
 	a.handle("POST /v1/tokens/{id}/rotate", a.rotateToken)
 	a.handle("POST /v1/revocations", a.createRevocation)
 	a.handle("GET /v1/revocations", a.listRevocations)
+	a.handle("POST /v1/leaks", a.reportLeak)
 	a.handle("GET /v1/keys", a.listKeys)
 	a.handle("POST /v1/keys/rotate", a.rotateKeys)
 	a.handle("GET /v1/audit", a.auditTail)
@@ -311,6 +313,54 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request, c caller, req Revok
 		return err
 	}
 	writeJSON(w, http.StatusCreated, RevokeResponse{Revocation: rule, Covered: covered})
+	return nil
+}
+
+// LeakReport is the body of POST /v1/leaks: the sha256 of a token found
+// where it should not be (a scanner sends the hash, never the token), and
+// where it was found.
+type LeakReport struct {
+	SHA256 string `json:"sha256"`
+	Source string `json:"source"`
+}
+
+// LeakResponse says which token the leak was and the rule that retired it.
+type LeakResponse struct {
+	TokenID    string            `json:"token_id"`
+	Subject    string            `json:"subject"`
+	Revocation policy.Revocation `json:"revocation"`
+}
+
+// reportLeak revokes the token whose sha256 a scanner found in the wild.
+func (a *API) reportLeak(w http.ResponseWriter, r *http.Request, c caller) error {
+	var req LeakReport
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	var h [32]byte
+	if b, err := hex.DecodeString(req.SHA256); err != nil || len(b) != len(h) {
+		return badRequest("sha256: want the 64 hex digits of the token's SHA-256")
+	} else {
+		copy(h[:], b)
+	}
+	if len(req.Source) > 512 {
+		return badRequest("source: at most 512 bytes")
+	}
+	rec, err := a.cfg.Store.TokenByLeakHash(r.Context(), h)
+	if err != nil {
+		return fmt.Errorf("no token issued here has that hash: %w", err)
+	}
+	reason := "leak"
+	if req.Source != "" {
+		reason = "leak: found in " + req.Source
+	}
+	rule, _, err := a.cfg.Issuer.Revoke(r.Context(), policy.Revocation{
+		Kind: policy.RevokeToken, Target: rec.ID, Reason: reason, Actor: c.tokenID,
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, LeakResponse{TokenID: rec.ID, Subject: rec.Subject, Revocation: rule})
 	return nil
 }
 
