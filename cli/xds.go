@@ -1,8 +1,90 @@
 package cli
 
-import "github.com/spf13/cobra"
+import (
+	"fmt"
+	"os"
 
-// newXDSCommand is replaced by the xDS work in progress.
+	"github.com/spf13/cobra"
+
+	"github.com/tokenwarden/tokenwarden/policy"
+	"github.com/tokenwarden/tokenwarden/xds"
+)
+
+// newXDSCommand is `tokenwarden xds`: the Envoy sidecar configuration that
+// `serve --xds` otherwise serves, for operators who run without xDS.
 func newXDSCommand() *cobra.Command {
-	return &cobra.Command{Use: "xds", Short: "xDS tools", Hidden: true}
+	cmd := &cobra.Command{
+		Use:   "xds",
+		Short: "Envoy sidecar configuration",
+		Long: `Envoy sidecar configuration.
+
+The agent serves each sidecar on its node its configuration over xDS
+(serve --xds). For sidecars that cannot use xDS, render prints the same
+configuration as a static Envoy bootstrap.`,
+	}
+	cmd.AddCommand(newXDSRenderCommand())
+	return cmd
+}
+
+func newXDSRenderCommand() *cobra.Command {
+	var (
+		policyFile, node, service, output string
+		cfg                               xds.Config
+	)
+	cmd := &cobra.Command{
+		Use:   "render --policy FILE --node ID [--service NAME]",
+		Short: "Print a complete static Envoy configuration for one sidecar",
+		Long: `Print a complete static Envoy configuration (envoy.config.bootstrap.v3.Bootstrap
+with static_resources, YAML) for the sidecar of one service: an inbound
+listener that asks tokenwarden's ext_authz on every request (public routes
+excepted), the service's routes, the application cluster and the agent's
+ext_authz cluster. It is what the xDS server would serve that sidecar.
+
+The service is --service, or derived from an Istio-style --node id
+(sidecar~IP~POD.NAMESPACE~DOMAIN: the pod name without its ReplicaSet and
+pod hash suffixes). The output is static: render it again after every
+policy change.`,
+		Example: `  tokenwarden xds render --policy /etc/tokenwarden/policy.yaml \
+    --node sidecar~10.1.2.3~orders-7d4b9c8f6d-x2x7k.default~default.svc.cluster.local \
+    --authz-address unix:///run/tokenwarden/authz.sock -o envoy.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			data, err := os.ReadFile(policyFile)
+			if err != nil {
+				return fmt.Errorf("read policy: %w", err)
+			}
+			p, err := policy.Load(policyFile, data)
+			if err != nil {
+				return fmt.Errorf("policy %s:\n%w\n(run `tokenwarden policy check %s` for every problem)", policyFile, err, policyFile)
+			}
+			out, err := xds.RenderBootstrap(p, node, service, cfg)
+			if err != nil {
+				return err
+			}
+			if output == "" {
+				_, err = cmd.OutOrStdout().Write(out)
+				return err
+			}
+			if err := os.WriteFile(output, out, 0o644); err != nil {
+				return fmt.Errorf("write %s: %w", output, err)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&policyFile, "policy", "", "policy file (YAML) to render the routes from")
+	f.StringVar(&node, "node", "", "the sidecar's Envoy node id, e.g. sidecar~10.1.2.3~orders-7d4b9c8f6d-x2x7k.default~default.svc.cluster.local")
+	f.StringVar(&service, "service", "", "the sidecar's service in the policy (default: derived from an Istio-style --node)")
+	f.Uint32Var(&cfg.InboundPort, "inbound-port", xds.DefaultInboundPort, "port of the sidecar's inbound listener")
+	f.StringVar(&cfg.AppAddress, "app-address", xds.DefaultAppAddress, "the local application allowed requests go to: IP:port or unix:///path")
+	f.StringVar(&cfg.AuthzAddress, "authz-address", xds.DefaultAuthzAddress,
+		"the agent's ext_authz gRPC endpoint as the sidecar reaches it: IP:port or unix:///path (inside a pod, 127.0.0.1 is the pod itself)")
+	f.DurationVar(&cfg.AuthzTimeout, "authz-timeout", xds.DefaultAuthzTimeout, "bound on one ext_authz check; a timeout is answered 503")
+	f.StringVarP(&output, "output", "o", "", "write the configuration to this file instead of standard output")
+	for _, name := range []string{"policy", "node"} {
+		if err := cmd.MarkFlagRequired(name); err != nil {
+			panic(err) // a flag defined just above
+		}
+	}
+	return cmd
 }
