@@ -7,6 +7,9 @@ DATA_DIR  ?= .data
 POLICY    ?= deploy/policy.example.yaml
 ENV       ?= dev
 FUZZTIME  ?= 3s
+# The kernel side attaches here when the agent may load BPF (root); without
+# the privilege, --bpf=auto says so once and the agent runs without it.
+BPF_IFACE ?= lo
 
 .PHONY: all build run test test-unit fuzz bench generate generate-check lint clean
 
@@ -16,7 +19,7 @@ build:
 	$(GO) build -o $(BIN) .
 
 run: build
-	$(BIN) serve --data-dir $(DATA_DIR) --policy $(POLICY) --env $(ENV)
+	$(BIN) serve --data-dir $(DATA_DIR) --policy $(POLICY) --env $(ENV) --bpf-iface $(BPF_IFACE)
 
 # The README's test command: vet, every test under the race detector, then
 # each fuzz target briefly on its committed corpus and fresh inputs.
