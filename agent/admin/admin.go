@@ -57,8 +57,8 @@ type API struct {
 
 // New builds the API.
 func New(cfg Config) (*API, error) {
-	if cfg.Issuer == nil || cfg.Store == nil || cfg.Decider == nil || cfg.Revocations == nil || cfg.Audit == nil {
-		return nil, errors.New("admin: Issuer, Store, Audit, Decider and Revocations are required")
+	if cfg.Issuer == nil || cfg.Store == nil || cfg.Decider == nil || cfg.Revocations == nil || cfg.Audit == nil || cfg.AuditDir == "" {
+		return nil, errors.New("admin: Issuer, Store, Audit, AuditDir, Decider and Revocations are required")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -186,13 +186,26 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func decodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) {
-			return badRequest("request body is empty: send a JSON object")
+	err := dec.Decode(v)
+	if err == nil {
+		// One object per request: what follows it would otherwise be
+		// ignored without a word.
+		if _, err = dec.Token(); errors.Is(err, io.EOF) {
+			return nil
 		}
+		if err == nil {
+			return badRequest("request body: data after the JSON object: send one object")
+		}
+	}
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return &apiError{status: http.StatusRequestEntityTooLarge, code: "body_too_large", msg: fmt.Sprintf("request body is over %d bytes", tooLarge.Limit)}
+	case errors.Is(err, io.EOF):
+		return badRequest("request body is empty: send a JSON object")
+	default:
 		return badRequest("request body: %v", err)
 	}
-	return nil
 }
 
 // IssueRequest is the body of POST /v1/tokens.
@@ -235,19 +248,36 @@ type TokenView struct {
 	State    string `json:"state"` // active, rotated, revoked, expired
 }
 
-func (a *API) view(rec store.TokenRecord) TokenView {
+func (a *API) view(rec store.TokenRecord, now time.Time) TokenView {
 	state := string(rec.Status)
-	if rec.Status != store.TokenRevoked && !a.cfg.Now().Before(rec.ExpiresAt) {
+	switch {
+	case rec.Status == store.TokenRevoked:
+	case a.revoked(rec, now):
+		// A rule that took effect after it was made (a rotation grace
+		// ended, a future effective_at came) leaves the record's status.
+		state = string(store.TokenRevoked)
+	case !now.Before(rec.ExpiresAt):
 		state = "expired"
 	}
 	return TokenView{TokenRecord: rec, LeakHash: fmt.Sprintf("%x", rec.LeakHash), WireHash: fmt.Sprintf("%016x", rec.WireHash), State: state}
 }
 
+// revoked asks the live revocation set whether rec's token is revoked at now.
+func (a *API) revoked(rec store.TokenRecord, now time.Time) bool {
+	t := policy.Token{
+		Claims: policy.Claims{ID: rec.ID, Subject: rec.Subject, Tenant: rec.Tenant, IssuedAt: rec.IssuedAt.Unix()},
+		KeyID:  rec.KeyID,
+	}
+	return a.cfg.Revocations.Revoked(&t, now)
+}
+
 func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c caller) error {
 	q := r.URL.Query()
 	f := store.TokenFilter{Subject: q.Get("subject"), Tenant: q.Get("tenant"), KeyID: q.Get("kid"), Class: q.Get("class")}
-	if q.Get("live") == "true" {
-		f.LiveAt = a.cfg.Now()
+	now := a.cfg.Now()
+	live := q.Get("live") == "true"
+	if live {
+		f.LiveAt = now
 	}
 	recs, err := a.cfg.Store.Tokens(r.Context(), f)
 	if err != nil {
@@ -255,7 +285,10 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c caller) error
 	}
 	views := make([]TokenView, 0, len(recs))
 	for _, rec := range recs {
-		views = append(views, a.view(rec))
+		if live && a.revoked(rec, now) {
+			continue
+		}
+		views = append(views, a.view(rec, now))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"tokens": views})
 	return nil
@@ -266,7 +299,7 @@ func (a *API) showToken(w http.ResponseWriter, r *http.Request, c caller) error 
 	if err != nil {
 		return fmt.Errorf("token %s: %w", r.PathValue("id"), err)
 	}
-	writeJSON(w, http.StatusOK, a.view(rec))
+	writeJSON(w, http.StatusOK, a.view(rec, a.cfg.Now()))
 	return nil
 }
 

@@ -44,6 +44,11 @@ type Config struct {
 type Issuer struct {
 	cfg Config
 
+	// rotateMu makes checking that a token has no successor and linking
+	// one a single step, so concurrent rotations of one token (the
+	// scheduler and an operator) cannot both issue a successor.
+	rotateMu sync.Mutex
+
 	mu     sync.Mutex
 	active policy.SigningKey
 	keys   []store.Key
@@ -143,6 +148,9 @@ func (i *Issuer) Keys() []store.Key {
 // Issue checks req against policy, mints the token, stores its record and
 // audits the issuance before returning the token.
 func (i *Issuer) Issue(ctx context.Context, req policy.IssueRequest, actor string) (Issued, error) {
+	if err := requireActor(actor); err != nil {
+		return Issued{}, err
+	}
 	if req.Env == "" {
 		req.Env = i.cfg.Env
 	}
@@ -184,6 +192,11 @@ func (i *Issuer) Issue(ctx context.Context, req policy.IssueRequest, actor strin
 // tenant; rot claim linking them) and retires the predecessor after the
 // class's rotation_grace with a future-effective revocation rule.
 func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
+	if err := requireActor(actor); err != nil {
+		return Issued{}, err
+	}
+	i.rotateMu.Lock()
+	defer i.rotateMu.Unlock()
 	pred, err := i.cfg.Store.Token(ctx, id)
 	if err != nil {
 		return Issued{}, fmt.Errorf("token %s: %w", id, err)
@@ -194,6 +207,15 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 	}
 	if pred.Successor != "" {
 		return Issued{}, &policy.IssueError{Msg: fmt.Sprintf("token %s was already rotated to %s", id, pred.Successor)}
+	}
+	// A rule that took effect after it was made (a future effective_at)
+	// left the record active; a successor would outlive the revocation.
+	rules, err := i.cfg.Store.Revocations(ctx)
+	if err != nil {
+		return Issued{}, fmt.Errorf("load revocations: %w", err)
+	}
+	if r, ok := revokedBy(rules, pred, now); ok {
+		return Issued{}, &policy.IssueError{Msg: fmt.Sprintf("token %s is revoked (rule %s, effective %s); only live tokens can be rotated", id, r.ID, r.EffectiveAt.UTC().Format(time.RFC3339))}
 	}
 	var grace time.Duration
 	if c, ok := i.cfg.Policy().Class(pred.Class); ok {
@@ -233,6 +255,11 @@ func (i *Issuer) Revoke(ctx context.Context, r policy.Revocation) (policy.Revoca
 }
 
 func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bool) (policy.Revocation, int, error) {
+	if r.Actor == "" {
+		// Checked before anything is stored: the audit log refuses a record
+		// without an actor, which would leave a rule in force unaudited.
+		return r, 0, &policy.IssueError{Msg: fmt.Sprintf("revocation needs an actor: the admin token's jti, or %q", ActorSystem)}
+	}
 	now := i.cfg.Now()
 	p := i.cfg.Policy()
 	r.ID = policy.NewRevocationID()
@@ -280,6 +307,13 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 		if !known {
 			return r, 0, &policy.IssueError{Msg: fmt.Sprintf("no signing key %q (see `tokenwarden keys list`)", r.Target)}
 		}
+		i.mu.Lock()
+		active := i.active.ID
+		i.mu.Unlock()
+		if r.Target == active {
+			// Every token minted from here on would be revoked on arrival.
+			return r, 0, &policy.IssueError{Msg: fmt.Sprintf("key %s is the active signing key: run `tokenwarden keys rotate` first, then revoke it", r.Target)}
+		}
 		recs, err := i.cfg.Store.Tokens(ctx, store.TokenFilter{KeyID: r.Target, LiveAt: now})
 		if err != nil {
 			return r, 0, err
@@ -325,6 +359,9 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 // verifying its tokens until they have all expired (policy max lifetime),
 // after which a later rotation retires it.
 func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error) {
+	if err := requireActor(actor); err != nil {
+		return store.Key{}, err
+	}
 	sk, err := policy.NewSigningKey()
 	if err != nil {
 		return store.Key{}, err
@@ -366,12 +403,36 @@ func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error
 	return nk, nil
 }
 
+// revokedBy returns a rule among rules that revokes the token of rec at now.
+func revokedBy(rules []policy.Revocation, rec store.TokenRecord, now time.Time) (policy.Revocation, bool) {
+	t := policy.Token{
+		Claims: policy.Claims{ID: rec.ID, Subject: rec.Subject, Tenant: rec.Tenant, IssuedAt: rec.IssuedAt.Unix()},
+		KeyID:  rec.KeyID,
+	}
+	for _, r := range rules {
+		if r.Covers(&t, now) {
+			return r, true
+		}
+	}
+	return policy.Revocation{}, false
+}
+
 func issueDetails(rec store.TokenRecord) map[string]any {
 	d := map[string]any{"class": rec.Class, "scopes": rec.Scopes, "expires_at": rec.ExpiresAt, "kid": rec.KeyID}
 	if rec.Rotated != "" {
 		d["rotated"] = rec.Rotated
 	}
 	return d
+}
+
+// requireActor refuses an action without an actor before it changes
+// anything: its audit record, written last, would be refused, leaving the
+// change made but unaudited and reported as failed.
+func requireActor(actor string) error {
+	if actor == "" {
+		return fmt.Errorf("issuer: no actor: pass the admin token's jti, or %q", ActorSystem)
+	}
+	return nil
 }
 
 func splitScopes(s string) []string { return strings.Fields(s) }
