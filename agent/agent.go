@@ -551,26 +551,35 @@ func (a *Agent) reloadKeys(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) housekeeping(ctx context.Context) {
-	t := time.NewTicker(housekeepingEvery)
+// every calls fn every d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			now := a.cfg.Now()
-			rules := a.revoked.Prune(now)
-			tokens := a.cache.Prune(now)
-			a.tokens.prune(now)
-			if rules+tokens > 0 {
-				a.log.Debug("pruned", "revocation_rules", rules, "cached_tokens", tokens)
-			}
-			if _, err := a.ensureAdminToken(ctx); err != nil {
-				a.log.Error("refresh admin token", "err", err)
-			}
+			fn()
 		}
 	}
+}
+
+// housekeeping drops what can no longer matter (revocation rules and cached
+// tokens past every possible exp) and keeps the admin token fresh.
+func (a *Agent) housekeeping(ctx context.Context) {
+	every(ctx, housekeepingEvery, func() {
+		now := a.cfg.Now()
+		rules := a.revoked.Prune(now)
+		tokens := a.cache.Prune(now)
+		a.tokens.prune(now)
+		if rules+tokens > 0 {
+			a.log.Debug("pruned", "revocation_rules", rules, "cached_tokens", tokens)
+		}
+		if _, err := a.ensureAdminToken(ctx); err != nil {
+			a.log.Error("refresh admin token", "err", err)
+		}
+	})
 }
 
 // policyPollEvery is how often the policy file is checked for changes. A
@@ -581,23 +590,16 @@ const policyPollEvery = 2 * time.Second
 // watchPolicyFile reloads the policy when the file's content changes.
 func (a *Agent) watchPolicyFile(ctx context.Context) {
 	last, _ := os.ReadFile(a.cfg.PolicyPath)
-	t := time.NewTicker(policyPollEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+	every(ctx, policyPollEvery, func() {
+		cur, err := os.ReadFile(a.cfg.PolicyPath)
+		if err != nil || bytes.Equal(cur, last) {
 			return
-		case <-t.C:
-			cur, err := os.ReadFile(a.cfg.PolicyPath)
-			if err != nil || bytes.Equal(cur, last) {
-				continue
-			}
-			last = cur
-			if err := a.Reload(); err != nil {
-				a.log.Error("policy file changed but was refused; the old policy stays in force", "err", err)
-			}
 		}
-	}
+		last = cur
+		if err := a.Reload(); err != nil {
+			a.log.Error("policy file changed but was refused; the old policy stays in force", "err", err)
+		}
+	})
 }
 
 // Close releases the store and the audit log.
