@@ -80,9 +80,8 @@ type Server struct {
 
 	denials      map[policy.Reason]*denial
 	public       *authv3.CheckResponse // allowed without a token (public route)
-	identities   *identityCache
+	identities   *identities
 	strip        []string // headers removed from every allowed request
-	stripHeader  []string // the same, as an x-envoy-auth-headers-to-remove value
 	grpcOnce     sync.Once
 	grpcServer   *grpc.Server
 	healthServer *health.Server
@@ -105,7 +104,7 @@ func New(cfg Config) (*Server, error) {
 		maxHeaderBytes: cfg.MaxHeaderBytes,
 		log:            cfg.Logger,
 		denials:        make(map[policy.Reason]*denial, len(policy.Reasons)),
-		identities:     new(identityCache),
+		identities:     newIdentities(),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -118,7 +117,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.StripAuthorization {
 		s.strip = []string{headerAuthorization}
-		s.stripHeader = []string{headerAuthorization}
 	}
 	for _, r := range policy.Reasons {
 		if r.Status() != 200 {

@@ -216,7 +216,7 @@ func (s *Server) writeAllowed(w http.ResponseWriter, dec *policy.Decision, forge
 		if dec.WireHash != 0 {
 			v = &s.identity(dec).http
 		} else {
-			v = &s.newIdentity(dec, nil).http
+			v = &s.newIdentity(dec).http
 		}
 		h[hSubject] = v[0]
 		h[hTokenID] = v[1]
@@ -226,8 +226,8 @@ func (s *Server) writeAllowed(w http.ResponseWriter, dec *policy.Decision, forge
 		}
 	}
 	if len(forged) == 0 {
-		if s.stripHeader != nil {
-			h[hRemove] = s.stripHeader
+		if s.strip != nil {
+			h[hRemove] = s.strip // read-only, shared: one value, "authorization"
 		}
 	} else if rm := s.removals(dec, forged); len(rm) > 0 {
 		h[hRemove] = []string{strings.Join(rm, ", ")}

@@ -16,6 +16,8 @@ const (
 
 // Event is what an Observer learns of one check. It never holds the token.
 type Event struct {
+	// Decision is Decide's answer. Its Scopes are shared with the token
+	// cache: read them, never modify them.
 	Decision policy.Decision
 	// Source is the client's address as the proxy reported it ("" when
 	// unknown): Envoy's source socket address, nginx's X-Real-IP, the last

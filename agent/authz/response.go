@@ -3,6 +3,7 @@ package authz
 import (
 	"encoding/json"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -27,8 +28,8 @@ type denial struct {
 var (
 	contentTypeJSON = []string{"application/json"}
 	// overwrite makes Envoy replace a header the client sent instead of
-	// appending to it. Envoy reads the deprecated append field first (and,
-	// before 1.37, only it), so that is the one set.
+	// appending to it. Envoy reads the deprecated append field first (and
+	// older Envoys only it), so that is the one set.
 	overwrite = wrapperspb.Bool(false)
 	okStatus  = &status.Status{Code: int32(code.Code_OK)}
 )
@@ -71,37 +72,72 @@ func newDenial(r policy.Reason) *denial {
 // identity is the allowed answer for one token: the gRPC response and the
 // HTTP header values, built on the token's first allowed check and shared,
 // read-only, by every later one. Only the token's claims go into it, and a
-// token's claims never change.
+// token's claims never change; the wire hash tells two tokens apart should
+// an issuer ever reuse a jti.
 type identity struct {
 	wireHash uint64
-	tokenID  string
 	grpc     *authv3.CheckResponse
 	http     [4][]string // subject, token id, scopes, tenant
 }
 
-// identitySlots sizes the direct-mapped identity cache: a token whose slot
-// another token took is rebuilt, which costs what no cache would.
-const identitySlots = 4096
+// maxIdentities bounds the promoted identity cache (at most a quarter more
+// wait in pending), about 1 KiB each. Past it the cache starts over, which
+// also forgets tokens that expired.
+const maxIdentities = 1 << 14
 
-type identityCache [identitySlots]atomic.Pointer[identity]
+// identities caches the identity of every token recently allowed, keyed by
+// jti. Look-ups read an immutable map without locking; identities built
+// since the last promotion wait in pending, under a mutex, until there are
+// enough of them to be worth copying the map for.
+type identities struct {
+	read    atomic.Pointer[map[string]*identity]
+	mu      sync.Mutex
+	pending map[string]*identity
+}
 
-// identity returns the cached answer for an allowed decision with a token.
+func newIdentities() *identities {
+	c := &identities{pending: map[string]*identity{}}
+	c.read.Store(&map[string]*identity{})
+	return c
+}
+
+// identity returns the identity of an allowed decision with a token.
 func (s *Server) identity(dec *policy.Decision) *identity {
-	slot := &s.identities[dec.WireHash%identitySlots]
-	if id := slot.Load(); id != nil && id.wireHash == dec.WireHash && id.tokenID == dec.TokenID {
+	c := s.identities
+	if id, ok := (*c.read.Load())[dec.TokenID]; ok && id.wireHash == dec.WireHash {
 		return id
 	}
-	id := s.newIdentity(dec, nil)
-	slot.Store(id)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if id, ok := c.pending[dec.TokenID]; ok && id.wireHash == dec.WireHash {
+		return id
+	}
+	id := s.newIdentity(dec)
+	c.pending[dec.TokenID] = id
+	read := *c.read.Load()
+	if len(c.pending) < max(64, len(read)/4) {
+		return id
+	}
+	// Promote: copying the map costs O(n) once per n/4 new tokens.
+	next := make(map[string]*identity, len(read)+len(c.pending))
+	if len(read)+len(c.pending) <= maxIdentities {
+		for k, v := range read {
+			next[k] = v
+		}
+	}
+	for k, v := range c.pending {
+		next[k] = v
+	}
+	c.read.Store(&next)
+	c.pending = map[string]*identity{}
 	return id
 }
 
-func (s *Server) newIdentity(dec *policy.Decision, forged []string) *identity {
+func (s *Server) newIdentity(dec *policy.Decision) *identity {
 	scopes := strings.Join(dec.Scopes, " ")
 	return &identity{
 		wireHash: dec.WireHash,
-		tokenID:  dec.TokenID,
-		grpc:     s.allowedGRPC(dec, scopes, forged),
+		grpc:     s.allowedGRPC(dec, scopes, nil),
 		http:     [4][]string{{dec.Subject}, {dec.TokenID}, {scopes}, {dec.Tenant}},
 	}
 }

@@ -1,0 +1,133 @@
+// Package bench is tokenwarden's benchmark suite: fixtures, floors (no-op
+// servers) and request shapes shared by the programs under bench/cmd, which
+// `make bench` runs to print every figure the README quotes.
+package bench
+
+import (
+	"bufio"
+	"crypto/ed25519"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/tokenwarden/tokenwarden/agent/revocation"
+	"github.com/tokenwarden/tokenwarden/policy"
+)
+
+// AuthzWorld is what the authz benchmark enforces: a policy for "prod", a
+// signing key, live tokens of the service class and a revocation set of
+// rules that none of those tokens match.
+type AuthzWorld struct {
+	Policy *policy.Policy
+	Keys   *policy.KeySet
+	Tokens []string
+	Set    *revocation.Set
+}
+
+// NewAuthzWorld mints tokens (orders:read, one subject each) and fills the
+// revocation set with revocations rules: mostly jti rules for other tokens,
+// plus subject rules on the benchmark's own subjects that cover only tokens
+// issued an hour earlier, so that every look-up walks a real list.
+func NewAuthzWorld(policyYAML []byte, tokens, revocations int, now time.Time) (*AuthzWorld, error) {
+	p, err := policy.Load("policy", policyYAML)
+	if err != nil {
+		return nil, err
+	}
+	key, err := policy.NewSigningKey()
+	if err != nil {
+		return nil, err
+	}
+	w := &AuthzWorld{
+		Policy: p,
+		Keys:   policy.NewKeySet(map[string]ed25519.PublicKey{key.ID: key.Private.Public().(ed25519.PublicKey)}),
+		Set:    revocation.NewSet(),
+	}
+	for i := range tokens {
+		c, err := p.Issue(policy.IssueRequest{
+			Subject: fmt.Sprintf("svc-%04d", i), Class: "service", Env: "prod",
+			Scopes: []string{"orders:read"}, Tenant: fmt.Sprintf("tenant-%d", i%10),
+		}, now)
+		if err != nil {
+			return nil, err
+		}
+		tok, err := policy.Mint(key, c)
+		if err != nil {
+			return nil, err
+		}
+		w.Tokens = append(w.Tokens, tok)
+	}
+	for i := range revocations {
+		r := policy.Revocation{
+			ID: policy.NewRevocationID(), Kind: policy.RevokeToken, Target: policy.NewTokenID(),
+			EffectiveAt: now.Add(-time.Minute), Reason: "benchmark", Actor: "bench", CreatedAt: now,
+		}
+		if i < tokens {
+			r.Kind, r.Target, r.IssuedBefore = policy.RevokeSubject, fmt.Sprintf("svc-%04d", i), now.Add(-time.Hour)
+		}
+		w.Set.Add(r)
+	}
+	return w, nil
+}
+
+// Decider enforces the world in prod through cache.
+func (w *AuthzWorld) Decider(cache policy.TokenCache) *policy.Decider {
+	return policy.NewDecider(policy.DeciderConfig{Env: "prod", Policy: w.Policy, Keys: w.Keys, Cache: cache, Revocations: w.Set})
+}
+
+// WriteTokens writes one token a line.
+func WriteTokens(out io.Writer, tokens []string) error {
+	bw := bufio.NewWriter(out)
+	for _, t := range tokens {
+		bw.WriteString(t)
+		bw.WriteByte('\n')
+	}
+	return bw.Flush()
+}
+
+// ReadTokens reads what WriteTokens wrote.
+func ReadTokens(in io.Reader) ([]string, error) {
+	var tokens []string
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 0, 16<<10), policy.MaxTokenBytes+1)
+	for sc.Scan() {
+		if t := strings.TrimSpace(sc.Text()); t != "" {
+			tokens = append(tokens, t)
+		}
+	}
+	return tokens, sc.Err()
+}
+
+// CheckRequest is what an Envoy sidecar sends for GET /orders/<i> with
+// token: the pseudo-headers and the headers a typical client request has.
+func CheckRequest(token string, i int) *authv3.CheckRequest {
+	path := "/orders/" + strconv.Itoa(i)
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Id: strconv.Itoa(1_000_000 + i), Method: "GET", Host: "orders", Path: path, Scheme: "http", Protocol: "HTTP/1.1",
+			Headers: map[string]string{
+				":authority": "orders", ":method": "GET", ":path": path, ":scheme": "http",
+				"accept": "application/json", "user-agent": "orders-client/1.4",
+				"x-request-id":      "7f1c1a52-9d0e-4c47-b3a9-" + strconv.Itoa(100000000000+i),
+				"x-forwarded-proto": "http", "authorization": "Bearer " + token,
+			},
+		}},
+	}}
+}
+
+// HTTPCheck is what Envoy's HTTP ext_authz (path_prefix /envoy) sends for
+// GET /orders/<i> with token, as HTTP/1.1 request bytes.
+func HTTPCheck(token string, i int) []byte {
+	id := strconv.Itoa(i)
+	return []byte("GET /envoy/orders/" + id + " HTTP/1.1\r\n" +
+		"Host: orders\r\n" +
+		"Authorization: Bearer " + token + "\r\n" +
+		"Accept: application/json\r\n" +
+		"User-Agent: orders-client/1.4\r\n" +
+		"X-Request-Id: 7f1c1a52-9d0e-4c47-b3a9-" + strconv.Itoa(100000000000+i) + "\r\n" +
+		"X-Forwarded-Proto: http\r\n\r\n")
+}
