@@ -1,0 +1,231 @@
+package bpf
+
+import (
+	"hash/fnv"
+	"strings"
+	"testing"
+)
+
+// payloadCase is a TCP payload and what the parser must find in it. The
+// same table drives the Go parser here and the kernel programs in
+// prog_linux_test.go.
+type payloadCase struct {
+	name       string
+	payload    string
+	isRequest  bool
+	token      string // the token found; "" for none
+	truncated  bool
+	incomplete bool
+}
+
+const tok = "tw_eyJhbGciOiJFZERTQSJ9.eyJqdGkiOiIxMjMifQ.c2lnbmF0dXJl"
+
+// goRequest is a request as Go's net/http client writes it: Host,
+// User-Agent, the caller's headers sorted, then Accept-Encoding.
+func goRequest(extra ...string) string {
+	var b strings.Builder
+	b.WriteString("GET /orders/42 HTTP/1.1\r\nHost: orders.default.svc.cluster.local\r\nUser-Agent: Go-http-client/1.1\r\n")
+	for _, h := range extra {
+		b.WriteString(h)
+		b.WriteString("\r\n")
+	}
+	b.WriteString("Accept-Encoding: gzip\r\n\r\n")
+	return b.String()
+}
+
+func req(headers ...string) string {
+	return "GET /orders/42 HTTP/1.1\r\nHost: orders\r\n" + strings.Join(headers, "\r\n") + "\r\n\r\n"
+}
+
+var payloadCases = func() []payloadCase {
+	cases := []payloadCase{
+		{name: "bearer", payload: req("Authorization: Bearer " + tok), isRequest: true, token: tok},
+		{name: "go_client_order", payload: goRequest("Authorization: Bearer " + tok), isRequest: true, token: tok},
+		{name: "no_authorization", payload: req("Accept: */*"), isRequest: true},
+
+		// Header-name and scheme case.
+		{name: "upper_case", payload: req("AUTHORIZATION: BEARER " + tok), isRequest: true, token: tok},
+		{name: "lower_case", payload: req("authorization: bearer " + tok), isRequest: true, token: tok},
+		{name: "mixed_case", payload: req("aUtHoRiZaTiOn: bEaReR " + tok), isRequest: true, token: tok},
+
+		// Position in the header block.
+		{name: "first_header", payload: "POST /v1/x HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\nHost: a\r\n\r\n", isRequest: true, token: tok},
+		{name: "last_header", payload: req("Accept: */*", "X-A: b", "Authorization: Bearer "+tok), isRequest: true, token: tok},
+		{name: "after_long_headers", payload: req(strings.Repeat("X-Long: "+strings.Repeat("z", 100)+"\r\n", 20) + "Authorization: Bearer " + tok), isRequest: true, token: tok},
+		{name: "no_final_crlf", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n", isRequest: true, token: tok},
+		{name: "bare_lf_lines", payload: "GET / HTTP/1.1\nHost: a\nAuthorization: Bearer " + tok + "\n\n", isRequest: true, token: tok},
+
+		// Which header wins.
+		{name: "first_of_two", payload: req("Authorization: Bearer first", "Authorization: Bearer second"), isRequest: true, token: "first"},
+		{name: "basic_then_bearer", payload: req("Authorization: Basic dXNlcjpwdw==", "Authorization: Bearer second"), isRequest: true, token: "second"},
+		{name: "empty_bearer_then_bearer", payload: req("Authorization: Bearer ", "Authorization: Bearer second"), isRequest: true, token: "second"},
+		{name: "basic_only", payload: req("Authorization: Basic dXNlcjpwdw=="), isRequest: true},
+		{name: "proxy_authorization", payload: req("Proxy-Authorization: Bearer other", "X-Authorization: Bearer other"), isRequest: true},
+		{name: "space_before_colon", payload: req("Authorization : Bearer " + tok), isRequest: true},
+		{name: "in_request_target", payload: "GET /?Authorization:%20Bearer%20x HTTP/1.1\r\nHost: a\r\n\r\n", isRequest: true},
+
+		// Whitespace.
+		{name: "no_ows", payload: req("Authorization:Bearer " + tok), isRequest: true, token: tok},
+		{name: "tab_ows", payload: req("Authorization:\t Bearer " + tok), isRequest: true, token: tok},
+		{name: "long_ows", payload: req("Authorization:" + strings.Repeat(" \t", 13) + "Bearer " + tok), isRequest: true, token: tok},
+		{name: "extra_spaces", payload: req("Authorization: Bearer     " + tok), isRequest: true, token: tok},
+		{name: "many_spaces", payload: req("Authorization: Bearer" + strings.Repeat(" ", 37) + tok), isRequest: true, token: tok},
+		{name: "tab_after_bearer", payload: req("Authorization: Bearer\t" + tok), isRequest: true},
+		{name: "no_space_after_bearer", payload: req("Authorization: Bearer" + tok), isRequest: true},
+		{name: "bearer_at_end", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer", isRequest: true},
+
+		// The token's alphabet and end.
+		{name: "full_alphabet", payload: req("Authorization: Bearer AZaz09-._~+/="), isRequest: true, token: "AZaz09-._~+/="},
+		{name: "ends_at_comma", payload: req("Authorization: Bearer abc,def"), isRequest: true, token: "abc"},
+		{name: "ends_at_space", payload: req("Authorization: Bearer abc def"), isRequest: true, token: "abc"},
+		{name: "ends_at_nul", payload: req("Authorization: Bearer ab\x00cd"), isRequest: true, token: "ab"},
+		{name: "ends_at_utf8", payload: req("Authorization: Bearer t\u00f6k"), isRequest: true, token: "t"},
+		{name: "starts_with_other_byte", payload: req("Authorization: Bearer @abc"), isRequest: true},
+		{name: "one_byte_token", payload: req("Authorization: Bearer x"), isRequest: true, token: "x"},
+
+		// The line limit.
+		{name: "last_examined_line", payload: "GET / HTTP/1.1\r\n" + strings.Repeat("a\n", MaxHeaderLines-1) + "Authorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
+		{name: "past_line_limit", payload: "GET / HTTP/1.1\r\n" + strings.Repeat("a\n", MaxHeaderLines) + "Authorization: Bearer " + tok + "\r\n\r\n", isRequest: true},
+
+		// End of the header block.
+		{name: "in_body", payload: req("Host: b") + "Authorization: Bearer " + tok + "\r\n", isRequest: true},
+		{name: "in_body_after_bare_lf", payload: "GET / HTTP/1.1\nHost: a\n\nAuthorization: Bearer " + tok + "\r\n", isRequest: true},
+		{name: "in_body_after_lf_crlf", payload: "GET / HTTP/1.1\nHost: a\n\r\nAuthorization: Bearer " + tok + "\r\n", isRequest: true},
+
+		// Headers split across packets: only the first packet counts.
+		{name: "split_before_authorization", payload: "GET / HTTP/1.1\r\nHost: a\r\nAuthoriz", isRequest: true},
+		{name: "split_in_token", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer tw_abc", isRequest: true, incomplete: true},
+		{name: "continuation_packet", payload: "Authorization: Bearer " + tok + "\r\n\r\n"},
+		{name: "continuation_with_newline", payload: "X-A: b\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
+
+		// Not requests.
+		{name: "response", payload: "HTTP/1.1 200 OK\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
+		{name: "lower_case_method", payload: "get / HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
+		{name: "method_without_space", payload: "GET/ HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
+		{name: "unknown_method", payload: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"},
+		{name: "tls_client_hello", payload: "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"},
+		{name: "method_only", payload: "GET ", isRequest: true},
+		{name: "too_short", payload: "GET"},
+		{name: "one_byte", payload: "G"},
+
+		// Long tokens.
+		{name: "token_at_max", payload: req("Authorization: Bearer " + strings.Repeat("a", MaxTokenLen)), isRequest: true, token: strings.Repeat("a", MaxTokenLen)},
+		{name: "token_over_max", payload: req("Authorization: Bearer " + strings.Repeat("a", MaxTokenLen+1)), isRequest: true, truncated: true},
+		{name: "token_far_over_max", payload: req("Authorization: Bearer " + strings.Repeat("b", 3000)), isRequest: true, truncated: true},
+		{name: "token_over_max_at_end", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer " + strings.Repeat("c", MaxTokenLen+1), isRequest: true, truncated: true},
+		{name: "token_at_max_at_end", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer " + strings.Repeat("c", MaxTokenLen), isRequest: true, incomplete: true},
+	}
+	for _, m := range methods {
+		cases = append(cases, payloadCase{
+			name:      "method_" + strings.TrimSpace(m),
+			payload:   m + "/x HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n",
+			isRequest: true,
+			token:     tok,
+		})
+	}
+	return cases
+}()
+
+func TestParseRequest(t *testing.T) {
+	for _, c := range payloadCases {
+		t.Run(c.name, func(t *testing.T) {
+			hash, found, isRequest, truncated := ParseRequest([]byte(c.payload))
+			if isRequest != c.isRequest {
+				t.Errorf("isRequest = %v, want %v", isRequest, c.isRequest)
+			}
+			if found != (c.token != "") {
+				t.Errorf("tokenFound = %v, want %v", found, c.token != "")
+			}
+			if c.token != "" && hash != HashToken(c.token) {
+				t.Errorf("hash = %#x, want HashToken(%q) = %#x", hash, c.token, HashToken(c.token))
+			}
+			if truncated != c.truncated {
+				t.Errorf("truncated = %v, want %v", truncated, c.truncated)
+			}
+			if got := parse([]byte(c.payload)).incomplete; got != c.incomplete {
+				t.Errorf("incomplete = %v, want %v", got, c.incomplete)
+			}
+		})
+	}
+}
+
+func TestParseScanLimit(t *testing.T) {
+	line := "Authorization: Bearer " + tok + "\r\n\r\n"
+	for _, tc := range []struct {
+		name  string
+		at    int // offset of the Authorization line
+		found bool
+	}{
+		{"well_inside", 4000, true},
+		{"ends_at_limit", MaxScanLen - len(line) + 3, true}, // the '\r' after the token is the last byte scanned
+		{"token_cut_by_limit", MaxScanLen - len(line) + 4, false},
+		{"past_limit", MaxScanLen + 10, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := "GET / HTTP/1.1\r\n"
+			filler := tc.at - len(p) - 2
+			p += "X: " + strings.Repeat("f", filler-3) + "\r\n" + line
+			if got := strings.Index(p, "Authorization"); got != tc.at {
+				t.Fatalf("test bug: Authorization at %d, want %d", got, tc.at)
+			}
+			_, found, _, _ := ParseRequest([]byte(p))
+			if found != tc.found {
+				t.Errorf("found = %v, want %v", found, tc.found)
+			}
+		})
+	}
+}
+
+func TestHashTokenMatchesHashFNV(t *testing.T) {
+	for _, s := range []string{"", "a", tok, strings.Repeat("xyz", 400), "tw_\x00\xff"} {
+		h := fnv.New64a()
+		h.Write([]byte(s))
+		if got, want := HashToken(s), h.Sum64(); got != want {
+			t.Errorf("HashToken(%q) = %#x, hash/fnv says %#x", s, got, want)
+		}
+	}
+}
+
+// FuzzParseRequest checks invariants of the Go parser alone; the kernel
+// agreement is FuzzParseAgreement.
+func FuzzParseRequest(f *testing.F) {
+	for _, c := range payloadCases {
+		f.Add([]byte(c.payload))
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		r := parse(p)
+		if !r.isRequest && (r.tokenFound || r.truncated || r.incomplete) {
+			t.Fatalf("token result %+v for a non-request", r)
+		}
+		if btoi(r.tokenFound)+btoi(r.truncated)+btoi(r.incomplete) > 1 {
+			t.Fatalf("more than one outcome: %+v", r)
+		}
+		if !r.tokenFound && r.hash != 0 {
+			t.Fatalf("hash %#x without a token", r.hash)
+		}
+		if len(p) > MaxScanLen {
+			if r2 := parse(p[:MaxScanLen]); r2 != r {
+				t.Fatalf("bytes past MaxScanLen changed the result: %+v vs %+v", r, r2)
+			}
+		}
+	})
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// BenchmarkHashToken200B is the floor under the kernel's per-request cost:
+// FNV-1a is a chain of dependent xor-multiply steps, about 1 ns per byte.
+func BenchmarkHashToken200B(b *testing.B) {
+	token := strings.Repeat("tw_eyJhbGciOiJFZERTQSJ9.", 9)[:200]
+	b.SetBytes(int64(len(token)))
+	var sink uint64
+	for b.Loop() {
+		sink += HashToken(token)
+	}
+	_ = sink
+}

@@ -1,0 +1,748 @@
+//go:build ignore
+
+// tokenmeter: per-token request metering and revocation enforcement for
+// plaintext HTTP/1.x.
+//
+// For every packet whose TCP payload starts with an HTTP method and a space,
+// the programs find the first "Authorization: Bearer <token>" header in the
+// header block of that packet, hash the token with 64-bit FNV-1a, count the
+// request per hash, and drop it if the hash is in the revoked set.
+//
+// The rules are mirrored exactly by ParseRequest in parse.go; the two are
+// checked against each other by FuzzParseAgreement. Change both together.
+//
+// Layout of the work per request, cheapest reject first:
+//   1. IP/TCP headers by direct packet access (pulled into the linear area on
+//      TCX if needed; cgroup_skb sees them linear already).
+//   2. The first 8 payload bytes: one 64-bit compare per method.
+//   3. The payload, up to MAX_SCAN_LEN bytes, copied in chunks into
+//      a per-CPU scratch buffer (on veth and lo the payload is not linear).
+//   4. A bpf_loop that looks for '\n' 8 bytes at a time and, at each of the
+//      first MAX_HEADER_LINES line starts, compares "authorization:" 8 bytes
+//      at a time with ASCII case folding. The line limit bounds the work a
+//      packet of short lines can cause.
+//   5. A bpf_loop that hashes the token 64 bytes per iteration, fully
+//      unrolled (the FNV-1a xor/multiply chain is the floor: ~1 ns/byte).
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+/* Keep in sync with parse.go. */
+#define MAX_TOKEN_LEN 1024 /* token bytes hashed; longer tokens are "truncated" */
+#define MAX_SCAN_LEN 8192  /* TCP payload bytes considered per packet */
+#define MAX_HEADER_LINES 128 /* lines after the request line examined */
+
+/* Payload bytes copied per bpf_skb_load_bytes: a first chunk that holds a
+ * typical request's headers, then bigger ones for long header blocks. */
+#define FIRST_CHUNK_LEN 512
+#define CHUNK_LEN 2048
+#define LOOKAHEAD 128 /* bytes one scan step may read past its start */
+#define PAD_LEN 64    /* zeroed bytes after the loaded data */
+/* Offsets into the scratch buffer are masked with SCRATCH_MASK: the
+ * verifier then knows every access is in bounds whatever clang does to the
+ * arithmetic. Real offsets stay below MAX_SCAN_LEN + PAD_LEN, so the mask
+ * never changes one. */
+#define SCRATCH_MASK (2 * MAX_SCAN_LEN - 1)
+#define SCRATCH_LEN (SCRATCH_MASK + 1 + 8)
+
+/* Every scan step finds a line (at most MAX_HEADER_LINES + 1), moves 64
+ * bytes on (at most MAX_SCAN_LEN / 64 + 1 in all) or leaves the OWS or
+ * SPACES state (at most twice per line): 1024 steps are never used up. */
+#define SCAN_STEPS 1024
+#define HASH_STEP_BYTES 64
+#define HASH_STEPS (MAX_TOKEN_LEN / HASH_STEP_BYTES)
+
+#define FNV64_OFFSET 14695981039346656037ULL
+#define FNV64_PRIME 1099511628211ULL
+
+#define PROTO_TCP 6
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST 60
+#define MAX_IPV6_EXT 4
+/* Header bytes made linear with bpf_skb_pull_data when they are not. */
+#define PULL_LEN 256
+
+#define FAMILY_INET 2
+#define FAMILY_INET6 10
+
+enum hook {
+	HOOK_TCX_INGRESS = 1,
+	HOOK_TCX_EGRESS = 2,
+	HOOK_CGROUP_INGRESS = 3,
+};
+
+enum action {
+	ACTION_DROP = 1,
+};
+
+/* Value of token_counts. Updated atomically: the map is shared by all CPUs. */
+struct token_stats {
+	__u64 requests;
+	__u64 bytes;         /* IP packet length of the counted packets */
+	__u64 last_seen_ns;  /* bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE) */
+	__u64 drops;
+	__u64 first_seen_ns; /* set once: tells user space an evicted and
+			      * recreated entry from the one it read before */
+};
+
+/* Per-CPU counters. Plain increments: the programs run with bottom halves
+ * disabled, so they never interleave on one CPU. */
+struct global_stats {
+	__u64 packets;     /* packets seen by any program */
+	__u64 requests;    /* packets whose TCP payload starts with a method */
+	__u64 tokens;      /* bearer tokens hashed and counted */
+	__u64 truncated;   /* tokens longer than MAX_TOKEN_LEN (not counted) */
+	__u64 incomplete;  /* tokens that run to the end of the scanned bytes */
+	__u64 drops;       /* requests dropped because the token is revoked */
+	__u64 events_lost; /* drop events the ring buffer had no room for */
+	__u64 unparsed;    /* IP/TCP headers that could not be read */
+};
+
+/* Ring buffer record. Explicit layout, no implicit padding: 64 bytes. */
+struct drop_event {
+	__u64 hash;
+	__u64 ktime_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u8 saddr[16]; /* IPv4 in the first 4 bytes, rest zero */
+	__u8 daddr[16];
+	__u32 ifindex;
+	__u16 sport; /* host byte order */
+	__u16 dport;
+	__u16 family; /* AF_INET or AF_INET6 */
+	__u8 action;
+	__u8 hook;
+	__u8 _pad[4];
+};
+
+struct scratch {
+	__u8 buf[SCRATCH_LEN];
+	/* Line starts seen by the scan. Kept here, not on the stack, so the
+	 * verifier does not track its value: a known counter would make it
+	 * walk the scan callback once per possible count. */
+	__u32 lines;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct token_stats);
+} token_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u8);
+} revoked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct global_stats);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+/* bpf2go -type needs the type in BTF. */
+const struct drop_event *unused_drop_event __attribute__((unused));
+
+/* RFC 6750 b64token: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" / "=" */
+static const __u8 tokchar[256] = {
+	['A' ... 'Z'] = 1, ['a' ... 'z'] = 1, ['0' ... '9'] = 1,
+	['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['+'] = 1, ['/'] = 1, ['='] = 1,
+};
+
+/* Little-endian 64-bit word of up to eight characters. */
+#define W4(a, b, c, d) ((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24)
+#define W8(a, b, c, d, e, f, g, h) (W4(a, b, c, d) | W4(e, f, g, h) << 32)
+
+#define BYTES_01 0x0101010101010101ULL
+#define BYTES_80 0x8080808080808080ULL
+#define BYTES_LF 0x0a0a0a0a0a0a0a0aULL
+#define FOLD8 0x2020202020202020ULL /* ASCII letters to lower case */
+
+#define MASK4 0x00000000ffffffffULL
+#define MASK5 0x000000ffffffffffULL
+#define MASK6 0x0000ffffffffffffULL
+#define MASK7 0x00ffffffffffffffULL
+
+enum verdict {
+	VERDICT_PASS,
+	VERDICT_DROP,
+};
+
+enum scan_state {
+	ST_SEEK,   /* looking for the next '\n' from pos */
+	ST_OWS,    /* after "authorization:", skipping SP / HTAB */
+	ST_SPACES, /* after "bearer ", skipping SP */
+	ST_FOUND,  /* tok is the first byte of the token */
+	ST_END,    /* end of headers or of data: no token */
+};
+
+struct scan {
+	struct __sk_buff *skb;
+	struct scratch *scr;
+	__u8 *buf;        /* scr->buf: payload[0:n], then PAD_LEN zeros */
+	__u64 hash;
+	__u32 payload_off; /* offset of the TCP payload from skb->data */
+	__u32 plen;        /* payload bytes in scope, at most MAX_SCAN_LEN */
+	__u32 n;           /* payload bytes copied into buf */
+	__u32 pos;
+	__u32 state;
+	__u32 tok;
+};
+
+struct pkt {
+	__u32 ip_len;      /* IP header to the end of the IP payload */
+	__u32 l4_off;      /* TCP header */
+	__u32 payload_off; /* TCP payload */
+	__u32 plen;        /* TCP payload length */
+	__u32 family;
+};
+
+enum parse_result {
+	PARSE_OK,
+	PARSE_SKIP,      /* not TCP with payload, or not the first fragment */
+	PARSE_NONLINEAR, /* headers beyond the linear area */
+};
+
+static __always_inline __u64 load64(const __u8 *buf, __u32 off)
+{
+	return *(const __u64 *)(buf + (off & SCRATCH_MASK));
+}
+
+static __always_inline __u8 load8(const __u8 *buf, __u32 off)
+{
+	return buf[off & SCRATCH_MASK];
+}
+
+#define BYTES(c) ((__u64)(c) * BYTES_01)
+
+/* High bit of each byte of w set iff that byte is not c. Exact per byte,
+ * unlike the borrow trick below. */
+static __always_inline __u64 bytes_not(__u64 w, __u8 c)
+{
+	__u64 z = w ^ BYTES(c);
+	return (((z & BYTES(0x7f)) + BYTES(0x7f)) | z) & BYTES_80;
+}
+
+/* Nonzero iff w holds a '\n'; the lowest set bit marks the first one. */
+static __always_inline __u64 newline_bits(__u64 w)
+{
+	__u64 x = w ^ BYTES_LF;
+	return (x - BYTES_01) & ~x & BYTES_80;
+}
+
+/* Index of the byte marked by the lowest set bit of m (m != 0). BPF has no
+ * count-trailing-zeros: isolate the bit and let a multiply pick the index. */
+static __always_inline __u32 first_marked_byte(__u64 m)
+{
+	return (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
+}
+
+static __always_inline void zero_pad(__u8 *buf, __u32 n)
+{
+	if (n > MAX_SCAN_LEN)
+		return;
+#pragma unroll
+	for (int i = 0; i < PAD_LEN; i += 8)
+		*(__u64 *)(buf + n + i) = 0;
+}
+
+/* Copy the next chunk of payload into the scratch buffer. On failure the
+ * data in scope ends at what was copied. */
+static __always_inline void load_more(struct scan *sc)
+{
+	__u32 n = sc->n;
+	__u32 len = sc->plen - n;
+	__u32 max = n ? CHUNK_LEN : FIRST_CHUNK_LEN;
+
+	if (len > max)
+		len = max;
+	if (n >= MAX_SCAN_LEN || len == 0) {
+		sc->plen = n;
+		return;
+	}
+	if (bpf_skb_load_bytes(sc->skb, sc->payload_off + n, sc->buf + n, len) < 0) {
+		sc->plen = n;
+		return;
+	}
+	n += len;
+	sc->n = n;
+	zero_pad(sc->buf, n);
+}
+
+static __always_inline int is_bearer_sp(const __u8 *buf, __u32 pos)
+{
+	/* "bearer" in any case, then exactly one SP (not folded: 0x00 | 0x20
+	 * would pass for one). */
+	return ((load64(buf, pos) | W8(32, 32, 32, 32, 32, 32, 0, 0)) & MASK7) ==
+	       W8('b', 'e', 'a', 'r', 'e', 'r', ' ', 0);
+}
+
+/* One step of the header scan; returns 1 to stop the loop.
+ *
+ * Each step does one phase and returns, so the verifier sees every phase
+ * start from the same unknown state instead of walking every combination of
+ * the unrolled exits:
+ *
+ *   ST_SEEK    find the next '\n' within 64 bytes, then check the line:
+ *              end of headers, "authorization:" or neither. The usual
+ *              "Authorization: Bearer <token>" finishes here.
+ *   ST_OWS     skip SP/HTAB after the colon, 64 bytes per step, then
+ *              expect "bearer ".
+ *   ST_SPACES  skip SP after "bearer ", 64 bytes per step, then expect a
+ *              token byte.
+ *
+ * Bytes past the data are zero: never '\n', SP, HTAB or a token byte.
+ */
+static long scan_step(__u64 index, void *ctx)
+{
+	struct scan *sc = ctx;
+	__u32 pos = sc->pos;
+	__u64 m = 0;
+	__u32 base = 0;
+	__u8 *buf;
+	__u8 c;
+
+	if (pos + LOOKAHEAD > sc->n && sc->n < sc->plen)
+		load_more(sc);
+	buf = sc->buf;
+	if (pos >= sc->n)
+		goto end;
+
+	if (sc->state == ST_OWS) {
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			__u64 w = load64(buf, pos + 8 * k);
+			m = bytes_not(w, ' ') & bytes_not(w, '\t');
+			if (m) {
+				pos += 8 * k + first_marked_byte(m);
+				if (!is_bearer_sp(buf, pos))
+					goto next_line;
+				sc->pos = pos + 7;
+				sc->state = ST_SPACES;
+				return 0;
+			}
+		}
+		sc->pos = pos + 64;
+		return 0;
+	}
+
+	if (sc->state == ST_SPACES) {
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			m = bytes_not(load64(buf, pos + 8 * k), ' ');
+			if (m) {
+				pos += 8 * k + first_marked_byte(m);
+				if (!tokchar[load8(buf, pos)])
+					goto next_line;
+				sc->tok = pos;
+				sc->state = ST_FOUND;
+				return 1;
+			}
+		}
+		sc->pos = pos + 64;
+		return 0;
+	}
+
+	/* ST_SEEK. Bytes past the data are zero, so never a '\n'. */
+#pragma unroll
+	for (int k = 0; k < 8; k++) {
+		m = newline_bits(load64(buf, pos + 8 * k));
+		if (m) {
+			base = pos + 8 * k;
+			goto line;
+		}
+	}
+	sc->pos = pos + 64;
+	return 0;
+
+line:
+	pos = base + first_marked_byte(m) + 1;
+	if (++sc->scr->lines > MAX_HEADER_LINES)
+		goto end;
+	/* An empty line ends the header block. */
+	c = load8(buf, pos);
+	if (c == '\n' || (c == '\r' && load8(buf, pos + 1) == '\n'))
+		goto end;
+	if ((load64(buf, pos) | FOLD8) != W8('a', 'u', 't', 'h', 'o', 'r', 'i', 'z'))
+		goto next_line;
+	if (((load64(buf, pos + 8) | W8(32, 32, 32, 32, 32, 0, 0, 0)) & MASK6) !=
+	    W8('a', 't', 'i', 'o', 'n', ':', 0, 0))
+		goto next_line;
+	pos += 14;
+	/* The usual form: one SP, "Bearer", one SP, the token. */
+	if (load8(buf, pos) == ' ' && is_bearer_sp(buf, pos + 1) &&
+	    tokchar[load8(buf, pos + 8)]) {
+		sc->tok = pos + 8;
+		sc->state = ST_FOUND;
+		return 1;
+	}
+	sc->pos = pos;
+	sc->state = ST_OWS;
+	return 0;
+
+next_line:
+	sc->pos = pos;
+	sc->state = ST_SEEK;
+	return 0;
+
+end:
+	sc->state = ST_END;
+	return 1;
+}
+
+/* FNV-1a over the next HASH_STEP_BYTES token bytes. Stops at the first byte
+ * that is not a token byte (the zero padding after the data is not one).
+ * Returns 1 to stop the loop. */
+static long hash_step(__u64 index, void *ctx)
+{
+	struct scan *sc = ctx;
+	__u32 pos = sc->pos;
+	__u64 h = sc->hash;
+	__u8 *buf;
+
+	if (pos + HASH_STEP_BYTES > sc->n && sc->n < sc->plen)
+		load_more(sc);
+	buf = sc->buf;
+
+#pragma unroll
+	for (int k = 0; k < HASH_STEP_BYTES / 8; k++) {
+		__u64 w = load64(buf, pos + 8 * k);
+#pragma unroll
+		for (int j = 0; j < 8; j++) {
+			__u8 b = w >> (8 * j);
+			if (!tokchar[b]) {
+				sc->hash = h;
+				sc->pos = pos + 8 * k + j;
+				return 1;
+			}
+			h = (h ^ b) * FNV64_PRIME;
+		}
+	}
+	sc->hash = h;
+	sc->pos = pos + HASH_STEP_BYTES;
+	return 0;
+}
+
+static __always_inline int is_request(__u64 w)
+{
+	__u64 w4 = w & MASK4, w5 = w & MASK5, w6 = w & MASK6, w7 = w & MASK7;
+
+	return w4 == W4('G', 'E', 'T', ' ') ||
+	       w5 == W8('P', 'O', 'S', 'T', ' ', 0, 0, 0) ||
+	       w4 == W4('P', 'U', 'T', ' ') ||
+	       w7 == W8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0) ||
+	       w6 == W8('P', 'A', 'T', 'C', 'H', ' ', 0, 0) ||
+	       w5 == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0) ||
+	       w == W8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ') ||
+	       w == W8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ') ||
+	       w6 == W8('T', 'R', 'A', 'C', 'E', ' ', 0, 0);
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3off, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + l3off;
+	struct tcphdr *th;
+	__u32 ihl, doff, tot, ip_end;
+
+	if ((void *)(ip + 1) > data_end)
+		return PARSE_NONLINEAR;
+	if (ip->version != 4 || ip->protocol != PROTO_TCP)
+		return PARSE_SKIP;
+	if (ip->frag_off & bpf_htons(0x1fff)) /* not the first fragment */
+		return PARSE_SKIP;
+	ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return PARSE_SKIP;
+	th = (void *)ip + ihl;
+	if ((void *)(th + 1) > data_end)
+		return PARSE_NONLINEAR;
+	doff = th->doff * 4;
+	if (doff < sizeof(*th))
+		return PARSE_SKIP;
+
+	/* tot_len is 0 for BIG TCP GSO packets: the skb length rules. */
+	ip_end = skb->len;
+	tot = bpf_ntohs(ip->tot_len);
+	if (tot != 0 && l3off + tot < ip_end)
+		ip_end = l3off + tot;
+
+	p->family = FAMILY_INET;
+	p->ip_len = ip_end - l3off;
+	p->l4_off = l3off + ihl;
+	p->payload_off = p->l4_off + doff;
+	if (p->payload_off >= ip_end)
+		return PARSE_SKIP;
+	p->plen = ip_end - p->payload_off;
+	return PARSE_OK;
+}
+
+struct ipv6_ext {
+	__u8 nexthdr;
+	__u8 hdrlen;
+	__be16 frag_off; /* fragment header only */
+};
+
+static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 l3off, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = data + l3off;
+	struct ipv6_ext *ext;
+	struct tcphdr *th;
+	__u32 off, doff, pl, ip_end;
+	__u8 nh;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return PARSE_NONLINEAR;
+	if (ip6->version != 6)
+		return PARSE_SKIP;
+	nh = ip6->nexthdr;
+	off = sizeof(*ip6);
+
+#pragma unroll
+	for (int i = 0; i < MAX_IPV6_EXT; i++) {
+		if (nh == PROTO_TCP)
+			continue;
+		ext = (void *)ip6 + off;
+		if ((void *)(ext + 1) > data_end)
+			return PARSE_NONLINEAR;
+		if (nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING || nh == NEXTHDR_DEST) {
+			off += (ext->hdrlen + 1) * 8;
+		} else if (nh == NEXTHDR_FRAGMENT) {
+			if (ext->frag_off & bpf_htons(0xfff8)) /* not the first fragment */
+				return PARSE_SKIP;
+			off += 8;
+		} else {
+			return PARSE_SKIP;
+		}
+		nh = ext->nexthdr;
+	}
+	if (nh != PROTO_TCP)
+		return PARSE_SKIP;
+
+	th = (void *)ip6 + off;
+	if ((void *)(th + 1) > data_end)
+		return PARSE_NONLINEAR;
+	doff = th->doff * 4;
+	if (doff < sizeof(*th))
+		return PARSE_SKIP;
+
+	/* payload_len is 0 for jumbograms and BIG TCP GSO packets. */
+	ip_end = skb->len;
+	pl = bpf_ntohs(ip6->payload_len);
+	if (pl != 0 && l3off + sizeof(*ip6) + pl < ip_end)
+		ip_end = l3off + sizeof(*ip6) + pl;
+
+	p->family = FAMILY_INET6;
+	p->ip_len = ip_end - l3off;
+	p->l4_off = l3off + off;
+	p->payload_off = p->l4_off + doff;
+	if (p->payload_off >= ip_end)
+		return PARSE_SKIP;
+	p->plen = ip_end - p->payload_off;
+	return PARSE_OK;
+}
+
+static __always_inline int parse_headers(struct __sk_buff *skb, __u32 l3off, struct pkt *p)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return parse_ipv4(skb, l3off, p);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(skb, l3off, p);
+	return PARSE_SKIP;
+}
+
+static __always_inline void count_token(__u64 hash, __u64 bytes, __u64 now, int drop)
+{
+	struct token_stats *ts = bpf_map_lookup_elem(&token_counts, &hash);
+
+	if (!ts) {
+		struct token_stats init = {
+			.requests = 1,
+			.bytes = bytes,
+			.last_seen_ns = now,
+			.drops = drop ? 1 : 0,
+			.first_seen_ns = now,
+		};
+		if (bpf_map_update_elem(&token_counts, &hash, &init, BPF_NOEXIST) == 0)
+			return;
+		/* Another CPU inserted it first. */
+		ts = bpf_map_lookup_elem(&token_counts, &hash);
+		if (!ts)
+			return;
+	}
+	__sync_fetch_and_add(&ts->requests, 1);
+	__sync_fetch_and_add(&ts->bytes, bytes);
+	if (drop)
+		__sync_fetch_and_add(&ts->drops, 1);
+	/* Racing CPUs store nearly the same time; either is fine. */
+	ts->last_seen_ns = now;
+}
+
+static __always_inline void report_drop(struct __sk_buff *skb, struct global_stats *st,
+					const struct pkt *p, __u64 hash, __u8 hook, __u32 l3off)
+{
+	struct drop_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	__be16 ports[2] = {};
+
+	if (!ev) {
+		st->events_lost++;
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->hash = hash;
+	ev->ktime_ns = bpf_ktime_get_ns();
+	ev->ifindex = skb->ifindex;
+	ev->family = p->family;
+	ev->action = ACTION_DROP;
+	ev->hook = hook;
+	if (p->family == FAMILY_INET) {
+		bpf_skb_load_bytes(skb, l3off + offsetof(struct iphdr, saddr), ev->saddr, 4);
+		bpf_skb_load_bytes(skb, l3off + offsetof(struct iphdr, daddr), ev->daddr, 4);
+	} else {
+		bpf_skb_load_bytes(skb, l3off + offsetof(struct ipv6hdr, saddr), ev->saddr, 16);
+		bpf_skb_load_bytes(skb, l3off + offsetof(struct ipv6hdr, daddr), ev->daddr, 16);
+	}
+	bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports));
+	ev->sport = bpf_ntohs(ports[0]);
+	ev->dport = bpf_ntohs(ports[1]);
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline enum verdict meter(struct __sk_buff *skb, __u32 l3off, __u8 hook,
+					  int can_pull)
+{
+	__u32 zero = 0;
+	struct global_stats *st = bpf_map_lookup_elem(&stats, &zero);
+	struct pkt p = {};
+	struct scan sc = {};
+	__u64 w = 0, now;
+	void *data, *data_end;
+	int r, drop;
+
+	if (!st)
+		return VERDICT_PASS;
+	st->packets++;
+
+	r = parse_headers(skb, l3off, &p);
+	if (r == PARSE_NONLINEAR && can_pull) {
+		__u32 len = skb->len;
+		if (len > l3off + PULL_LEN)
+			len = l3off + PULL_LEN;
+		if (bpf_skb_pull_data(skb, len) == 0)
+			r = parse_headers(skb, l3off, &p);
+	}
+	if (r == PARSE_NONLINEAR) {
+		st->unparsed++;
+		return VERDICT_PASS;
+	}
+	if (r != PARSE_OK || p.plen < 4)
+		return VERDICT_PASS;
+
+	/* The method: 8 bytes, zero-filled past the payload. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (p.plen >= 8 && p.payload_off < PULL_LEN + ETH_HLEN &&
+	    data + p.payload_off + 8 <= data_end) {
+		w = *(__u64 *)(data + p.payload_off);
+	} else {
+		__u32 len = p.plen < 8 ? p.plen : 8;
+		if (len < 1 || len > 8 || bpf_skb_load_bytes(skb, p.payload_off, &w, len) < 0)
+			return VERDICT_PASS;
+	}
+	if (!is_request(w))
+		return VERDICT_PASS;
+	st->requests++;
+
+	sc.scr = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sc.scr)
+		return VERDICT_PASS;
+	sc.scr->lines = 0;
+	sc.buf = sc.scr->buf;
+	sc.skb = skb;
+	sc.payload_off = p.payload_off;
+	sc.plen = p.plen < MAX_SCAN_LEN ? p.plen : MAX_SCAN_LEN;
+	load_more(&sc);
+	sc.state = ST_SEEK;
+	bpf_loop(SCAN_STEPS, scan_step, &sc, 0);
+	if (sc.state != ST_FOUND)
+		return VERDICT_PASS;
+
+	sc.pos = sc.tok;
+	sc.hash = FNV64_OFFSET;
+	bpf_loop(HASH_STEPS, hash_step, &sc, 0);
+	/* sc.pos is the first byte after the hashed run: a token byte only if
+	 * the token is longer than MAX_TOKEN_LEN. */
+	if (sc.pos + 8 > sc.n && sc.n < sc.plen)
+		load_more(&sc);
+	if (sc.pos < sc.n && tokchar[load8(sc.buf, sc.pos)]) {
+		st->truncated++;
+		return VERDICT_PASS;
+	}
+	if (sc.pos >= sc.n) {
+		/* Ran into the end of the data: the rest is in a later segment. */
+		st->incomplete++;
+		return VERDICT_PASS;
+	}
+	st->tokens++;
+
+	/* The coarse clock (one tick of resolution) is plenty for "last seen"
+	 * and costs nothing; bpf_ktime_get_ns costs ~20 ns under kvm-clock. */
+	now = bpf_ktime_get_coarse_ns();
+	drop = bpf_map_lookup_elem(&revoked, &sc.hash) != NULL;
+	count_token(sc.hash, p.ip_len, now, drop);
+	if (!drop)
+		return VERDICT_PASS;
+	st->drops++;
+	report_drop(skb, st, &p, sc.hash, hook, l3off);
+	return VERDICT_DROP;
+}
+
+SEC("tcx/ingress")
+int tcx_ingress(struct __sk_buff *skb)
+{
+	return meter(skb, ETH_HLEN, HOOK_TCX_INGRESS, 1) == VERDICT_DROP ? TC_ACT_SHOT
+									 : TC_ACT_UNSPEC;
+}
+
+SEC("tcx/egress")
+int tcx_egress(struct __sk_buff *skb)
+{
+	return meter(skb, ETH_HLEN, HOOK_TCX_EGRESS, 1) == VERDICT_DROP ? TC_ACT_SHOT
+									: TC_ACT_UNSPEC;
+}
+
+/* cgroup_skb sees the packet from the IP header; TCP has already made its
+ * headers linear, so no pull (which cgroup_skb may not call anyway). */
+SEC("cgroup_skb/ingress")
+int cgroup_ingress(struct __sk_buff *skb)
+{
+	return meter(skb, 0, HOOK_CGROUP_INGRESS, 0) == VERDICT_DROP ? 0 : 1;
+}
