@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -77,7 +78,7 @@ func (a *Agent) loadKernel() (*kernel, error) {
 		return nil, err
 	}
 	for _, iface := range a.cfg.BPFInterfaces {
-		for _, dir := range []bpf.Direction{bpf.Ingress, bpf.Egress} {
+		for _, dir := range directions(iface) {
 			if err := s.AttachTCX(iface, dir); err != nil {
 				s.Close()
 				return nil, fmt.Errorf("attach to %s %s: %w", iface, dir, err)
@@ -103,6 +104,16 @@ func (a *Agent) loadKernel() (*kernel, error) {
 	})
 	a.log.Info("kernel side attached", "interfaces", a.cfg.BPFInterfaces, "cgroup", a.cfg.BPFCgroup)
 	return k, nil
+}
+
+// directions are the TCX hooks to attach on an interface: both, except on a
+// loopback interface, where every packet leaves and arrives on the same
+// device and would be counted twice.
+func directions(iface string) []bpf.Direction {
+	if ifi, err := net.InterfaceByName(iface); err == nil && ifi.Flags&net.FlagLoopback != 0 {
+		return []bpf.Direction{bpf.Ingress}
+	}
+	return []bpf.Direction{bpf.Ingress, bpf.Egress}
 }
 
 func (k *kernel) registerMetrics(reg prometheus.Registerer) error {
