@@ -27,7 +27,7 @@ fi
 multiarch="$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)"
 
 export GOPACKAGE=bpf
-go run github.com/cilium/ebpf/cmd/bpf2go \
+go tool bpf2go \
 	-cc clang \
 	-strip llvm-strip \
 	-target bpfel \
