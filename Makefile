@@ -7,9 +7,11 @@ DATA_DIR  ?= .data
 POLICY    ?= deploy/policy.example.yaml
 ENV       ?= dev
 FUZZTIME  ?= 3s
-# The kernel side attaches here when the agent may load BPF (root); without
-# the privilege, --bpf=auto says so once and the agent runs without it.
-BPF_IFACE ?= lo
+# Interfaces for the kernel side (e.g. BPF_IFACE=veth0). Empty by default:
+# on lo it would also see the ext_authz HTTP checks, which carry the token,
+# and drop a revoked token's check itself. Without the privilege to load
+# BPF, --bpf=auto says so once and the agent runs without it.
+BPF_IFACE ?=
 
 .PHONY: all build run test test-unit fuzz bench generate generate-check lint clean
 
@@ -19,7 +21,7 @@ build:
 	$(GO) build -o $(BIN) .
 
 run: build
-	$(BIN) serve --data-dir $(DATA_DIR) --policy $(POLICY) --env $(ENV) --bpf-iface $(BPF_IFACE)
+	$(BIN) serve --data-dir $(DATA_DIR) --policy $(POLICY) --env $(ENV) $(addprefix --bpf-iface ,$(BPF_IFACE))
 
 # The README's test command: vet, every test under the race detector, then
 # each fuzz target briefly on its committed corpus and fresh inputs.
