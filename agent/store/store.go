@@ -116,7 +116,8 @@ type Event struct {
 	Revocation *policy.Revocation
 }
 
-// Store is durable state. Implementations: bolt (embedded default).
+// Store is durable state. Implementations: bolt (embedded default, one
+// node) and etcd (many nodes).
 type Store interface {
 	PutKey(ctx context.Context, k Key) error
 	Keys(ctx context.Context) ([]Key, error)

@@ -1,0 +1,281 @@
+// Package etcd is tokenwarden's many-node backend: signing keys, token records
+// and revocation rules kept in an etcd cluster under one key prefix. Every
+// agent watches it, so a revocation made anywhere is enforced everywhere.
+//
+// Records are the same JSON values, bounded to the same size, as the
+// embedded bolt store's. Under the prefix (default "/tokenwarden/") they live
+// at
+//
+//	keys/<kid>               store.Key
+//	tokens/<jti>             store.TokenRecord
+//	leak/<hex sha256>        jti: the index behind TokenByLeakHash
+//	revocations/<rule id>    policy.Revocation
+//
+// A write returns once etcd has committed it through raft, so it is on a
+// quorum's disks. Reads are linearizable: a node reads what any node wrote
+// before the read began.
+package etcd
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/logutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/tokenwarden/tokenwarden/agent/store"
+)
+
+const (
+	// DefaultPrefix is where the store's keys live when Config.Prefix is
+	// empty.
+	DefaultPrefix = "/tokenwarden/"
+
+	// DefaultDialTimeout bounds Open's first round trip to the cluster when
+	// Config.DialTimeout is zero.
+	DefaultDialTimeout = 5 * time.Second
+
+	// defaultWatchBuffer is how many events a watcher may fall behind before
+	// it is dropped, as in the bolt store: enough to absorb a burst of
+	// revocations (a key compromise, a tenant offboarding) while the reader
+	// is busy.
+	defaultWatchBuffer = 1024
+
+	// maxRecordSize bounds one stored JSON value, the same bound as the bolt
+	// store's. Real records are a few hundred bytes; the bound keeps a
+	// foreign or damaged value from making a read allocate without limit.
+	maxRecordSize = 64 << 10
+
+	// Keep-alive pings let a watch notice a dead connection (a node or
+	// network gone without a FIN) within seconds instead of waiting on TCP.
+	keepAliveTime    = 10 * time.Second
+	keepAliveTimeout = 5 * time.Second
+)
+
+// Namespaces under the prefix.
+const (
+	nsKeys        = "keys/"
+	nsTokens      = "tokens/"
+	nsLeak        = "leak/"
+	nsRevocations = "revocations/"
+)
+
+// Config says how to reach the cluster and where in it the store lives.
+type Config struct {
+	// Endpoints are the etcd client URLs, e.g. "https://etcd-0:2379". At
+	// least one is required.
+	Endpoints []string
+	// Prefix is the key prefix every record lives under (default
+	// DefaultPrefix). A trailing "/" is added when missing. Agents that
+	// share state use the same prefix; separate deployments on one cluster
+	// use prefixes that are not prefixes of each other.
+	Prefix string
+	// DialTimeout bounds Open's first round trip to the cluster, which
+	// proves an endpoint answers (default DefaultDialTimeout).
+	DialTimeout time.Duration
+	// Username and Password authenticate to a cluster with auth enabled.
+	Username string
+	Password string
+	// TLS, when set, is used for the client connections (https endpoints,
+	// client certificates).
+	TLS *tls.Config
+	// WatchBuffer is each watcher's channel capacity (default 1024): how far
+	// a watcher may fall behind before it is dropped. Zero means the
+	// default.
+	WatchBuffer int
+}
+
+// Store is a store.Store kept in etcd. It is safe for concurrent use.
+type Store struct {
+	cli         *clientv3.Client
+	prefix      string
+	endpoints   string // for messages
+	dialTimeout time.Duration
+	watchBuffer int
+
+	// ctx lives until Close and is the parent of the etcd watch; done is
+	// closed when the goroutine that runs the watch has returned.
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	closed   atomic.Bool
+	mu       sync.Mutex // guards watchers, session and the moment closed is set
+	watchers map[*watcher]struct{}
+	session  *session // the running etcd watch; nil between two
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open connects to the cluster, checks that it answers (within ctx and
+// Config.DialTimeout), and starts the one etcd watch on the prefix that
+// feeds every Watch. The store owns the connection until Close.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("open etcd store: no endpoints: give at least one etcd client URL")
+	}
+	endpoints := strings.Join(cfg.Endpoints, ",")
+	prefix := cfg.Prefix
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	dialTimeout := cfg.DialTimeout
+	if dialTimeout == 0 {
+		dialTimeout = DefaultDialTimeout
+	}
+	if dialTimeout < 0 {
+		return nil, fmt.Errorf("open etcd store at %s: dial timeout must be positive, got %v", endpoints, dialTimeout)
+	}
+	watchBuffer := cfg.WatchBuffer
+	if watchBuffer == 0 {
+		watchBuffer = defaultWatchBuffer
+	}
+	if watchBuffer < 0 {
+		return nil, fmt.Errorf("open etcd store at %s: watch buffer must be positive, got %d", endpoints, watchBuffer)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	// The client's own log goes to stderr as JSON; keep it to what an
+	// operator must see.
+	lg, err := logutil.CreateDefaultZapLogger(zapcore.WarnLevel)
+	if err != nil {
+		return nil, fmt.Errorf("open etcd store at %s: client logger: %w", endpoints, err)
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            cfg.Endpoints,
+		DialTimeout:          dialTimeout,
+		DialKeepAliveTime:    keepAliveTime,
+		DialKeepAliveTimeout: keepAliveTimeout,
+		Username:             cfg.Username,
+		Password:             cfg.Password,
+		TLS:                  cfg.TLS,
+		Logger:               lg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)
+	}
+
+	sctx, cancel := context.WithCancel(context.Background())
+	s := &Store{
+		cli:         cli,
+		prefix:      prefix,
+		endpoints:   endpoints,
+		dialTimeout: dialTimeout,
+		watchBuffer: watchBuffer,
+		ctx:         sctx,
+		cancel:      cancel,
+		done:        make(chan struct{}),
+		watchers:    make(map[*watcher]struct{}),
+	}
+	// The client connects lazily; the first session's read is the proof
+	// that an endpoint answers (and that the credentials are good).
+	octx, ocancel := context.WithTimeout(ctx, dialTimeout)
+	wch, from, err := s.startSession(octx, 0)
+	ocancel()
+	if err != nil {
+		cancel()
+		cli.Close()
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no answer within %v: %w", dialTimeout, err)
+		}
+		return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)
+	}
+	go s.run(wch, from)
+	return s, nil
+}
+
+// Close ends every watch (closing the channels), stops the etcd watch and
+// closes the connection. Calls after Close return store.ErrClosed; a second
+// Close returns nil. A write racing with Close may have committed even
+// though it returns ErrClosed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed.Load() {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed.Store(true)
+	for w := range s.watchers {
+		s.dropLocked(w)
+	}
+	s.mu.Unlock()
+
+	s.cancel()
+	<-s.done
+	if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("close etcd store at %s: %w", s.endpoints, err)
+	}
+	return nil
+}
+
+func (s *Store) usable(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	return nil
+}
+
+// fail reports an error from the cluster: a call that raced with Close as
+// store.ErrClosed, one whose context ended as that context's error.
+func (s *Store) fail(ctx context.Context, err error) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w: %v", cerr, err)
+	}
+	return err
+}
+
+func (s *Store) key(ns, id string) string { return s.prefix + ns + id }
+
+func (s *Store) leakKey(h [32]byte) string { return s.key(nsLeak, hex.EncodeToString(h[:])) }
+
+// currentRevision returns the cluster's revision now, by a linearizable
+// read: every write acknowledged before the call is at or below it.
+func (s *Store) currentRevision(ctx context.Context) (int64, error) {
+	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
+}
+
+func encode(v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", err
+	}
+	if len(b) > maxRecordSize {
+		return "", fmt.Errorf("record is %d bytes, over the %d-byte limit", len(b), maxRecordSize)
+	}
+	return string(b), nil
+}
+
+func decode[T any](b []byte) (T, error) {
+	var v T
+	if len(b) > maxRecordSize {
+		return v, fmt.Errorf("stored record is %d bytes, over the %d-byte limit: something other than tokenwarden wrote it", len(b), maxRecordSize)
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return v, fmt.Errorf("decode stored record: %w", err)
+	}
+	return v, nil
+}
