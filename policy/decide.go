@@ -66,8 +66,9 @@ func NewDecider(cfg DeciderConfig) *Decider {
 	return d
 }
 
-// SetPolicy swaps the policy. Callers also purge the token cache, since
-// lifetime limits may have changed.
+// SetPolicy swaps the policy. Cached tokens verified under the old one are
+// verified again on their next Decide; callers may also purge the token
+// cache to free it.
 func (d *Decider) SetPolicy(p *Policy) {
 	v := *d.verifier.Load()
 	v.Policy = p
@@ -135,9 +136,13 @@ func (d *Decider) Decide(req Request, now time.Time) Decision {
 // verified returns the verified token, from the cache when seen before.
 func (d *Decider) verified(v *Verifier, token string, now time.Time) (*Token, Reason) {
 	if d.cache != nil {
-		if t, ok := d.cache.Get(token, now); ok {
+		// A token verified under another policy or key set (a reload since,
+		// or a check that raced one and cached its token after the caller
+		// purged the cache) is verified again: its lifetime, class and key
+		// may no longer pass.
+		if t, ok := d.cache.Get(token, now); ok && t.verifiedBy == v {
 			// The signature and claims were checked when cached; what can
-			// change since is time and the key set.
+			// change since is time.
 			if r := checkTimes(&t.Claims, now); r != "" {
 				return nil, r
 			}
@@ -152,6 +157,7 @@ func (d *Decider) verified(v *Verifier, token string, now time.Time) (*Token, Re
 		return nil, err.Reason
 	}
 	if d.cache != nil {
+		t.verifiedBy = v
 		d.cache.Add(token, t)
 	}
 	return t, ""
@@ -167,10 +173,17 @@ func denyToken(dec Decision, r Reason) Decision {
 // BearerToken extracts the token of an Authorization header value
 // ("Bearer <token>", scheme case-insensitive). It returns "" when the header
 // is absent or of another scheme.
+//
+// It reads the header as RFC 6750 writes it, and as the kernel side does:
+// "Bearer", one or more SP, the token. Only SP separates scheme and token,
+// and only SP and HTAB (the OWS proxies drop) are trimmed after it. Any
+// other leading byte (HTAB, NBSP, ...) stays and makes the token malformed:
+// were it trimmed here, a request the kernel does not recognize as carrying
+// the token (and so neither counts nor drops) would be allowed.
 func BearerToken(authorization string) string {
 	const scheme = "bearer "
 	if len(authorization) <= len(scheme) || !strings.EqualFold(authorization[:len(scheme)], scheme) {
 		return ""
 	}
-	return strings.TrimSpace(authorization[len(scheme):])
+	return strings.TrimRight(strings.TrimLeft(authorization[len(scheme):], " "), " \t")
 }

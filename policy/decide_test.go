@@ -3,6 +3,7 @@ package policy_test
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -260,6 +261,51 @@ func TestDecideCache(t *testing.T) {
 		f.decider.SetKeys(nil)
 		if dec := f.decider.Decide(req, testNow); dec.Reason != policy.ReasonUnknownKey {
 			t.Errorf("Decide with no keys = %s, want unknown_key", dec.Reason)
+		}
+	})
+	t.Run("a token cached under another policy is verified again", func(t *testing.T) {
+		// The agent purges the cache after SetPolicy, but a check that
+		// loaded the old policy can cache its token after the purge. The
+		// token must not then pass the new policy's limits from the cache.
+		f := newFixture(t)
+		if dec := f.decider.Decide(req, testNow); !dec.Allow {
+			t.Fatalf("Decide = %s", dec.Reason)
+		}
+		raw, err := os.ReadFile("testdata/policy.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := strings.Replace(string(raw), "default_ttl: 1h\n    max_ttl: 12h", "default_ttl: 30m\n    max_ttl: 30m", 1)
+		p, err := policy.Load("shorter.yaml", []byte(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.decider.SetPolicy(p) // no purge
+		if dec := f.decider.Decide(req, testNow); dec.Reason != policy.ReasonLifetimeExceedsPolicy {
+			t.Errorf("Decide under a policy with a shorter lifetime = %s, want lifetime_exceeds_policy", dec.Reason)
+		}
+		f.decider.SetPolicy(loadPolicy(t, "testdata/policy.yaml"))
+		if dec := f.decider.Decide(req, testNow); !dec.Allow {
+			t.Errorf("Decide back under the first policy = %s", dec.Reason)
+		}
+		adds := f.cache.adds.Load() // the first check, and the one just now
+		if dec := f.decider.Decide(req, testNow); !dec.Allow || adds != 2 || f.cache.adds.Load() != adds {
+			t.Errorf("Decide = %s, %d then %d tokens cached: want allowed from the cache, verified under each policy once", dec.Reason, adds, f.cache.adds.Load())
+		}
+	})
+	t.Run("a token presented with a tab after the scheme is malformed", func(t *testing.T) {
+		// The kernel side reads "Bearer", SP, the token: a token it cannot
+		// see must not be allowed.
+		f := newFixture(t)
+		tok := mint(t, testKey, claims())
+		for _, header := range []string{"Bearer \t" + tok, "Bearer \u00a0" + tok, "Bearer  \t " + tok} {
+			r := get(policy.BearerToken(header), "/orders/1")
+			if dec := f.decider.Decide(r, testNow); dec.Reason != policy.ReasonMalformedToken {
+				t.Errorf("Authorization %q: Decide = %s, want malformed_token", header[:9], dec.Reason)
+			}
+		}
+		if dec := f.decider.Decide(get(policy.BearerToken("bearer   "+tok+" \t"), "/orders/1"), testNow); !dec.Allow {
+			t.Errorf("spaces around the token: Decide = %s", dec.Reason)
 		}
 	})
 	t.Run("SetPolicy swaps the policy", func(t *testing.T) {

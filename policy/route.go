@@ -74,7 +74,7 @@ func parsePattern(p string) ([]string, error) {
 			return nil, fmt.Errorf("%w %q: a pattern matches the path only: drop the ? or # part", errBadPattern, p)
 		default:
 			if _, ok := cleanPath("/" + s); !ok {
-				return nil, fmt.Errorf("%w %q: segment %d can never match, since requests whose paths hold it are denied as ambiguous (encoded unreserved characters such as %%2e, backslashes, ; parameters on a dot segment): write it as clients do, decoded", errBadPattern, p, i+1)
+				return nil, fmt.Errorf("%w %q: segment %d can never match, since requests whose paths hold it are denied as ambiguous (encoded unreserved characters such as %%2e, encoded slashes %%2F and %%5C, backslashes, ; parameters on a dot segment): write it as clients do, decoded", errBadPattern, p, i+1)
 			}
 		}
 	}
@@ -255,6 +255,10 @@ func (t *routeTrie) match(routes []Route, path string, method string, best int, 
 //     Jetty read them), and segments that are only parameters ("/a/;x/b"),
 //   - percent-encoded unreserved characters ("%2e%2e", "%61dmin"), which
 //     RFC 3986 normalization decodes, and malformed percent-encoding,
+//   - percent-encoded '/' and '\' ("%2F", "%5C"): nginx decodes them
+//     before it resolves dot segments, so "/pub/..%2Fadmin" is "/admin" to
+//     nginx (its locations, a proxy_pass with a URI, FastCGI) while it is
+//     one segment under "/pub" here; the sidecar's Envoy refuses them,
 //   - backslashes, which some servers read as '/'.
 //
 // It returns the path without its leading '/' and trailing '/'.
@@ -282,7 +286,7 @@ func cleanPath(p string) (string, bool) {
 			}
 			hi, ok1 := unhex(p[i+1])
 			lo, ok2 := unhex(p[i+2])
-			if !ok1 || !ok2 || isUnreserved(hi<<4|lo) {
+			if c := hi<<4 | lo; !ok1 || !ok2 || isUnreserved(c) || c == '/' || c == '\\' {
 				return "", false
 			}
 		}

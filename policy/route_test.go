@@ -92,7 +92,10 @@ func TestMatch(t *testing.T) {
 		"parameter on a name":         {"GET", "shop", "/files/x;v=1", "shop#7"},
 		"encoded unreserved":          {"GET", "shop", "/items/%34%32", ""},
 		"encoded tilde":               {"GET", "shop", "/files/%7e", ""},
-		"encoded slash kept":          {"GET", "shop", "/files/a%2Fb", "shop#7"},
+		"encoded slash":               {"GET", "shop", "/files/a%2Fb", ""},
+		"encoded slash hiding dots":   {"GET", "shop", "/files/..%2f..%2fitems/42", ""},
+		"encoded backslash":           {"GET", "shop", "/files/..%5Cx", ""},
+		"encoded percent kept":        {"GET", "shop", "/files/a%25b", "shop#7"},
 		"encoded space kept":          {"GET", "shop", "/files/a%20b", "shop#7"},
 		"malformed escape":            {"GET", "shop", "/files/%zz", ""},
 		"truncated escape":            {"GET", "shop", "/files/%4", ""},
@@ -231,7 +234,7 @@ func refPathSegments(path string) ([]string, bool) {
 		if err != nil || strings.ContainsAny(s[i+1:i+3], "+-") {
 			return nil, false
 		}
-		if b := byte(c); 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || strings.IndexByte("-._~", b) >= 0 {
+		if b := byte(c); 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || strings.IndexByte("-._~/\\", b) >= 0 {
 			return nil, false
 		}
 		s = s[i+3:]

@@ -54,6 +54,11 @@ type Token struct {
 	Scopes []string
 	// WireHash is FNV-1a 64 of the token string, as the kernel computes it.
 	WireHash uint64
+
+	// verifiedBy is the Verifier (policy, keys) a Decider verified the
+	// token under before caching it; a cached token is trusted only under
+	// that same Verifier.
+	verifiedBy *Verifier
 }
 
 // HasScope reports whether the token holds scope.

@@ -482,6 +482,14 @@ func TestBearerToken(t *testing.T) {
 		"scheme and space": {"Bearer ", ""},
 		"empty":            {"", ""},
 		"no space":         {"Bearertw_x", ""},
+		// Only SP separates scheme and token (RFC 6750, and the kernel
+		// side's parser): other whitespace stays and makes the token
+		// malformed, so nothing the kernel cannot see is allowed.
+		"tab before token":  {"Bearer \ttw_x.y.z", "\ttw_x.y.z"},
+		"nbsp before token": {"Bearer \u00a0tw_x.y.z", "\u00a0tw_x.y.z"},
+		"vtab before token": {"Bearer \vtw_x.y.z", "\vtw_x.y.z"},
+		"tab after scheme":  {"Bearer\ttw_x.y.z", ""},
+		"trailing tab":      {"Bearer tw_x.y.z \t", "tw_x.y.z"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

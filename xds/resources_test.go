@@ -19,6 +19,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 
+	"github.com/tokenwarden/tokenwarden/agent/authz"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -122,7 +123,11 @@ func TestEnvoyRoute(t *testing.T) {
 		},
 		"one segment": {
 			route:    `{ methods: [GET, HEAD], path: "/items/*", public: true }`,
-			wantPath: `safe_regex=/items/[^/]+/?`, wantMethod: `safe_regex=GET|HEAD`, wantAuthzOff: true,
+			wantPath: `safe_regex=/items/[^/;%\\]+/?`, wantMethod: `safe_regex=GET|HEAD`, wantAuthzOff: true,
+		},
+		"public subtree": {
+			route:    `{ path: "/docs/**", public: true }`,
+			wantPath: `safe_regex=/docs(?:/[^/;%\\]+)*/?`, wantAuthzOff: true,
 		},
 		"any segments inside": {
 			route:    `{ methods: [POST, PUT, DELETE], path: "/files/**/meta.json", scopes: [s:x] }`,
@@ -187,13 +192,15 @@ func TestRouteConfigurationEndsInAuthorizedCatchAll(t *testing.T) {
 		if pathSpec(last.GetMatch()) != "prefix=/" || last.GetMatch().GetHeaders() != nil {
 			t.Errorf("%s: last route matches %s, want every request", vh.GetName(), pathSpec(last.GetMatch()))
 		}
-		if extAuthzDisabled(t, last) {
-			t.Errorf("%s: the catch-all skips ext_authz", vh.GetName())
-		}
-		if last.GetRoute().GetCluster() != AppClusterName {
-			t.Errorf("%s: the catch-all goes to %q, want the app (ext_authz decides)", vh.GetName(), last.GetRoute().GetCluster())
-		}
 	}
+	catchAll := hosts[0].GetRoutes()[len(hosts[0].GetRoutes())-1]
+	if extAuthzDisabled(t, catchAll) {
+		t.Error("the service's catch-all skips ext_authz")
+	}
+	if catchAll.GetRoute().GetCluster() != AppClusterName {
+		t.Errorf("the service's catch-all goes to %q, want the app (ext_authz decides)", catchAll.GetRoute().GetCluster())
+	}
+	checkDeniesEveryRequest(t, hosts[1])
 	var public []string
 	for _, r := range hosts[0].GetRoutes() {
 		if extAuthzDisabled(t, r) {
@@ -224,6 +231,154 @@ func TestPathMatchAgreesWithPolicy(t *testing.T) {
 				t.Errorf("pattern %s, path %s: envoy matches %v, policy %v (%s)", pattern, path, got, want, pathSpec(m))
 			}
 		}
+	}
+}
+
+// TestPublicPathMatchIsWithinPolicy checks the match of public routes, whose
+// requests skip ext_authz: on normalized paths it matches nothing the policy
+// does not, and nothing with a path parameter (";"), an escape or a
+// backslash in a wildcard segment, which some applications read as another
+// path ("/docs/..;/admin" is "/admin" to Tomcat). Without those it matches
+// exactly what the policy does.
+func TestPublicPathMatchIsWithinPolicy(t *testing.T) {
+	patterns := []string{"/", "/**", "/a", "/a/b", "/a/**", "/a/*", "/a/*/c", "/a/**/c", "/**/c", "/*/b/**"}
+	paths := []string{
+		"/", "/a", "/a/", "/ab", "/a/b", "/a/b/", "/a/b/c", "/a/x/c", "/a/x/y/c", "/a/c", "/c", "/x/c", "/x/b", "/x/b/y",
+		"/a/..;/admin", "/a/..;/c", "/a/x;y/c", "/a/%2e%2e;/c", "/a/x%20y/c", `/a/x\y/c`, "/a/b;v=1", "/a/;/c", "/..;/b/c",
+	}
+	for _, pattern := range patterns {
+		p := policyOf(t, fmt.Sprintf("{ path: %q, public: true }", pattern))
+		m := publicPathMatch(pattern)
+		for _, path := range paths {
+			_, policyMatches := p.Match("GET", "svc", path)
+			got := envoyMatches(t, m, path)
+			if got && !policyMatches {
+				t.Errorf("pattern %s, path %s: the public route matches what the policy does not (%s)", pattern, path, pathSpec(m))
+			}
+			if strings.ContainsAny(path, ";%\\") {
+				if got && (strings.Contains(pattern, "*")) {
+					t.Errorf("pattern %s, path %s: a public wildcard matches an ambiguous segment (%s)", pattern, path, pathSpec(m))
+				}
+			} else if got != policyMatches {
+				t.Errorf("pattern %s, path %s: envoy matches %v, policy %v (%s)", pattern, path, got, policyMatches, pathSpec(m))
+			}
+		}
+	}
+}
+
+// TestPublicRouteRemovesForgedIdentity checks that a public route, which
+// skips ext_authz, drops the identity headers a client may forge, in every
+// spelling an application may read as theirs.
+func TestPublicRouteRemovesForgedIdentity(t *testing.T) {
+	p := loadPolicy(t, "testdata/policy.yaml")
+	rc, err := routeConfiguration(p, "inventory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rc.GetVirtualHosts()[0].GetRoutes() {
+		rm := r.GetRequestHeadersToRemove()
+		if !extAuthzDisabled(t, r) {
+			// Route-level removal runs after ext_authz: it would drop the
+			// identity ext_authz sets.
+			if len(rm) != 0 {
+				t.Errorf("route %s asks ext_authz yet removes %v", r.GetName(), rm)
+			}
+			continue
+		}
+		for _, h := range []string{authz.HeaderSubject, authz.HeaderTokenID, authz.HeaderScopes, authz.HeaderTenant,
+			"x_tokenwarden_subject", "x_tokenwarden_token_id", "x-tokenwarden_token-id", "x_tokenwarden-tenant"} {
+			if !slices.Contains(rm, h) {
+				t.Errorf("public route %s does not remove %s (removes %v)", r.GetName(), h, rm)
+			}
+		}
+		if len(rm) != 20 {
+			t.Errorf("public route %s removes %d headers, want the 20 spellings of the four", r.GetName(), len(rm))
+		}
+	}
+}
+
+// TestOtherHostsDoNotReachTheApplication: a request to this sidecar with the
+// Host of another policy service must not be judged by that service's rules
+// and then served by this sidecar's application. Envoy denies it itself.
+func TestOtherHostsDoNotReachTheApplication(t *testing.T) {
+	p := loadPolicy(t, "testdata/policy.yaml")
+	for _, svc := range append(p.ServiceNames(), "") {
+		var rc *route.RouteConfiguration
+		var err error
+		if svc == "" {
+			cfg, derr := Config{}.withDefaults()
+			if derr != nil {
+				t.Fatal(derr)
+			}
+			res, derr := denyAllResources(cfg)
+			if derr != nil {
+				t.Fatal(derr)
+			}
+			rc = res[resource.RouteType][0].(*route.RouteConfiguration)
+		} else {
+			rc, err = routeConfiguration(p, svc)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := validate(rc); err != nil {
+			t.Fatalf("%s: %v", svc, err)
+		}
+		vhs := rc.GetVirtualHosts()
+		fallback := vhs[len(vhs)-1]
+		if !slices.Equal(fallback.GetDomains(), []string{"*"}) {
+			t.Fatalf("%s: the last virtual host serves %v, want *", svc, fallback.GetDomains())
+		}
+		checkDeniesEveryRequest(t, fallback)
+		for _, vh := range vhs[:len(vhs)-1] {
+			for _, d := range vh.GetDomains() {
+				if s, ok := hostService(p, d); !ok || s != svc {
+					t.Errorf("sidecar of %q serves host %s of service %q", svc, d, s)
+				}
+			}
+		}
+	}
+}
+
+func hostService(p *policy.Policy, host string) (string, bool) {
+	for _, s := range p.ServiceNames() {
+		if slices.Contains(p.Doc.Services[s].Hosts, host) {
+			return s, true
+		}
+	}
+	return "", false
+}
+
+// checkDeniesEveryRequest checks that vh answers every request with the
+// no_matching_route denial, without ext_authz or the application.
+func checkDeniesEveryRequest(t *testing.T, vh *route.VirtualHost) {
+	t.Helper()
+	if len(vh.GetRoutes()) != 1 {
+		t.Fatalf("%s: %d routes, want one that denies", vh.GetName(), len(vh.GetRoutes()))
+	}
+	r := vh.GetRoutes()[0]
+	if pathSpec(r.GetMatch()) != "prefix=/" || r.GetMatch().GetHeaders() != nil {
+		t.Errorf("%s: the route matches %s, want every request", vh.GetName(), pathSpec(r.GetMatch()))
+	}
+	if r.GetRoute() != nil {
+		t.Errorf("%s: requests go to cluster %q, want a direct denial", vh.GetName(), r.GetRoute().GetCluster())
+	}
+	dr := r.GetDirectResponse()
+	if dr.GetStatus() != 403 {
+		t.Errorf("%s: direct response status %d, want 403", vh.GetName(), dr.GetStatus())
+	}
+	if want := `{"error":"no_matching_route","message":"` + policy.ReasonNoMatchingRoute.Message() + `"}`; dr.GetBody().GetInlineString() != want {
+		t.Errorf("%s: body %s, want %s", vh.GetName(), dr.GetBody().GetInlineString(), want)
+	}
+	headers := map[string]string{}
+	for _, h := range r.GetResponseHeadersToAdd() {
+		headers[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+	}
+	if headers["content-type"] != "application/json" || headers["www-authenticate"] != policy.ReasonNoMatchingRoute.Challenge() {
+		t.Errorf("%s: response headers %v", vh.GetName(), headers)
+	}
+	if !extAuthzDisabled(t, r) {
+		t.Errorf("%s: the denial asks ext_authz, which judges by Host and could allow", vh.GetName())
 	}
 }
 
@@ -440,5 +595,88 @@ func TestValidateOpensTypedConfigs(t *testing.T) {
 	m.TypeUrl = "type.googleapis.com/tokenwarden.NoSuchFilter"
 	if err := validate(lis); err == nil {
 		t.Error("validate accepted a typed config of an unknown type")
+	}
+}
+
+// TestRegexCostBoundsRE2 checks regexCost against RE2 program sizes measured
+// (libre2, UTF-8, as Envoy compiles) for the regexes of these patterns, the
+// protected form and the public one: the estimate must never be below them,
+// or a route could carry a regex Envoy refuses.
+func TestRegexCostBoundsRE2(t *testing.T) {
+	measured := map[string][2]int{ // pattern: protected, public
+		"/healthz":                           {14, 14},
+		"/items/*":                           {22, 25},
+		"/docs/**":                           {22, 25},
+		"/a/*/b/**":                          {31, 37},
+		"/**":                                {17, 20},
+		"/a/*/*/*/*":                         {48, 60},
+		"/a/**/b/**/c":                       {34, 40},
+		"/files/**/meta.json":                {33, 36},
+		"/api/v1/organizations/*/projects/*": {56, 62},
+		"/api/v1/orgs/*/projects/*/envs/*":   {62, 71},
+		"/" + strings.Repeat("x", 60):        {67, 67},
+		"/*/*/*/*/*":                         {56, 71},
+	}
+	for pattern, sizes := range measured {
+		segs := strings.Split(pattern[1:], "/")
+		if c := regexCost(segs); c < max(sizes[0], sizes[1]) {
+			t.Errorf("%s: regexCost %d, below the measured program sizes %v", pattern, c, sizes)
+		}
+	}
+}
+
+// TestLongPatternsFitEnvoy: a pattern whose regex could exceed Envoy's RE2
+// program size limit (100 by default; over it Envoy NACKs the whole route
+// configuration and keeps the previous one) gets no regex. A protected route
+// matches its literal prefix instead (more than its rule: safe, ext_authz
+// decides), a public one asks ext_authz like a protected one.
+func TestLongPatternsFitEnvoy(t *testing.T) {
+	const long = "/api/v1/organizations/*/projects/*/environments/*/deployments/**"
+	p := policyOf(t,
+		fmt.Sprintf("{ methods: [GET], path: %q, scopes: [s:x] }", long),
+		fmt.Sprintf("{ methods: [POST], path: %q, public: true }", long),
+		fmt.Sprintf("{ path: %q, scopes: [s:x] }", "/"+strings.Repeat("abcdefghij/", 10)+"end"),
+	)
+	rc, err := routeConfiguration(p, "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := rc.GetVirtualHosts()[0].GetRoutes()
+	for i, r := range routes[:3] {
+		if re := r.GetMatch().GetSafeRegex().GetRegex(); re != "" {
+			t.Errorf("route %d: regex %s for a pattern over the budget", i, re)
+		}
+		if extAuthzDisabled(t, r) {
+			t.Errorf("route %d skips ext_authz", i)
+		}
+		if len(r.GetRequestHeadersToRemove()) != 0 {
+			t.Errorf("route %d removes headers though it asks ext_authz", i)
+		}
+	}
+	if got := pathSpec(routes[0].GetMatch()); got != "path_separated_prefix=/api/v1/organizations" {
+		t.Errorf("long protected route matches %s", got)
+	}
+	// A protected route may match more than its rule, never less.
+	for _, path := range []string{
+		"/api/v1/organizations/o/projects/p/environments/e/deployments",
+		"/api/v1/organizations/o/projects/p/environments/e/deployments/d/x",
+		"/api/v1/organizations/o",
+	} {
+		_, want := p.Match("GET", "svc", path)
+		if want && !envoyMatches(t, routes[0].GetMatch(), path) {
+			t.Errorf("path %s: the policy route matches, its Envoy route does not", path)
+		}
+	}
+	for _, r := range routes {
+		if err := r.ValidateAll(); err != nil {
+			t.Errorf("route %s: %v", r.GetName(), err)
+		}
+	}
+	// Every regex that remains is within the budget.
+	for _, pattern := range []string{"/a/*/b/**", "/files/**/meta.json", "/*/*/*/*/*"} {
+		segs := strings.Split(pattern[1:], "/")
+		if re := pathMatch(pattern).GetSafeRegex(); re != nil && regexCost(segs) > regexBudget {
+			t.Errorf("%s: regex %s over the budget", pattern, re.GetRegex())
+		}
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -208,7 +207,26 @@ func setsHeader(dec *policy.Decision, name string) bool {
 }
 
 // isTokenwardenHeader reports whether name (any case) has the
-// x-tokenwarden- prefix.
+// x-tokenwarden- prefix, with any of its '-' written '_'. Envoy passes
+// header names with underscores by default, and CGI-style servers (PHP,
+// WSGI, Rack) read "x_tokenwarden_subject" as the same variable as
+// "x-tokenwarden-subject": left in place, it could stand beside or
+// override the identity this server sets.
 func isTokenwardenHeader(name string) bool {
-	return len(name) >= len(headerPrefix) && strings.EqualFold(name[:len(headerPrefix)], headerPrefix)
+	if len(name) < len(headerPrefix) {
+		return false
+	}
+	for i := 0; i < len(headerPrefix); i++ {
+		c := name[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		case c == '_':
+			c = '-'
+		}
+		if c != headerPrefix[i] {
+			return false
+		}
+	}
+	return true
 }

@@ -179,6 +179,19 @@ func TestCheckGRPCHeaders(t *testing.T) {
 			headers:     map[string]string{HeaderSubject: "admin", HeaderTokenID: "x"},
 			wantRemoved: []string{HeaderSubject, HeaderTokenID},
 		},
+		"underscore spellings are forgeries too": {
+			path: "/orders/1",
+			headers: map[string]string{
+				"authorization": "Bearer " + tok, "x_tokenwarden_subject": "admin", "x-tokenwarden_tenant": "other", "X_TOKENWARDEN-SCOPES": "admin:all",
+			},
+			wantSet:     []string{HeaderSubject, HeaderTokenID, HeaderScopes},
+			wantRemoved: []string{"x_tokenwarden_subject", "x-tokenwarden_tenant", "x_tokenwarden-scopes"},
+		},
+		"underscore spellings on a public route": {
+			path:        "/healthz",
+			headers:     map[string]string{"x_tokenwarden_subject": "admin"},
+			wantRemoved: []string{"x_tokenwarden_subject"},
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -169,6 +169,7 @@ func TestHTTPModeRemovals(t *testing.T) {
 		"strip authorization":                {strip: true, path: "/orders/1", want: "authorization"},
 		"forged tenant removed, subject set": {path: "/orders/1", forged: http.Header{"X-Tokenwarden-Tenant": {"x"}, "X-Tokenwarden-Subject": {"admin"}}, want: "x-tokenwarden-tenant"},
 		"public route removes forged":        {strip: true, path: "/healthz", forged: http.Header{"X-Tokenwarden-Subject": {"admin"}}, want: "authorization, x-tokenwarden-subject"},
+		"underscore spelling removed":        {path: "/orders/1", forged: http.Header{"X_tokenwarden_subject": {"admin"}}, want: "x_tokenwarden_subject"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

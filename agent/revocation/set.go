@@ -4,6 +4,7 @@
 package revocation
 
 import (
+	"math"
 	"sync"
 	"time"
 
@@ -47,12 +48,25 @@ func NewSet() *Set {
 	}
 }
 
+// Times outside the range of UnixNano (1678 to 2262) are clamped: UnixNano
+// is undefined there, and a far expiry that wrapped to a negative number
+// would have Prune drop a rule at once.
 func nanos(t time.Time) int64 {
-	if t.IsZero() {
+	switch {
+	case t.IsZero():
 		return 0
+	case t.After(maxNanos):
+		return math.MaxInt64
+	case t.Before(minNanos):
+		return math.MinInt64
 	}
 	return t.UnixNano()
 }
+
+var (
+	maxNanos = time.Unix(0, math.MaxInt64)
+	minNanos = time.Unix(0, math.MinInt64)
+)
 
 // merge combines two rules on one jti or key: the union applies from the
 // earlier effective time until the later expiry (0 = never), so neither

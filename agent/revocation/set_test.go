@@ -265,6 +265,28 @@ func TestSetPrune(t *testing.T) {
 			t.Errorf("Prune dropped %d never-expiring rules", n)
 		}
 	})
+	t.Run("an expiry past 2262 is not pruned at once", func(t *testing.T) {
+		// UnixNano of a time after 2262 is undefined (it wraps negative),
+		// which made the rule look long expired. A max_ttl of a few
+		// hundred years is absurd but valid, and a rule must never leave
+		// the set early.
+		far := time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)
+		s := NewSet()
+		s.Add(byToken(jti, t0, far))
+		s.Add(policy.Revocation{ID: "r", Kind: policy.RevokeSubject, Target: "alice", EffectiveAt: t0, IssuedBefore: t0, Expires: far, Reason: "x"})
+		if n := s.Prune(t0.Add(time.Hour)); n != 0 || s.Len() != 2 {
+			t.Errorf("Prune dropped %d rules that expire in 2300", n)
+		}
+		if !s.Revoked(token(nil), t0.Add(time.Hour)) {
+			t.Error("the rule does not revoke")
+		}
+		// Nor is a rule that takes effect after 2262 in effect now.
+		s = NewSet()
+		s.Add(byToken(jti, far, time.Time{}))
+		if s.Revoked(token(nil), t0) {
+			t.Error("a rule effective in 2300 revokes now")
+		}
+	})
 	t.Run("only expired ones of a subject go", func(t *testing.T) {
 		s := NewSet()
 		s.Add(policy.Revocation{ID: "old", Kind: policy.RevokeSubject, Target: "alice", EffectiveAt: t0, IssuedBefore: t0.Add(-time.Hour), Expires: t0, Reason: "x"})
