@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -20,18 +21,33 @@ const adminSubject = "tokenwarden-admin"
 
 // ensureAdminToken keeps <data-dir>/admin.token valid: on first start, and
 // whenever the token there no longer verifies or is past half its life, a
-// new one is issued within policy and written with mode 0600.
+// new one is issued within policy and written with mode 0600. A file that
+// group or others may read is replaced too, and the token it held revoked.
 func (a *Agent) ensureAdminToken(ctx context.Context) (string, error) {
 	path := filepath.Join(a.cfg.DataDir, AdminTokenFile)
 	now := a.cfg.Now()
-	if b, err := os.ReadFile(path); err == nil {
+	b, exposed, err := readSecret(path)
+	retire := "" // the jti of an exposed admin token that still works
+	switch {
+	case err == nil:
 		v := policy.Verifier{Keys: a.decider.Keys(), Policy: a.decider.Policy(), Env: a.cfg.Env}
-		if t, verr := v.Verify(strings.TrimSpace(string(b)), now); verr == nil && !a.revoked.Revoked(t, now) &&
-			t.HasScope(admin.AdminScope) && now.Unix() < t.IssuedAt+(t.Expires-t.IssuedAt)/2 {
+		t, verr := v.Verify(strings.TrimSpace(string(b)), now)
+		fresh := verr == nil && !a.revoked.Revoked(t, now) &&
+			t.HasScope(admin.AdminScope) && now.Unix() < t.IssuedAt+(t.Expires-t.IssuedAt)/2
+		if fresh && !exposed {
 			return path, nil
 		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("read %s: %w", path, err)
+		if exposed {
+			// Anyone on the node may have read it: replace it, then
+			// retire it if it still works.
+			a.log.Warn("admin token file is readable by group or others; writing a new one (mode 0600) and revoking the old one", "path", path)
+			if verr == nil && !a.revoked.Revoked(t, now) {
+				retire = t.ID
+			}
+		}
+	case errors.Is(err, fs.ErrNotExist):
+	default:
+		return "", fmt.Errorf("read %s: %w (remove it and the agent writes a new one)", path, err)
 	}
 	p := a.policy.Load()
 	class := adminClass(p, a.cfg.Env)
@@ -49,6 +65,14 @@ func (a *Agent) ensureAdminToken(ctx context.Context) (string, error) {
 		return "", err
 	}
 	a.log.Info("wrote admin token", "path", path, "token_id", issued.Record.ID, "expires_at", issued.Record.ExpiresAt)
+	if retire != "" {
+		if _, _, err := a.issuer.Revoke(ctx, policy.Revocation{
+			Kind: policy.RevokeToken, Target: retire, Reason: "admin token file was readable by group or others",
+			Actor: issuer.ActorSystem,
+		}); err != nil {
+			a.log.Error("revoke the exposed admin token", "token_id", retire, "err", err)
+		}
+	}
 	return path, nil
 }
 
@@ -61,7 +85,34 @@ func adminClass(p *policy.Policy, env string) string {
 	return ""
 }
 
-// writeSecret replaces path atomically with data, mode 0600.
+// maxSecretBytes bounds what is read of the admin token file: a token is at
+// most policy.MaxTokenBytes.
+const maxSecretBytes = 16 << 10
+
+// readSecret reads the admin token file, refusing anything but a regular
+// file of bounded size, and reports whether group or others may read it.
+func readSecret(path string) (data []byte, exposed bool, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, false, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, false, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+	}
+	if st.Size() > maxSecretBytes {
+		return nil, false, fmt.Errorf("%d bytes: an admin token file holds one token (at most %d bytes)", st.Size(), maxSecretBytes)
+	}
+	data, err = io.ReadAll(io.LimitReader(f, maxSecretBytes))
+	return data, st.Mode().Perm()&0o077 != 0, err
+}
+
+// writeSecret replaces path atomically with data, mode 0600, and makes the
+// rename durable.
 func writeSecret(path string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
 	if err != nil {
@@ -83,5 +134,12 @@ func writeSecret(path string, data []byte) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
 }

@@ -9,11 +9,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,11 +118,22 @@ type Agent struct {
 	rotation     *rotation.Scheduler
 	xds          *xds.Server
 
-	policy   atomic.Pointer[policy.Policy]
-	onPolicy []func(*policy.Policy) // parts that follow policy reloads
-	reloadMu sync.Mutex
-	ready    atomic.Bool
-	closers  []func() error
+	policy atomic.Pointer[policy.Policy]
+	// loadedPolicy is the policy file's content as New read it: the
+	// file watcher's starting point.
+	loadedPolicy []byte
+	onPolicy     []func(*policy.Policy) // parts that follow policy reloads
+	reloadMu     sync.Mutex
+	ready        atomic.Bool
+	// watchBroken is set while the store's Watch is down and being
+	// re-established: revocations made elsewhere may not be enforced yet,
+	// and /readyz says so.
+	watchBroken atomic.Bool
+	// runCtx ends when Run starts shutting down; background work started
+	// from callbacks (anomaly revocation retries) follows it.
+	runCtx  atomic.Pointer[context.Context]
+	bg      sync.WaitGroup
+	closers []func() error
 }
 
 // New builds an agent: opens the store and audit log, loads the policy and
@@ -142,10 +157,11 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			a.Close()
 		}
 	}()
-	p, err := loadPolicy(cfg.PolicyPath)
+	p, raw, err := loadPolicy(cfg.PolicyPath)
 	if err != nil {
 		return nil, err
 	}
+	a.loadedPolicy = raw
 	if _, ok := p.Environment(cfg.Env); !ok {
 		return nil, fmt.Errorf("environment %q is not in policy %s (it defines: %v)", cfg.Env, cfg.PolicyPath, envNames(p))
 	}
@@ -156,6 +172,10 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	if st, err := os.Stat(cfg.DataDir); err == nil && st.Mode().Perm()&0o077 != 0 {
+		a.log.Warn("data dir is open to group or others; run chmod 700 on it",
+			"data_dir", cfg.DataDir, "mode", fmt.Sprintf("%04o", st.Mode().Perm()))
 	}
 	kek, err := store.LoadOrCreateKEK(filepath.Join(cfg.DataDir, kekFile))
 	if err != nil {
@@ -174,13 +194,17 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	a.closers = append(a.closers, a.audit.Close)
 
+	a.revoked = revocation.NewSet()
+	a.tokens = newTokenIndex()
+	// The agent's own writers go through enforcingStore, so what they
+	// revoke is enforced here before their call returns.
+	est := enforcingStore{Store: st, a: a}
 	a.issuer, err = issuer.New(ctx, issuer.Config{
-		Store: st, KEK: kek, Env: cfg.Env, Policy: a.policy.Load, Audit: a.audit, Now: cfg.Now, Logger: cfg.Logger,
+		Store: est, KEK: kek, Env: cfg.Env, Policy: a.policy.Load, Audit: a.audit, Now: cfg.Now, Logger: cfg.Logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	a.revoked = revocation.NewSet()
 	if a.cache, err = revocation.NewCache(cfg.CacheSize); err != nil {
 		return nil, err
 	}
@@ -191,7 +215,6 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	a.decider = policy.NewDecider(policy.DeciderConfig{
 		Env: cfg.Env, Policy: p, Keys: a.issuer.KeySet(), Cache: a.authzMetrics.CountingCache(a.cache), Revocations: a.revoked,
 	})
-	a.tokens = newTokenIndex()
 	a.use = audit.NewUseRecorder(audit.UseConfig{
 		Log: a.audit, Allows: p.Doc.Audit.Allows, Interval: p.Doc.Audit.SummaryInterval.D(), Now: cfg.Now, Logger: cfg.Logger,
 	})
@@ -208,7 +231,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	if a.rotation, err = rotation.New(rotation.Config{
-		Store: st, Rotator: a.issuer, Policy: a.policy.Load, Audit: a.audit, Now: cfg.Now,
+		Store: est, Rotator: a.issuer, Policy: a.policy.Load, Audit: a.audit, Now: cfg.Now,
 		Registerer: a.registry, Logger: cfg.Logger,
 	}); err != nil {
 		return nil, err
@@ -220,7 +243,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a.admin, err = admin.New(admin.Config{
-		Issuer: a.issuer, Rotator: a.rotation, Store: st, Audit: a.audit, AuditDir: filepath.Join(cfg.DataDir, auditDir),
+		Issuer: a.issuer, Rotator: a.rotation, Store: est, Audit: a.audit, AuditDir: filepath.Join(cfg.DataDir, auditDir),
 		Decider: a.decider, Revocations: a.revoked, Ready: a.readiness, Now: cfg.Now, Logger: cfg.Logger,
 	})
 	if err != nil {
@@ -244,16 +267,28 @@ func envNames(p *policy.Policy) []string {
 	return names
 }
 
-func loadPolicy(path string) (*policy.Policy, error) {
-	data, err := os.ReadFile(path)
+func loadPolicy(path string) (*policy.Policy, []byte, error) {
+	data, err := readPolicyFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read policy: %w", err)
+		return nil, nil, fmt.Errorf("read policy: %w", err)
 	}
 	p, err := policy.Load(path, data)
 	if err != nil {
-		return nil, fmt.Errorf("policy %s has errors (run `tokenwarden policy check %s`):\n%w", path, path, err)
+		return nil, nil, fmt.Errorf("policy %s has errors (run `tokenwarden policy check %s`):\n%w", path, path, err)
 	}
-	return p, nil
+	return p, data, nil
+}
+
+// readPolicyFile reads at most one byte more than a policy may hold, so an
+// oversized file (or a path pointing at a device) is refused by
+// policy.Load's size check instead of being read into memory.
+func readPolicyFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, policy.MaxDocumentBytes+1))
 }
 
 // Decider is the decision maker every enforcement point uses.
@@ -264,7 +299,10 @@ func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 
 func (a *Agent) readiness() error {
 	if !a.ready.Load() {
-		return errors.New("starting")
+		return errors.New("not serving (starting or shutting down)")
+	}
+	if a.watchBroken.Load() {
+		return errors.New("store watch interrupted; reloading state (revocations made elsewhere may not be enforced yet)")
 	}
 	return nil
 }
@@ -285,7 +323,7 @@ func (a *Agent) registerMetrics() {
 func (a *Agent) Reload() error {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
-	p, err := loadPolicy(a.cfg.PolicyPath)
+	p, _, err := loadPolicy(a.cfg.PolicyPath)
 	if err != nil {
 		return err
 	}
@@ -325,23 +363,76 @@ func (a *Agent) listen(name, addr string, open func(string) (net.Listener, error
 
 func tcpListen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 
-// serveHTTP runs an HTTP server on lis until ctx ends, then drains it.
+// httpDrainTimeout bounds how long a draining HTTP server waits for
+// requests in flight before it closes their connections.
+const httpDrainTimeout = 10 * time.Second
+
+// serveHTTP runs an HTTP server on lis until ctx ends, then drains it: it
+// returns only once the requests in flight have finished (or the drain
+// timed out and their connections were closed), so nothing they write
+// (store, audit log) races with the agent closing those.
 func serveHTTP(h http.Handler) func(net.Listener) func(context.Context) error {
 	return func(lis net.Listener) func(context.Context) error {
 		return func(ctx context.Context) error {
-			srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-			go func() {
-				<-ctx.Done()
-				sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-				defer cancel()
-				srv.Shutdown(sctx)
-			}()
-			if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
-				return err
+			srv := &http.Server{
+				Handler:           endStreamsOn(ctx, h),
+				ReadHeaderTimeout: 10 * time.Second,
+				IdleTimeout:       2 * time.Minute,
+				MaxHeaderBytes:    64 << 10,
 			}
-			return nil
+			drained := make(chan struct{})
+			go func() {
+				defer close(drained)
+				<-ctx.Done()
+				sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), httpDrainTimeout)
+				defer cancel()
+				if err := srv.Shutdown(sctx); err != nil {
+					srv.Close()
+				}
+			}()
+			err := srv.Serve(lis)
+			if errors.Is(err, http.ErrServerClosed) {
+				// Serve returns as soon as Shutdown starts; wait for it.
+				<-drained
+				return nil
+			}
+			return err
 		}
 	}
+}
+
+// endStreamsOn ends long-lived responses (the audit stream) when ctx ends,
+// so that they do not hold a drain open until its timeout; ordinary
+// requests keep their own context and finish their work.
+func endStreamsOn(ctx context.Context, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/stream") {
+			rctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			stop := context.AfterFunc(ctx, cancel)
+			defer stop()
+			r = r.WithContext(rctx)
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// warnIfExposed says when a listener that answers in plain HTTP is reachable
+// from beyond the node.
+func (a *Agent) warnIfExposed(name, addr string, carriesTokens bool) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return // a unix socket
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+		return
+	}
+	if carriesTokens {
+		a.log.Warn("listener is reachable beyond loopback and speaks plain HTTP: admin tokens cross the network in clear text; bind it to 127.0.0.1 or put a TLS proxy in front",
+			"listener", name, "address", addr)
+		return
+	}
+	a.log.Warn("listener is reachable beyond loopback", "listener", name, "address", addr)
 }
 
 // Run serves until ctx ends, then shuts down gracefully: readiness drops
@@ -349,9 +440,26 @@ func serveHTTP(h http.Handler) func(net.Listener) func(context.Context) error {
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := a.syncState(ctx); err != nil {
+	a.runCtx.Store(&ctx)
+	// The store follower outlives the listeners' drain: a revocation made
+	// elsewhere while requests finish is still enforced.
+	followCtx, stopFollow := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFollow()
+	events, stopWatch, err := a.syncState(followCtx)
+	if err != nil {
 		return err
 	}
+	watching := make(chan struct{})
+	go func() { defer close(watching); a.follow(followCtx, events, stopWatch) }()
+	// However Run returns, the store follower and background work started
+	// by callbacks (anomaly revocation retries) have ended first, so the
+	// caller may close the store and the audit log.
+	defer func() {
+		cancel()
+		stopFollow()
+		<-watching
+		a.bg.Wait()
+	}()
 	tokenFile, err := a.ensureAdminToken(ctx)
 	if err != nil {
 		return err
@@ -430,6 +538,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 
+	a.warnIfExposed("admin", addrs["admin"], true)
+	if m := addrs["metrics"]; m != "" {
+		a.warnIfExposed("metrics", m, false)
+	}
 	a.ready.Store(true)
 	ready := Ready{Env: a.cfg.Env, AdminAddr: addrs["admin"], MetricsAddr: addrs["metrics"], AdminTokenFile: tokenFile, Listeners: map[string]string{}}
 	for name, addr := range addrs {
@@ -459,18 +571,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	return runErr
 }
 
-// syncState loads every revocation rule and live token, then follows the
-// store so a revocation made anywhere is enforced here.
-func (a *Agent) syncState(ctx context.Context) error {
-	events, err := a.store.Watch(ctx)
+// syncState starts watching the store and loads every revocation rule and
+// known token; follow then applies what changes, so a revocation made
+// anywhere is enforced here. Watching starts before loading, so nothing
+// written in between is missed (applying a change twice is harmless).
+func (a *Agent) syncState(ctx context.Context) (<-chan store.Event, context.CancelFunc, error) {
+	wctx, stop := context.WithCancel(ctx)
+	events, err := a.store.Watch(wctx)
 	if err != nil {
-		return fmt.Errorf("watch store: %w", err)
+		stop()
+		return nil, nil, fmt.Errorf("watch store: %w", err)
 	}
 	if err := a.loadState(ctx); err != nil {
-		return err
+		stop()
+		return nil, nil, err
 	}
-	go a.follow(ctx, events)
-	return nil
+	return events, stop, nil
 }
 
 func (a *Agent) loadState(ctx context.Context) error {
@@ -490,57 +606,153 @@ func (a *Agent) loadState(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) follow(ctx context.Context, events <-chan store.Event) {
+// watchRetryEvery is how long follow waits between attempts to re-establish
+// a broken store watch.
+const watchRetryEvery = time.Second
+
+// follow applies store events until ctx ends. When the store drops the
+// watch (this agent fell behind), it watches again and reloads everything;
+// until that succeeds /readyz reports the gap.
+func (a *Agent) follow(ctx context.Context, events <-chan store.Event, stopWatch context.CancelFunc) {
 	for {
 		for ev := range events {
 			a.apply(ctx, ev)
 		}
+		stopWatch()
 		if ctx.Err() != nil {
 			return
 		}
-		// Dropped as a slow watcher: watch again and reload, so nothing is
-		// missed (applying a rule twice is harmless).
+		a.watchBroken.Store(true)
 		a.log.Warn("store watch interrupted; reloading state")
 		for {
+			wctx, stop := context.WithCancel(ctx)
 			var err error
-			if events, err = a.store.Watch(ctx); err == nil {
+			if events, err = a.store.Watch(wctx); err == nil {
 				if err = a.loadState(ctx); err == nil {
 					if err = a.reloadKeys(ctx); err == nil {
+						stopWatch = stop
 						break
 					}
 				}
 			}
+			// Unregister the watch of a failed attempt, or it would sit
+			// unread until the store drops it.
+			stop()
 			if ctx.Err() != nil {
 				return
 			}
-			a.log.Error("reload after watch interruption", "err", err)
-			time.Sleep(time.Second)
+			a.log.Error("reload after watch interruption; retrying", "err", err, "in", watchRetryEvery)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(watchRetryEvery):
+			}
 		}
+		a.watchBroken.Store(false)
+		a.log.Info("store watch re-established; state reloaded")
 	}
 }
 
 func (a *Agent) apply(ctx context.Context, ev store.Event) {
 	switch ev.Kind {
 	case store.EventRevocation:
-		if ev.Deleted {
-			a.revoked.Remove(*ev.Revocation)
-		} else {
-			a.revoked.Add(*ev.Revocation)
+		if ev.Revocation == nil {
+			return
 		}
-		if a.kernel != nil {
-			a.kernel.reconcileSoon()
+		if ev.Deleted {
+			a.removeRevocation(ctx, *ev.Revocation)
+		} else {
+			a.applyRevocation(*ev.Revocation)
 		}
 	case store.EventToken:
+		if ev.Token == nil {
+			return
+		}
 		if ev.Deleted {
 			a.tokens.remove(ev.Token.ID)
-		} else if ev.Token.Live(a.cfg.Now()) || ev.Token.Status == store.TokenRevoked {
-			a.tokens.put(tokenOf(ev.Token))
+		} else {
+			a.applyToken(ev.Token)
 		}
 	case store.EventKey:
 		if err := a.reloadKeys(ctx); err != nil {
 			a.log.Error("reload signing keys", "err", err)
 		}
 	}
+}
+
+// applyRevocation enforces a stored rule: the revocation set at once, the
+// kernel's revoked map within moments.
+func (a *Agent) applyRevocation(r policy.Revocation) {
+	a.revoked.Add(r)
+	if a.kernel != nil {
+		a.kernel.reconcileSoon()
+	}
+}
+
+// removeRevocation lifts a deleted rule. The set merges token and key rules
+// on one target, and removing one removes them all, so a rule is lifted only
+// when no other stored rule names its target; otherwise the merged rule
+// stays (failing closed) until the set prunes it.
+func (a *Agent) removeRevocation(ctx context.Context, r policy.Revocation) {
+	if !r.Expires.IsZero() && a.cfg.Now().After(r.Expires) {
+		return // past its expiry: the set's own pruning drops it
+	}
+	if r.Kind == policy.RevokeToken || r.Kind == policy.RevokeKey {
+		rules, err := a.store.Revocations(ctx)
+		if err != nil {
+			a.log.Error("a revocation rule was deleted but the remaining rules could not be read; it stays enforced", "rule", r.ID, "err", err)
+			return
+		}
+		for _, o := range rules {
+			if o.Kind == r.Kind && o.Target == r.Target && o.ID != r.ID {
+				a.log.Info("a revocation rule was deleted but another rule on its target stands; keeping it enforced", "rule", r.ID, "other", o.ID)
+				return
+			}
+		}
+	}
+	a.revoked.Remove(r)
+	if a.kernel != nil {
+		a.kernel.reconcileSoon()
+	}
+}
+
+// applyToken keeps the token index in step with a stored record: live
+// tokens and revoked ones (whose hashes the kernel must drop) are known.
+func (a *Agent) applyToken(r *store.TokenRecord) {
+	if r.Live(a.cfg.Now()) || (r.Status == store.TokenRevoked && !expired(r, a.cfg.Now())) {
+		a.tokens.put(tokenOf(r))
+		if r.Status == store.TokenRevoked && a.kernel != nil {
+			a.kernel.reconcileSoon()
+		}
+	}
+}
+
+// enforcingStore is the store as the agent's own writers (issuer, admin
+// API, rotation) see it: a revocation rule or token record written on this
+// node is applied to the revocation set and the token index once it is
+// durable and before the write returns, so the admin API never answers a
+// revocation this node does not enforce yet. Watch delivers the same change
+// again (applying it twice is harmless) and brings changes made elsewhere.
+type enforcingStore struct {
+	store.Store
+	a *Agent
+}
+
+func (s enforcingStore) PutRevocation(ctx context.Context, r policy.Revocation) error {
+	if err := s.Store.PutRevocation(ctx, r); err != nil {
+		return err
+	}
+	s.a.applyRevocation(r)
+	return nil
+}
+
+func (s enforcingStore) PutToken(ctx context.Context, t store.TokenRecord) error {
+	if err := s.Store.PutToken(ctx, t); err != nil {
+		return err
+	}
+	t.Scopes = slices.Clone(t.Scopes) // the index keeps no memory of the caller's
+	s.a.applyToken(&t)
+	return nil
 }
 
 func (a *Agent) reloadKeys(ctx context.Context) error {
@@ -589,9 +801,9 @@ const policyPollEvery = 2 * time.Second
 
 // watchPolicyFile reloads the policy when the file's content changes.
 func (a *Agent) watchPolicyFile(ctx context.Context) {
-	last, _ := os.ReadFile(a.cfg.PolicyPath)
+	last := a.loadedPolicy
 	every(ctx, policyPollEvery, func() {
-		cur, err := os.ReadFile(a.cfg.PolicyPath)
+		cur, err := readPolicyFile(a.cfg.PolicyPath)
 		if err != nil || bytes.Equal(cur, last) {
 			return
 		}

@@ -131,14 +131,22 @@ func TestAnomalyRevokesABurst(t *testing.T) {
 	if took > 2*window {
 		t.Errorf("first denial after %s, want within 2 windows (%s)", took, 2*window)
 	}
-	recs, err := audit.Tail(r.agent.cfg.DataDir+"/audit", 5000, audit.Filter{TokenID: id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The rule is enforced as soon as it is stored; its audit record is
+	// appended right after, and the evidence goes through the use queue:
+	// give both a moment.
 	var sawAnomaly, sawRevoke bool
-	for _, rec := range recs {
-		sawAnomaly = sawAnomaly || rec.Action == audit.ActionAnomaly && strings.HasPrefix(rec.Reason, "anomaly:max_rps")
-		sawRevoke = sawRevoke || rec.Action == audit.ActionTokenRevoke && rec.Reason == "anomaly:max_rps"
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		recs, err := audit.Tail(r.agent.cfg.DataDir+"/audit", 5000, audit.Filter{TokenID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rec := range recs {
+			sawAnomaly = sawAnomaly || rec.Action == audit.ActionAnomaly && strings.HasPrefix(rec.Reason, "anomaly:max_rps")
+			sawRevoke = sawRevoke || rec.Action == audit.ActionTokenRevoke && rec.Reason == "anomaly:max_rps"
+		}
+		if sawAnomaly && sawRevoke || time.Now().After(deadline) {
+			break
+		}
 	}
 	if !sawAnomaly || !sawRevoke {
 		t.Errorf("audit lacks the anomaly evidence (%v) or the revocation (%v)", sawAnomaly, sawRevoke)

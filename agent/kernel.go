@@ -29,6 +29,19 @@ const (
 // reconciled; a revocation event reconciles at once.
 const kernelEvery = time.Second
 
+// kernelMaxRevoked is the capacity of the kernel's revoked map.
+const kernelMaxRevoked = 65536
+
+// dropAuditsPerSecond caps kernel.drop audit records; drops above it are
+// counted into one summary record per second, so a flood of requests with
+// a revoked token cannot fill the disk or crowd other records out of the
+// audit queue.
+const dropAuditsPerSecond = 100
+
+// eventsRetryEvery is the pause before reading drop events again after the
+// reader failed.
+const eventsRetryEvery = time.Second
+
 // kernel runs the eBPF sentry for the agent: it keeps the kernel's revoked
 // map equal to the hashes of the known tokens the revocation set covers,
 // turns per-hash counters into per-token metrics and anomaly input, and
@@ -41,7 +54,15 @@ type kernel struct {
 	requests *usage.TopN
 	drops    prometheus.Counter
 	unknown  prometheus.Counter
+	overflow prometheus.Gauge
+	syncErrs prometheus.Counter
 	revoked  atomic.Int64
+
+	// Drop audit budget: the second it is for, records used, drops
+	// not audited one by one.
+	dropSecond     atomic.Int64
+	dropAudited    atomic.Int64
+	dropSuppressed atomic.Uint64
 }
 
 // startKernel loads and attaches the programs as cfg says. With BPFAuto a
@@ -73,7 +94,7 @@ func (a *Agent) loadKernel() (*kernel, error) {
 	if len(a.cfg.BPFInterfaces) == 0 && a.cfg.BPFCgroup == "" {
 		return nil, errors.New("nothing to attach to: give --bpf-iface and/or --bpf-cgroup")
 	}
-	s, err := bpf.Load(bpf.Config{})
+	s, err := bpf.Load(bpf.Config{MaxRevoked: kernelMaxRevoked})
 	if err != nil {
 		return nil, err
 	}
@@ -134,6 +155,14 @@ func (k *kernel) registerMetrics(reg prometheus.Registerer) error {
 		Name: "tokenwarden_kernel_unknown_token_requests_total",
 		Help: "Requests seen in the kernel with a bearer token this node cannot name (not issued here, or garbage).",
 	})
+	k.syncErrs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tokenwarden_kernel_revoked_sync_errors_total",
+		Help: "Failed updates of the kernel's revoked map (retried every second; until one succeeds, new revocations are enforced by ext_authz only).",
+	})
+	k.overflow = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tokenwarden_kernel_revoked_overflow",
+		Help: "Revoked token hashes that do not fit in the kernel's revoked map (enforced by ext_authz only).",
+	})
 	stat := func(name, help string, pick func(bpf.Stats) uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
 			st, err := k.sentry.Stats()
@@ -144,7 +173,7 @@ func (k *kernel) registerMetrics(reg prometheus.Registerer) error {
 		})
 	}
 	cs := []prometheus.Collector{
-		vec, k.drops, k.unknown,
+		vec, k.drops, k.unknown, k.overflow, k.syncErrs,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tokenwarden_kernel_attached", Help: "1 while the eBPF programs are loaded and attached."}, func() float64 { return 1 }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tokenwarden_kernel_revoked_hashes", Help: "Token hashes in the kernel's revoked map."}, func() float64 { return float64(k.revoked.Load()) }),
 		stat("tokenwarden_kernel_packets_total", "Packets seen by the eBPF programs.", func(s bpf.Stats) uint64 { return s.Packets }),
@@ -172,18 +201,19 @@ func (k *kernel) reconcileSoon() {
 // run reconciles the revoked map, reads counters and audits drop events
 // until ctx ends. Agent.Close releases the kernel objects.
 func (k *kernel) run(ctx context.Context) {
+	events := make(chan struct{})
 	go func() {
-		err := k.sentry.ReadEvents(ctx, k.onDrop)
-		if err != nil && !errors.Is(err, bpf.ErrClosed) {
-			k.a.log.Error("kernel drop events stopped", "err", err)
-		}
+		defer close(events)
+		k.readEvents(ctx)
 	}()
+	defer func() { <-events }()
 	t := time.NewTicker(kernelEvery)
 	defer t.Stop()
 	k.reconcile()
 	for {
 		select {
 		case <-ctx.Done():
+			k.flushDropAudit()
 			return
 		case <-k.kick:
 			k.reconcile()
@@ -191,16 +221,49 @@ func (k *kernel) run(ctx context.Context) {
 			k.reconcile()
 			k.readCounts()
 			k.requests.Flush()
+			k.flushDropAudit()
 		}
 	}
 }
 
+// readEvents audits drop events until ctx ends; a reader that fails is
+// started again, so one bad event does not end drop auditing.
+func (k *kernel) readEvents(ctx context.Context) {
+	for {
+		err := k.sentry.ReadEvents(ctx, k.onDrop)
+		if ctx.Err() != nil || errors.Is(err, bpf.ErrClosed) {
+			return
+		}
+		k.a.log.Error("reading kernel drop events failed; reading again", "err", err, "in", eventsRetryEvery)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(eventsRetryEvery):
+		}
+	}
+}
+
+// reconcile makes the kernel's revoked map hold the hashes of the known
+// tokens the revocation set covers. Should they outnumber the map's
+// capacity, as many as fit are enforced (the rest by ext_authz only) rather
+// than none.
 func (k *kernel) reconcile() {
 	hashes := k.a.tokens.revokedHashes(k.a.revoked, k.a.cfg.Now())
 	slices.Sort(hashes)
+	over := 0
+	if len(hashes) > kernelMaxRevoked {
+		over = len(hashes) - kernelMaxRevoked
+		hashes = hashes[:kernelMaxRevoked]
+	}
+	k.overflow.Set(float64(over))
 	if err := k.sentry.SetRevoked(hashes); err != nil {
-		k.a.log.Error("update kernel revoked map", "hashes", len(hashes), "err", err)
+		k.syncErrs.Inc()
+		k.a.log.Error("update kernel revoked map; retrying within a second", "hashes", len(hashes), "err", err)
 		return
+	}
+	if over > 0 {
+		k.a.log.Error("kernel revoked map is full: some revoked tokens are refused by ext_authz only, not dropped in the kernel",
+			"capacity", kernelMaxRevoked, "not_in_kernel", over)
 	}
 	k.revoked.Store(int64(len(hashes)))
 }
@@ -225,9 +288,17 @@ func (k *kernel) readCounts() {
 }
 
 // onDrop audits a request the kernel dropped. The audit write is queued, so
-// a flood of drops cannot stall event reading.
+// a flood of drops cannot stall event reading, and capped per second.
 func (k *kernel) onDrop(ev bpf.DropEvent) {
 	k.drops.Inc()
+	sec := k.a.cfg.Now().Unix()
+	if w := k.dropSecond.Load(); w != sec && k.dropSecond.CompareAndSwap(w, sec) {
+		k.dropAudited.Store(0)
+	}
+	if k.dropAudited.Add(1) > dropAuditsPerSecond {
+		k.dropSuppressed.Add(1)
+		return
+	}
 	id, subject, _ := k.a.tokens.lookup(ev.Hash)
 	details, _ := json.Marshal(map[string]any{
 		"wire_hash": fmt.Sprintf("%016x", ev.Hash), "dst": ev.Dst.String(), "hook": ev.Hook.String(), "at": ev.Time,
@@ -235,5 +306,17 @@ func (k *kernel) onDrop(ev bpf.DropEvent) {
 	k.a.use.Record(audit.Record{
 		Action: audit.ActionKernelDrop, Actor: audit.ActorSystem, TokenID: id, Subject: subject,
 		Reason: "revoked", Source: ev.Src.String(), Details: details,
+	})
+}
+
+// flushDropAudit records, in one line, the drops not audited one by one.
+func (k *kernel) flushDropAudit() {
+	n := k.dropSuppressed.Swap(0)
+	if n == 0 {
+		return
+	}
+	details, _ := json.Marshal(map[string]any{"suppressed": n, "cap_per_second": dropAuditsPerSecond})
+	k.a.use.Record(audit.Record{
+		Action: audit.ActionKernelDrop, Actor: audit.ActorSystem, Reason: "revoked", Count: n, Details: details,
 	})
 }

@@ -35,9 +35,14 @@ func tokenOf(r *store.TokenRecord) *policy.Token {
 	}
 }
 
+// put records t, replacing what was known of its id. Entries are never
+// modified once put (readers use them outside the lock).
 func (x *tokenIndex) put(t *policy.Token) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if old, ok := x.byID[t.ID]; ok && old.WireHash != t.WireHash && x.byHash[old.WireHash] == old {
+		delete(x.byHash, old.WireHash)
+	}
 	x.byID[t.ID] = t
 	if t.WireHash != 0 {
 		x.byHash[t.WireHash] = t
@@ -49,24 +54,39 @@ func (x *tokenIndex) remove(id string) {
 	defer x.mu.Unlock()
 	if t, ok := x.byID[id]; ok {
 		delete(x.byID, id)
-		delete(x.byHash, t.WireHash)
+		if x.byHash[t.WireHash] == t {
+			delete(x.byHash, t.WireHash)
+		}
 	}
 }
 
 // learn records a hash seen at check time for a token the store does not
 // list (its record was lost or not yet replicated). Such an entry is kept no
-// longer than until, as its exp is not in the decision.
-func (x *tokenIndex) learn(dec *policy.Decision, until time.Time) {
+// longer than until() (called only then: the hot path pays for a look-up
+// alone), as its exp is not in the decision. It reports whether the hash
+// was new.
+func (x *tokenIndex) learn(dec *policy.Decision, until func() time.Time) bool {
 	if dec.WireHash == 0 || dec.TokenID == "" {
-		return
+		return false
 	}
 	x.mu.RLock()
 	_, known := x.byHash[dec.WireHash]
 	x.mu.RUnlock()
 	if known {
-		return
+		return false
 	}
-	x.put(&policy.Token{Claims: policy.Claims{ID: dec.TokenID, Subject: dec.Subject, Tenant: dec.Tenant, Expires: until.Unix()}, WireHash: dec.WireHash})
+	t := &policy.Token{Claims: policy.Claims{ID: dec.TokenID, Subject: dec.Subject, Tenant: dec.Tenant, Expires: until().Unix()}, WireHash: dec.WireHash}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if _, known := x.byHash[dec.WireHash]; known {
+		return false // learned meanwhile, or its record arrived
+	}
+	if old, ok := x.byID[t.ID]; ok && old.WireHash != t.WireHash {
+		delete(x.byHash, old.WireHash)
+	}
+	x.byID[t.ID] = t
+	x.byHash[t.WireHash] = t
+	return true
 }
 
 // lookup names a wire hash.
@@ -81,14 +101,20 @@ func (x *tokenIndex) lookup(hash uint64) (id, subject string, ok bool) {
 }
 
 // revokedHashes lists the wire hashes of known tokens that rev revokes at
-// now: what the kernel's revoked map must hold.
+// now: what the kernel's revoked map must hold. The index is only read
+// under its lock; the revocation checks run outside it, so the hot path's
+// learn is never held up by a scan of every token.
 func (x *tokenIndex) revokedHashes(rev policy.RevocationChecker, now time.Time) []uint64 {
 	x.mu.RLock()
-	defer x.mu.RUnlock()
+	all := make([]*policy.Token, 0, len(x.byHash))
+	for _, t := range x.byHash {
+		all = append(all, t)
+	}
+	x.mu.RUnlock()
 	var out []uint64
-	for h, t := range x.byHash {
+	for _, t := range all {
 		if rev.Revoked(t, now) {
-			out = append(out, h)
+			out = append(out, t.WireHash)
 		}
 	}
 	return out
@@ -103,7 +129,9 @@ func (x *tokenIndex) prune(now time.Time) {
 	for id, t := range x.byID {
 		if t.Expires != 0 && t.Expires < limit {
 			delete(x.byID, id)
-			delete(x.byHash, t.WireHash)
+			if x.byHash[t.WireHash] == t {
+				delete(x.byHash, t.WireHash)
+			}
 		}
 	}
 }
@@ -114,14 +142,25 @@ func (x *tokenIndex) len() int {
 	return len(x.byID)
 }
 
-// load fills the index with every live token in the store.
+// load fills the index with every token in the store that has not
+// expired: live ones, and revoked ones, whose hashes the kernel's revoked
+// map must hold (a request that bypasses the sidecar meets only the
+// kernel).
 func (x *tokenIndex) load(ctx context.Context, st store.Store, now time.Time) error {
-	recs, err := st.Tokens(ctx, store.TokenFilter{LiveAt: now})
+	recs, err := st.Tokens(ctx, store.TokenFilter{})
 	if err != nil {
 		return err
 	}
 	for i := range recs {
-		x.put(tokenOf(&recs[i]))
+		if !expired(&recs[i], now) {
+			x.put(tokenOf(&recs[i]))
+		}
 	}
 	return nil
+}
+
+// expired reports whether no enforcement point accepts r's token any more,
+// revoked or not.
+func expired(r *store.TokenRecord, now time.Time) bool {
+	return !now.Before(r.ExpiresAt.Add(policy.ClockSkew))
 }

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -34,7 +36,10 @@ func newAuditTailCommand(af *adminFlags) *cobra.Command {
   tokenwarden audit tail -f --action token.   # every token.* action, live`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := af.client()
+			if n < 0 || n > 10000 {
+				return usageErrorf("--lines %d: want 0 to 10000", n)
+			}
+			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -82,14 +87,17 @@ func newAuditTailCommand(af *adminFlags) *cobra.Command {
 				}
 				print(r)
 			}
-			if err := sc.Err(); err != nil && cmd.Context().Err() == nil && err != io.EOF {
-				return fmt.Errorf("audit stream ended: %w", err)
+			if cmd.Context().Err() != nil {
+				return nil
 			}
-			return nil
+			if err := sc.Err(); err != nil && err != io.EOF {
+				return fmt.Errorf("audit stream ended: %w (run the command again to resume)", err)
+			}
+			return fmt.Errorf("the agent ended the audit stream (it stopped, or this reader fell behind); run the command again to resume")
 		},
 	}
 	f := cmd.Flags()
-	f.IntVarP(&n, "lines", "n", 20, "how many past records to print first")
+	f.IntVarP(&n, "lines", "n", 20, "how many past records to print first (0 to 10000)")
 	f.BoolVarP(&follow, "follow", "f", false, "keep printing new records as they are written")
 	f.BoolVar(&asJSON, "json", false, "print records as JSON lines")
 	f.StringVar(&filter.TokenID, "token", "", "only records about this token id")
@@ -116,6 +124,32 @@ func formatRecord(r audit.Record) string {
 			fmt.Fprintf(&b, " %s", compact.Bytes())
 		}
 	}
+	return printable(b.String())
+}
+
+// printable escapes what a terminal would act on rather than show (control
+// characters, escape sequences): a record's source or a scanned file's name
+// can come from anyone.
+func printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if r != ' ' && !unicode.IsPrint(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if r == ' ' || unicode.IsPrint(r) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRune(r)
+		b.WriteString(q[1 : len(q)-1])
+	}
 	return b.String()
 }
 
@@ -127,9 +161,12 @@ func newAuditVerifyCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := filepath.Join(dataDir, "audit")
+			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+				return fmt.Errorf("no audit log at %s: pass the agent's --data-dir (env %s)", dir, envDataDir)
+			}
 			rep, err := audit.Verify(dir)
 			if err != nil {
-				return &exitError{code: 1, err: fmt.Errorf("audit log %s is NOT intact: %w", dir, err)}
+				return &exitErr{code: exitError, err: fmt.Errorf("audit log %s is NOT intact: %w", dir, err)}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d records (#%d to #%d) in %d file(s); chain head %s\n",
 				rep.Records, rep.FirstSeq, rep.LastSeq, rep.Files, rep.LastHash)

@@ -3,14 +3,18 @@ package cli
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/tokenwarden/tokenwarden/agent"
 )
@@ -24,16 +28,8 @@ func run(t *testing.T, args ...string) (string, string, int) {
 	root.SetOut(&out)
 	root.SetErr(&errOut)
 	root.SetArgs(args)
-	err := root.ExecuteContext(context.Background())
-	code := 0
-	if err != nil {
-		errOut.WriteString(err.Error() + "\n")
-		code = 1
-		var ee *exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		}
-	}
+	cmd, err := root.ExecuteContextC(context.Background())
+	code := report(&errOut, cmd, err)
 	return out.String(), errOut.String(), code
 }
 
@@ -166,7 +162,11 @@ func TestPolicyCheck(t *testing.T) {
 
 func TestNoAgentIsAClearError(t *testing.T) {
 	t.Setenv(envServer, "127.0.0.1:1")
-	t.Setenv(envAdminTokenFile, "testdata/bad-policy.yaml") // any non-empty file
+	tokenFile := filepath.Join(t.TempDir(), "admin.token")
+	if err := os.WriteFile(tokenFile, []byte("tw_any.thing.here\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(envAdminTokenFile, tokenFile)
 	_, errOut, code := run(t, "token", "list")
 	if code != 1 || !strings.Contains(errOut, "cannot reach the agent's admin API") {
 		t.Fatalf("exit %d: %s", code, errOut)
@@ -209,5 +209,122 @@ func TestScanFindsAndRevokesLeaks(t *testing.T) {
 	}
 	if _, _, code = run(t, "scan", "testdata"); code != 0 {
 		t.Fatalf("clean dir: exit %d", code)
+	}
+}
+
+// TestExitCodes: usage mistakes exit 2 and say where the help is; failures
+// exit 1; every command answers --help.
+func TestExitCodes(t *testing.T) {
+	t.Setenv(envServer, "127.0.0.1:1")
+	tokenFile := filepath.Join(t.TempDir(), "admin.token")
+	if err := os.WriteFile(tokenFile, []byte("tw_any.thing.here\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(envAdminTokenFile, tokenFile)
+	tests := map[string]struct {
+		args []string
+		code int
+		want string
+	}{
+		"unknown command":    {[]string{"bogus"}, 2, "Run 'tokenwarden --help'"},
+		"unknown subcommand": {[]string{"token", "bogus"}, 2, "Run 'tokenwarden token --help'"},
+		"unknown flag":       {[]string{"token", "list", "--bogus"}, 2, "Run 'tokenwarden token list --help'"},
+		"missing flag":       {[]string{"token", "issue", "--class", "service"}, 2, `"subject" not set`},
+		"missing id":         {[]string{"token", "show"}, 2, "give one token ID"},
+		"a token, not an id": {[]string{"token", "revoke", "tw_a.b.c", "--reason", "x"}, 2, "that is a token, not a token ID"},
+		"revoke needs one":   {[]string{"revoke", "--reason", "x"}, 2, "exactly one of --subject"},
+		"negative ttl":       {[]string{"token", "issue", "--subject", "s", "--class", "c", "--ttl", "-5m"}, 2, "positive duration"},
+		"bad server":         {[]string{"token", "list", "--server", "ftp://x"}, 2, "want http://HOST:PORT"},
+		"no agent":           {[]string{"token", "list"}, 1, "cannot reach"},
+		"group help":         {[]string{"token"}, 0, ""},
+		"no audit log":       {[]string{"audit", "verify", "--data-dir", t.TempDir()}, 1, "no audit log at"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, errOut, code := run(t, tc.args...)
+			if code != tc.code || !strings.Contains(errOut, tc.want) {
+				t.Fatalf("exit %d, want %d; stderr:\n%s", code, tc.code, errOut)
+			}
+		})
+	}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		path := strings.Fields(c.CommandPath())[1:]
+		if out, errOut, code := run(t, append(path, "--help")...); code != 0 || !strings.Contains(out, "Usage:") {
+			t.Errorf("%s --help: exit %d: %s", c.CommandPath(), code, errOut)
+		}
+		for _, sub := range c.Commands() {
+			if sub.Name() != "help" && sub.Name() != "completion" {
+				walk(sub)
+			}
+		}
+	}
+	walk(newRootCommand())
+}
+
+// TestAdminTokenSafety: the CLI warns about a token file others can read
+// and about sending the token in clear text beyond this host, refuses an
+// oversized file, and never follows a redirect with the token.
+func TestAdminTokenSafety(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(tokenFile, []byte("tw_any.thing.here\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(envAdminTokenFile, tokenFile)
+
+	var sawToken atomic.Bool
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			sawToken.Store(true)
+		}
+	}))
+	defer elsewhere.Close()
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL+"/v1/keys", http.StatusFound)
+	}))
+	defer redirector.Close()
+
+	_, errOut, code := run(t, "keys", "list", "--server", redirector.URL)
+	if code != 1 || !strings.Contains(errOut, "refusing to follow") || sawToken.Load() {
+		t.Fatalf("redirect: exit %d, token sent elsewhere %v:\n%s", code, sawToken.Load(), errOut)
+	}
+	if !strings.Contains(errOut, "has mode 0644") {
+		t.Errorf("no warning about a token file others can read:\n%s", errOut)
+	}
+	if strings.Contains(errOut, "unencrypted") {
+		t.Errorf("warned about plain http to loopback:\n%s", errOut)
+	}
+
+	for server, warned := range map[string]bool{
+		"http://10.0.0.1:9003": true, "10.0.0.1:9003": true, "http://agent.example:9003": true,
+		"https://agent.example:9003": false, "http://127.0.0.1:9003": false, "http://[::1]:9003": false, "localhost:9003": false,
+	} {
+		var warn bytes.Buffer
+		if _, err := (&adminFlags{server: server, tokenFile: tokenFile}).client(&warn); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(warn.String(), "unencrypted"); got != warned {
+			t.Errorf("--server %s: warned about clear text %v, want %v", server, got, warned)
+		}
+	}
+
+	if err := os.WriteFile(tokenFile, []byte(strings.Repeat("x", maxAdminTokenFileBytes+1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code = run(t, "keys", "list", "--server", redirector.URL); code != 1 || !strings.Contains(errOut, "should hold one token") {
+		t.Fatalf("oversized token file: exit %d:\n%s", code, errOut)
+	}
+}
+
+func TestPrintableEscapesTerminalControls(t *testing.T) {
+	for in, want := range map[string]string{
+		"reason=leaked in CI logs": "reason=leaked in CI logs",
+		"source=\x1b[2J10.0.0.1":   `source=\x1b[2J10.0.0.1`,
+		"a\u009bb\nc":              `a\u009bb\nc`,
+	} {
+		if got := printable(in); got != want {
+			t.Errorf("printable(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -21,25 +23,110 @@ type adminFlags struct {
 
 // adminClient calls the agent's admin API.
 type adminClient struct {
-	base  string
-	token string
-	http  *http.Client
+	base      string
+	token     string
+	tokenFile string
+	http      *http.Client
 }
 
-func (f *adminFlags) client() (*adminClient, error) {
-	b, err := os.ReadFile(f.tokenFile)
+// maxAdminTokenFileBytes bounds what is read of the admin token file: a
+// token is at most 8 KiB.
+const maxAdminTokenFileBytes = 16 << 10
+
+// Bounds on what is read of the admin API's answers.
+const (
+	maxAnswerBytes      = 64 << 20
+	maxErrorAnswerBytes = 1 << 20
+)
+
+// client reads the admin token and checks the server address. Warnings
+// (a token file others may read, a token about to cross the network in
+// clear text) go to warn.
+func (f *adminFlags) client(warn io.Writer) (*adminClient, error) {
+	base, err := serverURL(f.server)
 	if err != nil {
-		return nil, fmt.Errorf("read admin token: %w (is the agent running? `make run` writes .data/admin.token; or pass --admin-token-file)", err)
+		return nil, err
+	}
+	tok, err := readAdminToken(f.tokenFile, warn)
+	if err != nil {
+		return nil, err
+	}
+	if u, _ := url.Parse(base); u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
+		fmt.Fprintf(warn, "warning: --server %s is plain http:// beyond this host: the admin token crosses the network unencrypted and anyone on the path can act as admin; use https:// (a TLS proxy in front of the agent) or an SSH tunnel to 127.0.0.1\n", base)
+	}
+	return &adminClient{base: base, token: tok, tokenFile: f.tokenFile, http: &http.Client{
+		// The admin API never redirects; following one would send the
+		// admin token wherever the redirect points.
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			return &redirectError{fmt.Errorf("the admin API at %s answered with a redirect to %s; refusing to follow it with the admin token (is --server the agent's admin address?)", base, req.URL.Redacted())}
+		},
+	}}, nil
+}
+
+// redirectError is a redirect the client refused to follow.
+type redirectError struct{ error }
+
+func (e *redirectError) Unwrap() error { return e.error }
+
+// serverURL normalises --server: a bare host:port means http://host:port.
+func serverURL(server string) (string, error) {
+	base := strings.TrimRight(strings.TrimSpace(server), "/")
+	if base == "" {
+		return "", usageErrorf("--server is empty: give the agent's admin address, e.g. http://127.0.0.1:9003")
+	}
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return "", usageErrorf("--server %q: want http://HOST:PORT or https://HOST:PORT (the agent's admin address, default http://127.0.0.1:9003)", server)
+	}
+	return base, nil
+}
+
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// readAdminToken reads the admin token file: a regular file of bounded
+// size, holding one token. A file group or others may read is used, with a
+// warning.
+func readAdminToken(path string, warn io.Writer) (string, error) {
+	hint := "is the agent running? `make run` writes .data/admin.token; or pass --admin-token-file (env " + envAdminTokenFile + ")"
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("read admin token: %w (%s)", err, hint)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("read admin token %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("admin token file %s is not a regular file (%s)", path, hint)
+	}
+	if st.Size() > maxAdminTokenFileBytes {
+		return "", fmt.Errorf("admin token file %s is %d bytes; it should hold one token (%s)", path, st.Size(), hint)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		fmt.Fprintf(warn, "warning: admin token file %s has mode %04o: others on this host can read it; run `chmod 600 %s`\n", path, st.Mode().Perm(), path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxAdminTokenFileBytes))
+	if err != nil {
+		return "", fmt.Errorf("read admin token %s: %w", path, err)
 	}
 	tok := strings.TrimSpace(string(b))
 	if tok == "" {
-		return nil, fmt.Errorf("admin token file %s is empty", f.tokenFile)
+		return "", fmt.Errorf("admin token file %s is empty (%s)", path, hint)
 	}
-	base := strings.TrimRight(f.server, "/")
-	if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
-		base = "http://" + base
+	if strings.ContainsAny(tok, " \t\r\n") {
+		return "", fmt.Errorf("admin token file %s holds more than one line; it should hold one token (%s)", path, hint)
 	}
-	return &adminClient{base: base, token: tok, http: &http.Client{}}, nil
+	return tok, nil
 }
 
 // apiError is an error answer of the admin API.
@@ -47,13 +134,21 @@ type apiError struct {
 	Status  int
 	Code    string `json:"error"`
 	Message string `json:"message"`
+	hint    string
 }
 
 func (e *apiError) Error() string {
-	if e.Message != "" {
-		return e.Message
+	msg := e.Message
+	if msg == "" {
+		msg = fmt.Sprintf("admin API answered %d %s", e.Status, e.Code)
+		if e.Code == "" {
+			msg = fmt.Sprintf("admin API answered %d %s", e.Status, http.StatusText(e.Status))
+		}
 	}
-	return fmt.Sprintf("admin API answered %d %s", e.Status, e.Code)
+	if e.hint != "" {
+		msg += " (" + e.hint + ")"
+	}
+	return msg
 }
 
 // do sends a JSON request and decodes a JSON answer into out.
@@ -68,8 +163,8 @@ func (c *adminClient) do(ctx context.Context, method, path string, in, out any) 
 	if out == nil {
 		return nil
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out); err != nil {
-		return fmt.Errorf("decode admin API answer: %w", err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswerBytes)).Decode(out); err != nil {
+		return fmt.Errorf("decode the admin API's answer (is %s a tokenwarden agent's admin address?): %w", c.base, err)
 	}
 	return nil
 }
@@ -97,12 +192,28 @@ func (c *adminClient) send(ctx context.Context, method, path string, in any) (*h
 		if errors.As(err, &op) && op.Timeout() {
 			return nil, fmt.Errorf("admin API at %s did not answer in time", c.base)
 		}
+		var re *redirectError
+		if errors.As(err, &re) {
+			return nil, re
+		}
 		return nil, fmt.Errorf("cannot reach the agent's admin API at %s: %w (start it with `make run` or pass --server)", c.base, err)
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
 		e := &apiError{Status: resp.StatusCode}
-		json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(e)
+		json.NewDecoder(io.LimitReader(resp.Body, maxErrorAnswerBytes)).Decode(e)
+		switch resp.StatusCode {
+		case http.StatusUnauthorized:
+			e.hint = "the admin token in " + c.tokenFile + " was refused; the agent rewrites <data-dir>/admin.token when it lapses: point --admin-token-file at the current one"
+		case http.StatusForbidden:
+			if e.Code == "insufficient_scope" {
+				e.hint = "the token in " + c.tokenFile + " is not an admin token; use <data-dir>/admin.token"
+			}
+		case http.StatusNotFound:
+			if e.Code == "" {
+				e.hint = "is " + c.base + " a tokenwarden agent's admin address?"
+			}
+		}
 		return nil, e
 	}
 	return resp, nil

@@ -17,7 +17,7 @@ func newKeysCommand(af *adminFlags) *cobra.Command {
 		Short: "Make a new signing key active; old keys keep verifying until their tokens expire",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := af.client()
+			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -33,7 +33,7 @@ func newKeysCommand(af *adminFlags) *cobra.Command {
 		Short: "List signing keys and their state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := af.client()
+			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}

@@ -24,7 +24,7 @@ func newPolicyCommand() *cobra.Command {
 				}
 			}
 			if failed {
-				return &exitError{code: 1, err: fmt.Errorf("policy check failed")}
+				return &exitErr{code: exitError, err: fmt.Errorf("policy check failed")}
 			}
 			return nil
 		},
@@ -35,13 +35,7 @@ func newPolicyCommand() *cobra.Command {
 // checkPolicyFile prints the file's problems (or "ok") and reports whether
 // it has errors.
 func checkPolicyFile(w io.Writer, path string) bool {
-	f, err := os.Open(path)
-	if err != nil {
-		fmt.Fprintf(w, "%s: error: %v\n", path, err)
-		return true
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, policy.MaxDocumentBytes+1))
+	data, err := readPolicy(path)
 	if err != nil {
 		fmt.Fprintf(w, "%s: error: %v\n", path, err)
 		return true
@@ -58,4 +52,16 @@ func checkPolicyFile(w io.Writer, path string) bool {
 		fmt.Fprintf(w, "%s: ok\n", path)
 	}
 	return errs > 0
+}
+
+// readPolicy reads a policy file, at most one byte more than a policy may
+// hold, so that policy.Load refuses an oversized file by its size instead
+// of it being read into memory whole.
+func readPolicy(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, policy.MaxDocumentBytes+1))
 }

@@ -5,6 +5,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -34,26 +35,84 @@ func envOr(name, fallback string) string {
 	return fallback
 }
 
-// exitError carries an exit code without printing usage.
-type exitError struct {
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the command failed
+	exitUsage = 2 // the command line was wrong: unknown command or flag, missing argument
+)
+
+// exitErr carries an exit code without printing usage.
+type exitErr struct {
 	code int
 	err  error
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitErr) Error() string { return e.err.Error() }
+func (e *exitErr) Unwrap() error { return e.err }
+
+// runError marks an error returned by a command's RunE; any other error
+// came from parsing the command line.
+type runError struct{ err error }
+
+func (e *runError) Error() string { return e.err.Error() }
+func (e *runError) Unwrap() error { return e.err }
+
+// usageErrorf is a command-line mistake found by a command itself (a
+// combination of flags cobra cannot check).
+func usageErrorf(format string, args ...any) error {
+	return &exitErr{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
 
 // Execute runs the command line and returns the process exit code.
 func Execute() int {
 	root := newRootCommand()
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "tokenwarden:", err)
-		var ee *exitError
-		if errors.As(err, &ee) {
-			return ee.code
-		}
-		return 1
+	cmd, err := root.ExecuteC()
+	return report(os.Stderr, cmd, err)
+}
+
+// report prints err, if any, and returns the exit code: a usage mistake
+// says where the command's help is.
+func report(w io.Writer, cmd *cobra.Command, err error) int {
+	if err == nil {
+		return exitOK
 	}
-	return 0
+	fmt.Fprintln(w, "tokenwarden:", err)
+	var ee *exitErr
+	if errors.As(err, &ee) {
+		if ee.code == exitUsage && cmd != nil {
+			fmt.Fprintf(w, "Run '%s --help' for usage.\n", cmd.CommandPath())
+		}
+		return ee.code
+	}
+	var re *runError
+	if errors.As(err, &re) {
+		return exitError
+	}
+	if cmd != nil {
+		fmt.Fprintf(w, "Run '%s --help' for usage.\n", cmd.CommandPath())
+	}
+	return exitUsage
+}
+
+// markRunErrors wraps the RunE of every command under c, so that report
+// tells what a command returned from what cobra found in parsing.
+func markRunErrors(c *cobra.Command) {
+	if run := c.RunE; run != nil {
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if err := run(cmd, args); err != nil {
+				var ee *exitErr
+				if errors.As(err, &ee) {
+					return err
+				}
+				return &runError{err}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		markRunErrors(sub)
+	}
 }
 
 func newRootCommand() *cobra.Command {
@@ -68,7 +127,10 @@ every token's life.
 Start an agent:      tokenwarden serve --policy deploy/policy.example.yaml --env dev
 Issue a token:       tokenwarden token issue --subject ci --class service
 Revoke it:           tokenwarden token revoke ID --reason "leaked"
-Follow the audit:    tokenwarden audit tail -f`,
+Follow the audit:    tokenwarden audit tail -f
+
+Exit status: 0 success, 1 the command failed, 2 a usage mistake (unknown
+command or flag, missing argument); scan exits 3 when it finds tokens.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -88,5 +150,14 @@ Follow the audit:    tokenwarden audit tail -f`,
 		newXDSCommand(),
 		newScanCommand(admin),
 	)
+	// A command group run without a subcommand shows its help; an unknown
+	// subcommand is a usage error rather than the group's help.
+	for _, c := range root.Commands() {
+		if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+			c.Args = cobra.NoArgs
+			c.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
+		}
+	}
+	markRunErrors(root)
 	return root
 }

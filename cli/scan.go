@@ -22,6 +22,28 @@ import (
 // note rather than read into memory.
 const maxScanFileBytes = 64 << 20
 
+// exitFound is scan's exit status when it found tokens.
+const exitFound = 3
+
+// readBounded reads a file that was no larger than limit when listed,
+// reading no more than limit even if it grew since.
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit))
+}
+
+// leakSource names where a leak was found within the API's 512-byte limit.
+func leakSource(path string) string {
+	if len(path) <= 512 {
+		return path
+	}
+	return "..." + path[len(path)-509:]
+}
+
 func newScanCommand(af *adminFlags) *cobra.Command {
 	var revoke bool
 	cmd := &cobra.Command{
@@ -35,12 +57,14 @@ are no false positives. Hits are named by jti, never printed.
 With --revoke every confirmed token still live is revoked (reason "leak: found
 in PATH"); only its SHA-256 is sent to the agent.
 
-Exit status: 0 no token found, 3 tokens found, 1 an error.
+Exit status: 0 no token found, 3 tokens found, 1 an error (including a
+token found but not revoked with --revoke, or a file that could not be
+read), 2 a usage mistake.
 Secret scanners can use the same pattern: ` + policy.CandidatePattern,
 		Example: `  tokenwarden scan ./logs ./build-output.txt
   kubectl logs deploy/ci | tokenwarden scan --revoke -`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := af.client()
+			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -60,9 +84,9 @@ Secret scanners can use the same pattern: ` + policy.CandidatePattern,
 			if len(args) == 0 {
 				args = []string{"-"}
 			}
-			out := cmd.OutOrStdout()
-			found, files := 0, 0
-			report := func(path string, data []byte) error {
+			out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
+			found, files, notRevoked, unread := 0, 0, 0, 0
+			report := func(path string, data []byte) {
 				files++
 				for _, cand := range policy.FindCandidates(data, 0) {
 					tok, verr := keys.VerifySignature(cand.Text)
@@ -75,11 +99,12 @@ Secret scanners can use the same pattern: ` + policy.CandidatePattern,
 					if time.Now().Unix() >= tok.Expires {
 						state = "expired"
 					}
-					fmt.Fprintf(out, "%s:%d: token %s (subject %s, class %s, %s)", path, line, tok.ID, tok.Subject, tok.Class, state)
+					fmt.Fprint(out, printable(fmt.Sprintf("%s:%d: token %s (subject %s, class %s, %s)", path, line, tok.ID, tok.Subject, tok.Class, state)))
 					if revoke && state == "live" {
 						sum := policy.LeakHash(cand.Text)
 						var lr admin.LeakResponse
-						if err := c.do(cmd.Context(), "POST", "/v1/leaks", admin.LeakReport{SHA256: hex.EncodeToString(sum[:]), Source: path}, &lr); err != nil {
+						if err := c.do(cmd.Context(), "POST", "/v1/leaks", admin.LeakReport{SHA256: hex.EncodeToString(sum[:]), Source: leakSource(path)}, &lr); err != nil {
+							notRevoked++
 							fmt.Fprintf(out, ": NOT revoked: %v\n", err)
 							continue
 						}
@@ -87,41 +112,59 @@ Secret scanners can use the same pattern: ` + policy.CandidatePattern,
 					}
 					fmt.Fprintln(out)
 				}
-				return nil
 			}
 			for _, arg := range args {
 				if arg == "-" {
-					data, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), maxScanFileBytes))
+					data, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), maxScanFileBytes+1))
 					if err != nil {
-						return err
+						return fmt.Errorf("read standard input: %w", err)
+					}
+					if len(data) > maxScanFileBytes {
+						data = data[:maxScanFileBytes]
+						unread++
+						fmt.Fprintf(errOut, "standard input is over %d MiB: only its first %d MiB were scanned; save it to files and scan those\n", maxScanFileBytes>>20, maxScanFileBytes>>20)
 					}
 					report("<stdin>", data)
 					continue
 				}
 				err := filepath.WalkDir(arg, func(path string, d fs.DirEntry, err error) error {
 					if err != nil {
-						return err
+						if path == arg {
+							return err // the argument itself
+						}
+						unread++
+						fmt.Fprintln(errOut, printable(fmt.Sprintf("skipping %s: %v", path, err)))
+						return nil
 					}
 					if d.IsDir() || !d.Type().IsRegular() {
 						return nil
 					}
 					if info, err := d.Info(); err == nil && info.Size() > maxScanFileBytes {
-						fmt.Fprintf(cmd.ErrOrStderr(), "skipping %s: over %d MiB\n", path, maxScanFileBytes>>20)
+						unread++
+						fmt.Fprintln(errOut, printable(fmt.Sprintf("skipping %s: over %d MiB", path, maxScanFileBytes>>20)))
 						return nil
 					}
-					data, err := os.ReadFile(path)
+					data, err := readBounded(path, maxScanFileBytes)
 					if err != nil {
-						return err
+						unread++
+						fmt.Fprintln(errOut, printable(fmt.Sprintf("skipping %s: %v", path, err)))
+						return nil
 					}
-					return report(path, data)
+					report(path, data)
+					return nil
 				})
 				if err != nil {
 					return fmt.Errorf("scan %s: %w", arg, err)
 				}
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "scanned %d file(s): %d token(s) found\n", files, found)
-			if found > 0 {
-				return &exitError{code: 3, err: fmt.Errorf("%d leaked token(s) found", found)}
+			fmt.Fprintf(errOut, "scanned %d file(s): %d token(s) found\n", files, found)
+			switch {
+			case notRevoked > 0:
+				return &exitErr{code: exitError, err: fmt.Errorf("%d leaked token(s) found, %d of them NOT revoked: revoke them with `tokenwarden token revoke ID --reason leak`", found, notRevoked)}
+			case found > 0:
+				return &exitErr{code: exitFound, err: fmt.Errorf("%d leaked token(s) found", found)}
+			case unread > 0:
+				return &exitErr{code: exitError, err: fmt.Errorf("no token found, but %d file(s) could not be scanned (see above)", unread)}
 			}
 			return nil
 		},

@@ -26,7 +26,8 @@ key-encryption key (mode 0600), the first signing key (sealed) and an admin
 token in <data-dir>/admin.token (mode 0600) for the CLI.
 
 SIGHUP reloads the policy file (a policy with errors is refused and the old
-one stays); SIGTERM and SIGINT shut down gracefully.`,
+one stays); SIGTERM and SIGINT shut down gracefully (readiness drops, servers
+drain, the audit log is flushed); a second one ends the process at once.`,
 		Example: `  tokenwarden serve --data-dir .data --policy deploy/policy.example.yaml --env dev`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -38,13 +39,21 @@ one stays); SIGTERM and SIGINT shut down gracefully.`,
 			cfg.Logger = logger
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			// The first signal starts a graceful shutdown; a second one
+			// ends the process at once.
+			go func() { <-ctx.Done(); stop() }()
+			// SIGHUP is caught from the start: its default action would
+			// end the process while the agent is still being built.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
 			cfg.OnReady = func(r agent.Ready) { printReady(cmd.ErrOrStderr(), r) }
 			a, err := agent.New(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer a.Close()
-			go reloadOnHangup(ctx, a, logger)
+			go reloadOnHangup(ctx, hup, a, logger)
 			return a.Run(ctx)
 		},
 	}
@@ -72,10 +81,7 @@ one stays); SIGTERM and SIGINT shut down gracefully.`,
 	return cmd
 }
 
-func reloadOnHangup(ctx context.Context, a *agent.Agent, log *slog.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, a *agent.Agent, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():

@@ -39,7 +39,10 @@ policy's limit, or the class is not allowed in the agent's environment.`,
 		Example: `  TOKEN=$(tokenwarden token issue --subject ci --class service --scope orders:read --ttl 30m)`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := af.client()
+			if ttl < 0 {
+				return usageErrorf("--ttl %s: want a positive duration such as 30m or 12h", ttl)
+			}
+			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -75,7 +78,7 @@ func newTokenListCommand(af *adminFlags) *cobra.Command {
 		Short: "List issued tokens (ids and claims, never token strings)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := af.client()
+			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -100,8 +103,8 @@ func newTokenListCommand(af *adminFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tSUBJECT\tCLASS\tTENANT\tSTATE\tEXPIRES\tSCOPES")
 			for _, t := range out.Tokens {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Subject, t.Class, dash(t.Tenant), t.State,
-					t.ExpiresAt.Format(time.RFC3339), strings.Join(t.Scopes, " "))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable(t.ID), printable(t.Subject), printable(t.Class),
+					printable(dash(t.Tenant)), printable(t.State), t.ExpiresAt.Format(time.RFC3339), printable(strings.Join(t.Scopes, " ")))
 			}
 			return tw.Flush()
 		},
@@ -119,9 +122,9 @@ func newTokenShowCommand(af *adminFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "show ID",
 		Short: "Show one token's record",
-		Args:  cobra.ExactArgs(1),
+		Args:  tokenIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := af.client()
+			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -140,9 +143,9 @@ func newTokenRevokeCommand(af *adminFlags) *cobra.Command {
 		Use:     "revoke ID --reason R",
 		Short:   "Revoke one token now, everywhere",
 		Example: `  tokenwarden token revoke 3q2x... --reason "leaked in CI logs"`,
-		Args:    cobra.ExactArgs(1),
+		Args:    tokenIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := af.client()
+			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -166,9 +169,9 @@ func newTokenRotateCommand(af *adminFlags) *cobra.Command {
 		Long: `Issue a successor of token ID (same subject, class, scopes and tenant) and
 print it alone on stdout. The predecessor keeps working for the class's
 rotation_grace, then a future-effective revocation retires it.`,
-		Args: cobra.ExactArgs(1),
+		Args: tokenIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := af.client()
+			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -203,9 +206,9 @@ Prints how many live tokens the rule covers.`,
 				}
 			}
 			if n != 1 {
-				return fmt.Errorf("give exactly one of --subject, --tenant or --key")
+				return usageErrorf("give exactly one of --subject, --tenant or --key")
 			}
-			c, err := af.client()
+			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -224,6 +227,17 @@ Prints how many live tokens the rule covers.`,
 	f.StringVar(&reason, "reason", "", "why (recorded in the audit log; required)")
 	cmd.MarkFlagRequired("reason")
 	return cmd
+}
+
+// tokenIDArg accepts exactly one non-empty token id (see `token list`).
+func tokenIDArg(cmd *cobra.Command, args []string) error {
+	if len(args) != 1 || strings.TrimSpace(args[0]) == "" {
+		return fmt.Errorf("give one token ID (the ID column of `tokenwarden token list`), got %d argument(s)", len(args))
+	}
+	if strings.HasPrefix(args[0], "tw_") {
+		return fmt.Errorf("that is a token, not a token ID: pass its ID (the ID column of `tokenwarden token list`), and treat the token as leaked if it was pasted somewhere shared")
+	}
+	return nil
 }
 
 func printJSON(cmd *cobra.Command, v any) error {
