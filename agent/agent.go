@@ -35,6 +35,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/rotation"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/agent/store/bolt"
+	etcdstore "github.com/tokenwarden/tokenwarden/agent/store/etcd"
 	"github.com/tokenwarden/tokenwarden/policy"
 	"github.com/tokenwarden/tokenwarden/xds"
 )
@@ -65,6 +66,15 @@ type Config struct {
 	BPFInterfaces []string // TCX attach points
 	BPFCgroup     string   // cgroup_skb attach point
 
+	// StoreBackend is StoreBolt (one file in DataDir, the default) or
+	// StoreEtcd (many nodes share EtcdEndpoints; a revocation made on any
+	// node is enforced on all). The KEK, admin token and audit log stay in
+	// DataDir on each node; every node sharing an etcd needs the same KEK
+	// file to sign.
+	StoreBackend  string
+	EtcdEndpoints []string
+	EtcdPrefix    string
+
 	CacheSize int // verified tokens remembered
 	TopTokens int // per-token metric series kept (busiest tokens)
 	// OnReady, if set, is called once every listener is up.
@@ -80,6 +90,26 @@ type Ready struct {
 	MetricsAddr    string
 	AdminTokenFile string
 	Listeners      map[string]string // name -> address of every other listener
+}
+
+// Store backends.
+const (
+	StoreBolt = "bolt"
+	StoreEtcd = "etcd"
+)
+
+// openStore opens the configured backend.
+func openStore(ctx context.Context, cfg Config) (store.Store, error) {
+	switch cfg.StoreBackend {
+	case "", StoreBolt:
+		return bolt.Open(filepath.Join(cfg.DataDir, storeFile))
+	case StoreEtcd:
+		if len(cfg.EtcdEndpoints) == 0 {
+			return nil, errors.New("--store=etcd needs --etcd-endpoints (e.g. http://10.0.0.5:2379)")
+		}
+		return etcdstore.Open(ctx, etcdstore.Config{Endpoints: cfg.EtcdEndpoints, Prefix: cfg.EtcdPrefix})
+	}
+	return nil, fmt.Errorf("--store %q: want bolt or etcd", cfg.StoreBackend)
 }
 
 // Defaults for Config fields left empty.
@@ -181,7 +211,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := bolt.Open(filepath.Join(cfg.DataDir, storeFile))
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

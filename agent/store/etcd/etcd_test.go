@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"reflect"
 	"strings"
@@ -15,9 +14,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/agent/store/etcd/etcdtest"
 	"github.com/tokenwarden/tokenwarden/agent/store/storetest"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -35,67 +34,14 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	e, err := startEtcd(dir)
+	e, endpoints, err := etcdtest.Start(dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start embedded etcd:", err)
 		return 1
 	}
 	defer e.Close()
-	for _, u := range e.Clients {
-		testEndpoints = append(testEndpoints, "http://"+u.Addr().String())
-	}
+	testEndpoints = endpoints
 	return m.Run()
-}
-
-// startEtcd runs a real single-member etcd on 127.0.0.1. The ports are
-// found free by listening on :0 and closing; another process may take one
-// in between, so a failed start is tried again on fresh ports.
-func startEtcd(dir string) (*embed.Etcd, error) {
-	var lastErr error
-	for attempt := range 3 {
-		ports, err := freePorts(2)
-		if err != nil {
-			return nil, err
-		}
-		cfg := embed.NewConfig()
-		cfg.Name = "tokenwarden-test"
-		cfg.Dir = fmt.Sprintf("%s/data-%d", dir, attempt)
-		cfg.LogLevel = "error"
-		client := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
-		peer := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-
-		e, err := embed.StartEtcd(cfg)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		select {
-		case <-e.Server.ReadyNotify():
-			return e, nil
-		case err := <-e.Err():
-			lastErr = err
-		case <-time.After(10 * time.Second):
-			lastErr = errors.New("not ready within 10s")
-		}
-		e.Close()
-	}
-	return nil, lastErr
-}
-
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 var prefixes atomic.Int64
@@ -565,11 +511,12 @@ func TestRecordSizeIsBounded(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
-	ports, err := freePorts(1)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadEndpoint := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	deadEndpoint := "http://" + l.Addr().String()
+	l.Close() // nothing listens there now
 	tests := map[string]struct {
 		cfg  Config
 		want []string
