@@ -161,9 +161,10 @@ type Agent struct {
 	watchBroken atomic.Bool
 	// runCtx ends when Run starts shutting down; background work started
 	// from callbacks (anomaly revocation retries) follows it.
-	runCtx  atomic.Pointer[context.Context]
-	bg      sync.WaitGroup
-	closers []func() error
+	runCtx         atomic.Pointer[context.Context]
+	bg             sync.WaitGroup
+	lastStorePrune time.Time // touched by housekeeping only
+	closers        []func() error
 }
 
 // New builds an agent: opens the store and audit log, loads the policy and
@@ -821,7 +822,58 @@ func (a *Agent) housekeeping(ctx context.Context) {
 		if _, err := a.ensureAdminToken(ctx); err != nil {
 			a.log.Error("refresh admin token", "err", err)
 		}
+		if now.Sub(a.lastStorePrune) >= storePruneEvery {
+			a.lastStorePrune = now
+			a.pruneStore(ctx, now)
+		}
 	})
+}
+
+// Store retention: rules are deleted once no token they cover can be valid
+// (their Expires); token records are kept this long after they expire, for
+// `token list` and leak look-ups, then deleted. The audit log keeps the
+// history.
+const (
+	storePruneEvery = 10 * time.Minute
+	tokenRetention  = 7 * 24 * time.Hour
+)
+
+// pruneStore deletes what can no longer matter, so the store (and every
+// start's full load) stays bounded by issuance rate x lifetime. With many
+// nodes each may prune; a rule another node deleted first is not an error.
+func (a *Agent) pruneStore(ctx context.Context, now time.Time) {
+	rules, err := a.store.Revocations(ctx)
+	if err != nil {
+		a.log.Warn("prune store: list revocations", "err", err)
+		return
+	}
+	deletedRules, deletedTokens := 0, 0
+	for _, r := range rules {
+		if !r.Expires.IsZero() && now.After(r.Expires) {
+			if err := a.store.DeleteRevocation(ctx, r.ID); err == nil {
+				deletedRules++
+			} else if !errors.Is(err, store.ErrNotFound) {
+				a.log.Warn("prune store: delete revocation", "rule", r.ID, "err", err)
+			}
+		}
+	}
+	recs, err := a.store.Tokens(ctx, store.TokenFilter{})
+	if err != nil {
+		a.log.Warn("prune store: list tokens", "err", err)
+		return
+	}
+	for _, t := range recs {
+		if now.Sub(t.ExpiresAt) > tokenRetention {
+			if err := a.store.DeleteToken(ctx, t.ID); err == nil {
+				deletedTokens++
+			} else if !errors.Is(err, store.ErrNotFound) {
+				a.log.Warn("prune store: delete token", "token_id", t.ID, "err", err)
+			}
+		}
+	}
+	if deletedRules+deletedTokens > 0 {
+		a.log.Info("pruned store", "revocation_rules", deletedRules, "token_records", deletedTokens)
+	}
 }
 
 // policyPollEvery is how often the policy file is checked for changes. A

@@ -49,7 +49,8 @@ type UseRecorder struct {
 	cfg   UseConfig
 	queue chan Record
 
-	allows sync.Map // tokenID -> *allowCount
+	allows  sync.Map // tokenID -> *allowCount
+	flushMu sync.Mutex
 
 	denyWindow  atomic.Int64 // unix second of the current deny budget
 	denyUsed    atomic.Int64
@@ -100,11 +101,33 @@ func (u *UseRecorder) Allow(tokenID, subject, tenant, route, source string) {
 		u.enqueue(Record{Action: ActionAuthzAllow, Actor: ActorSystem, TokenID: tokenID, Subject: subject, Tenant: tenant, Route: route, Source: source})
 		return
 	}
-	c, ok := u.allows.Load(tokenID)
-	if !ok {
-		c, _ = u.allows.LoadOrStore(tokenID, &allowCount{subject: subject, tenant: tenant})
+	for {
+		c, ok := u.allows.Load(tokenID)
+		if !ok {
+			c, _ = u.allows.LoadOrStore(tokenID, &allowCount{subject: subject, tenant: tenant})
+		}
+		if c.(*allowCount).add() {
+			return
+		}
+		// Flush retired this entry between our Load and add: it is gone
+		// from the map, so the next Load makes a fresh one.
 	}
-	c.(*allowCount).n.Add(1)
+}
+
+// retiredCount marks an allowCount that Flush removed from the map; an
+// Allow that still holds it must count into a fresh entry instead.
+const retiredCount = ^uint64(0)
+
+func (c *allowCount) add() bool {
+	for {
+		old := c.n.Load()
+		if old == retiredCount {
+			return false
+		}
+		if c.n.CompareAndSwap(old, old+1) {
+			return true
+		}
+	}
 }
 
 // Deny records a denied request. tokenID and subject are empty when the
@@ -167,6 +190,8 @@ func (u *UseRecorder) Run(ctx context.Context) {
 // Flush writes one authz.allow_summary per token used since the last flush
 // and one authz.deny_suppressed if denies were capped.
 func (u *UseRecorder) Flush() {
+	u.flushMu.Lock() // retiring entries is only safe one Flush at a time
+	defer u.flushMu.Unlock()
 	type summary struct {
 		id string
 		c  *allowCount
@@ -175,11 +200,14 @@ func (u *UseRecorder) Flush() {
 	var out []summary
 	u.allows.Range(func(k, v any) bool {
 		c := v.(*allowCount)
+		if c.n.CompareAndSwap(0, retiredCount) {
+			// Idle for a whole interval: forget it, bounding the map. An
+			// Allow racing with this sees retiredCount and starts afresh.
+			u.allows.Delete(k)
+			return true
+		}
 		if n := c.n.Swap(0); n > 0 {
 			out = append(out, summary{k.(string), c, n})
-		} else {
-			// Idle for a whole interval: forget it, bounding the map.
-			u.allows.Delete(k)
 		}
 		return true
 	})

@@ -84,3 +84,42 @@ func TestUseRecorderNeverBlocks(t *testing.T) {
 		t.Fatalf("dropped %d, want 6", u.Dropped())
 	}
 }
+
+// TestUseRecorderLosesNoAllowToFlush races allows against flushes that
+// retire idle entries: every allow must land in some summary.
+func TestUseRecorderLosesNoAllowToFlush(t *testing.T) {
+	log := &memLog{}
+	u := NewUseRecorder(UseConfig{Log: log, Interval: time.Hour})
+	const workers, each = 4, 2000
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				u.Allow("tok", "svc", "", "r", "")
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+				u.Flush()
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	u.Flush()
+	var total uint64
+	for _, r := range log.byAction()[ActionAuthzAllowSummary] {
+		total += r.Count
+	}
+	if total != workers*each {
+		t.Fatalf("summaries count %d allows, want %d", total, workers*each)
+	}
+}

@@ -61,6 +61,14 @@ type Issued struct {
 	Record store.TokenRecord `json:"record"`
 }
 
+// String names the token by id; the token string never reaches %v.
+func (i Issued) String() string { return "token " + i.Record.ID }
+
+// LogValue keeps the token string out of structured logs.
+func (i Issued) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("token_id", i.Record.ID), slog.String("subject", i.Record.Subject))
+}
+
 // New loads the signing keys, creating the first one on a new store.
 func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	if cfg.Store == nil || cfg.Policy == nil || cfg.Audit == nil {

@@ -7,8 +7,10 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 )
 
 // KEKSize is the size of a key-encryption key (AES-256).
@@ -18,40 +20,74 @@ const KEKSize = 32
 // 0600, 32 random bytes) when missing. A KEK file readable by group or others
 // is refused: it guards every signing key.
 func LoadOrCreateKEK(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		kek := make([]byte, KEKSize)
-		if _, err := rand.Read(kek); err != nil {
-			return nil, err
-		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("create key-encryption key %s: %w", path, err)
-		}
-		if _, err := f.Write(kek); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("write key-encryption key %s: %w", path, err)
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return nil, err
-		}
-		return kek, f.Close()
+		return createKEK(path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read key-encryption key %s: %w", path, err)
 	}
-	st, err := os.Stat(path)
+	defer f.Close()
+	st, err := f.Stat()
 	if err != nil {
 		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("key-encryption key %s is not a regular file", path)
 	}
 	if st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("key-encryption key %s has mode %v: run chmod 600 %s", path, st.Mode().Perm(), path)
 	}
+	if st.Size() != KEKSize {
+		return nil, fmt.Errorf("key-encryption key %s is %d bytes, want %d", path, st.Size(), KEKSize)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, KEKSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read key-encryption key %s: %w", path, err)
+	}
 	if len(b) != KEKSize {
-		return nil, fmt.Errorf("key-encryption key %s is %d bytes, want %d", path, len(b), KEKSize)
+		return nil, fmt.Errorf("key-encryption key %s changed while read", path)
 	}
 	return b, nil
+}
+
+// createKEK writes a fresh key to a temporary file and renames it into
+// place, so a crash never leaves a short key file behind.
+func createKEK(path string) ([]byte, error) {
+	kek := make([]byte, KEKSize)
+	if _, err := rand.Read(kek); err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, ".kek-*")
+	if err != nil {
+		return nil, fmt.Errorf("create key-encryption key in %s: %w", dir, err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err == nil {
+		if _, err = tmp.Write(kek); err == nil {
+			err = tmp.Sync()
+		}
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write key-encryption key %s: %w", path, err)
+	}
+	// Link, not rename: two agents racing on a new data dir must not
+	// replace each other's key.
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return LoadOrCreateKEK(path)
+		}
+		return nil, fmt.Errorf("install key-encryption key %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return kek, nil
 }
 
 // Seal encrypts a private key with AES-256-GCM under kek. The key id is

@@ -1,0 +1,74 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/policy"
+)
+
+// TestPruneStore deletes rules past their expiry and token records past the
+// retention, and keeps everything else.
+func TestPruneStore(t *testing.T) {
+	r := startAgentWith(t, Config{})
+	ctx := context.Background()
+	st := r.agent.store
+	now := time.Now()
+	rule := func(id string, expires time.Time) policy.Revocation {
+		return policy.Revocation{ID: id, Kind: policy.RevokeSubject, Target: "x", EffectiveAt: now.Add(-48 * time.Hour),
+			IssuedBefore: now.Add(-48 * time.Hour), Expires: expires, Reason: "test", Actor: "test", CreatedAt: now.Add(-48 * time.Hour)}
+	}
+	record := func(id string, expires time.Time) store.TokenRecord {
+		return store.TokenRecord{ID: id, Subject: "x", Class: "service", Env: "dev", KeyID: "k", IssuedAt: expires.Add(-time.Hour),
+			ExpiresAt: expires, Status: store.TokenActive, Actor: "test", LeakHash: [32]byte{byte(len(id)), id[0]}}
+	}
+	tests := map[string]struct {
+		put  func() error
+		get  func() error
+		kept bool
+	}{
+		"expired rule": {func() error { return st.PutRevocation(ctx, rule("rv_old", now.Add(-time.Hour))) },
+			func() error { return findRule(ctx, st, "rv_old") }, false},
+		"live rule": {func() error { return st.PutRevocation(ctx, rule("rv_live", now.Add(time.Hour))) },
+			func() error { return findRule(ctx, st, "rv_live") }, true},
+		"key rule (never expires)": {func() error { return st.PutRevocation(ctx, rule("rv_key", time.Time{})) },
+			func() error { return findRule(ctx, st, "rv_key") }, true},
+		"token past retention": {func() error { return st.PutToken(ctx, record("old", now.Add(-tokenRetention-time.Hour))) },
+			func() error { _, err := st.Token(ctx, "old"); return err }, false},
+		"recently expired token": {func() error { return st.PutToken(ctx, record("recent", now.Add(-time.Hour))) },
+			func() error { _, err := st.Token(ctx, "recent"); return err }, true},
+	}
+	for name, tc := range tests {
+		if err := tc.put(); err != nil {
+			t.Fatalf("%s: put: %v", name, err)
+		}
+	}
+	r.agent.pruneStore(ctx, now)
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			err := tc.get()
+			if tc.kept && err != nil {
+				t.Errorf("pruned, want kept: %v", err)
+			}
+			if !tc.kept && !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("kept (err %v), want pruned", err)
+			}
+		})
+	}
+}
+
+func findRule(ctx context.Context, st store.Store, id string) error {
+	rules, err := st.Revocations(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		if r.ID == id {
+			return nil
+		}
+	}
+	return store.ErrNotFound
+}
