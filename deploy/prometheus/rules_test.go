@@ -29,6 +29,8 @@ var exported = []string{
 	"tokenwarden_kernel_requests_total",
 	"tokenwarden_kernel_drops_total",
 	"tokenwarden_kernel_attached",
+	"tokenwarden_kernel_revoked_overflow",
+	"tokenwarden_kernel_revoked_sync_errors_total",
 	"tokenwarden_anomalies_total",
 	"tokenwarden_revocation_rules",
 	"tokenwarden_rotations_total",
