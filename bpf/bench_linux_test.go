@@ -47,6 +47,7 @@ func BenchmarkProgram(b *testing.B) {
 		{"non_tcp", udp, false, tcPass},
 		{"tcp_no_payload", frame{}.build(nil), false, tcPass},
 		{"tcp_not_http", frame{}.build([]byte("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + strings.Repeat("\xaa", 300))), false, tcPass},
+		{"tcp_http_response", frame{}.build([]byte("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")), false, tcPass},
 		{"http_no_auth", frame{}.build([]byte(goRequest())), false, tcPass},
 		{"http_token_200B", frame{}.build([]byte(withToken)), false, tcPass},
 		{"http_header_1KiB", frame{}.build([]byte(headerBlock(1 << 10))), false, tcPass},
@@ -55,6 +56,9 @@ func BenchmarkProgram(b *testing.B) {
 		// The most scan work a packet can cause: MaxHeaderLines lines that
 		// each take all three scan phases and hold no token.
 		{"http_worst_case", frame{}.build([]byte("GET / HTTP/1.1\r\n" + strings.Repeat("authorization:\tBearer  \n", MaxHeaderLines+1))), false, tcPass},
+		// Every line a bearer token: each is hashed and looked up in the
+		// revoked set.
+		{"http_worst_case_tokens", frame{}.build([]byte("GET / HTTP/1.1\r\n" + strings.Repeat("authorization:bearer x\n", MaxHeaderLines+1))), false, tcPass},
 		{"http_revoked", frame{}.build([]byte(withToken)), true, tcDrop},
 	}
 	for _, c := range cases {

@@ -12,7 +12,10 @@ const maxFuzzPayload = 3500
 
 // FuzzParseAgreement runs the kernel program and ParseRequest on the same
 // TCP payload and fails on any difference: request or not, token found,
-// truncated or cut off, and the hash. The program is picked by hook, the IP
+// truncated or cut off, and the hash. Then, if the payload holds complete
+// bearer tokens, it revokes one of them (picked by hook) and checks the
+// program drops the request: every token counts, not only the first. The
+// program is picked by hook, the IP
 // version by v6. The seed corpus is the payload table plus
 // testdata/fuzz/FuzzParseAgreement.
 func FuzzParseAgreement(f *testing.F) {
@@ -27,7 +30,8 @@ func FuzzParseAgreement(f *testing.F) {
 		}
 		p := programs[int(hook)%len(programs)]
 		fr := frame{v6: v6}.build(payload)
-		want := parse(payload)
+		all := scan(payload)
+		want := all.parseResult
 
 		got := runFrame(t, s, p.prog(s), fr)
 		if got.ret != p.pass {
@@ -48,6 +52,22 @@ func FuzzParseAgreement(f *testing.F) {
 		if kernel != want {
 			t.Fatalf("%s (%s) disagrees with ParseRequest on %q:\nkernel %+v\nGo     %+v",
 				p.name, family(v6), payload, kernel, want)
+		}
+
+		if len(all.hashes) == 0 {
+			return
+		}
+		h := all.hashes[int(hook/3)%len(all.hashes)]
+		if err := s.Revoke(h); err != nil {
+			t.Fatal(err)
+		}
+		got = runFrame(t, s, p.prog(s), fr)
+		if err := s.Unrevoke(h); err != nil {
+			t.Fatal(err)
+		}
+		if got.ret != p.drop || got.stats.Drops != 1 {
+			t.Fatalf("%s (%s) with token %d of %d (%#x) revoked returned %#x with %d drops, want a drop, on %q",
+				p.name, family(v6), int(hook/3)%len(all.hashes)+1, len(all.hashes), h, got.ret, got.stats.Drops, payload)
 		}
 	})
 }

@@ -19,6 +19,10 @@ const (
 	// examined. It bounds the kernel's work on a packet made of short
 	// lines; Envoy refuses requests with more than 100 headers by default.
 	MaxHeaderLines = 128
+
+	// maxMethodLen is the longest method token that makes a packet a
+	// request.
+	maxMethodLen = 16
 )
 
 const (
@@ -41,10 +45,43 @@ func fnv1a[T string | []byte](b T) uint64 {
 	return h
 }
 
-// methods are the request methods that make a packet a request when its TCP
-// payload starts with one of them followed by a space. Case-sensitive, as
-// in RFC 9110.
-var methods = [...]string{"GET ", "POST ", "PUT ", "DELETE ", "PATCH ", "HEAD ", "OPTIONS ", "CONNECT ", "TRACE "}
+// isTchar reports whether c is an RFC 9110 tchar: "!" / "#" / "$" / "%" /
+// "&" / "'" / "*" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT /
+// ALPHA.
+func isTchar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	switch c {
+	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
+		return true
+	}
+	return false
+}
+
+// isTargetStart reports whether a request target may start with c: '/'
+// (origin-form), '*' (asterisk-form), a letter (absolute-form), a digit or
+// '[' (authority-form, CONNECT).
+func isTargetStart(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return c == '/' || c == '*' || c == '['
+}
+
+// isRequestLine reports whether p starts like a request line: a method of
+// 1..maxMethodLen tchar bytes, one SP, and the first byte of a request
+// target. Responses ("HTTP/1.1 200") fail at the '/', TLS and most binary
+// protocols at the first byte.
+func isRequestLine(p []byte) bool {
+	n := 0
+	for n < len(p) && n <= maxMethodLen && isTchar(p[n]) {
+		n++
+	}
+	return n > 0 && n <= maxMethodLen && n+1 < len(p) && p[n] == ' ' && isTargetStart(p[n+1])
+}
 
 // isTokenByte reports whether c belongs to the RFC 6750 b64token alphabet:
 // ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" / "=".
@@ -88,17 +125,28 @@ type parseResult struct {
 	hash       uint64
 }
 
+// scanResult is parseResult plus the hashes of every complete bearer token
+// in the header block (the first one's too, if found), in order: the kernel
+// drops the request if any of them is revoked.
+type scanResult struct {
+	parseResult
+	hashes []uint64
+}
+
 // ParseRequest applies the kernel's rules to the TCP payload of one packet.
 //
-//   - The packet is a request if the payload starts with GET, POST, PUT,
-//     DELETE, PATCH, HEAD, OPTIONS, CONNECT or TRACE and a space.
+//   - The packet is a request if the payload starts with a method token
+//     (1..16 RFC 9110 tchar bytes), a space, and '/', '*', a letter, a
+//     digit or '['.
 //   - Only the first MaxScanLen bytes and the first MaxHeaderLines lines
 //     after the request line are searched. A line starts after a '\n'; the
 //     first empty line ("\r\n" or "\n") ends the header block.
-//   - The token comes from the first header line that starts with
-//     "authorization:" (any case), optional SP/HTAB, "bearer" (any case),
-//     one or more SP, and at least one b64token byte. The token is the run
-//     of b64token bytes; the first other byte ends it.
+//   - A bearer token is on a header line that starts with "authorization:"
+//     (any case), optional SP/HTAB, "bearer" (any case), one or more SP/HTAB,
+//     and at least one b64token byte. The token is the run of b64token
+//     bytes; the first other byte ends it. Every such line is looked at; the
+//     first token is the one reported (and counted by the kernel), and the
+//     kernel drops the request if any complete token's hash is revoked.
 //   - A token of more than MaxTokenLen bytes is truncated: not found. A token
 //     that runs to the end of the searched bytes (its header continues in a
 //     later segment) is not found either.
@@ -110,19 +158,20 @@ func ParseRequest(tcpPayload []byte) (hash uint64, tokenFound, isRequest, trunca
 }
 
 func parse(p []byte) parseResult {
-	var r parseResult
+	return scan(p).parseResult
+}
+
+// scan is parse plus the hashes of all complete bearer tokens.
+func scan(p []byte) scanResult {
+	var r scanResult
 	if len(p) > MaxScanLen {
 		p = p[:MaxScanLen]
 	}
-	for _, m := range methods {
-		if len(p) >= len(m) && string(p[:len(m)]) == m {
-			r.isRequest = true
-			break
-		}
-	}
+	r.isRequest = isRequestLine(p)
 	if !r.isRequest {
 		return r
 	}
+	first := true
 
 	for i, lines := 0, 0; ; {
 		nl := bytes.IndexByte(p[i:], '\n')
@@ -144,12 +193,12 @@ func parse(p []byte) parseResult {
 		for j < len(p) && (p[j] == ' ' || p[j] == '\t') {
 			j++
 		}
-		if !hasPrefixFold(p[j:], "bearer") || j+6 >= len(p) || p[j+6] != ' ' {
+		if !hasPrefixFold(p[j:], "bearer") || j+6 >= len(p) || p[j+6] != ' ' && p[j+6] != '\t' {
 			i = j
 			continue
 		}
 		j += len("bearer ")
-		for j < len(p) && p[j] == ' ' {
+		for j < len(p) && (p[j] == ' ' || p[j] == '\t') {
 			j++
 		}
 		if j >= len(p) || !isTokenByte(p[j]) {
@@ -163,13 +212,19 @@ func parse(p []byte) parseResult {
 		}
 		switch {
 		case k > MaxTokenLen:
-			r.truncated = true
+			r.truncated = r.truncated || first
 		case j+k == len(p):
-			r.incomplete = true
+			r.incomplete = r.incomplete || first
+			return r // the rest of the data is this token
 		default:
-			r.tokenFound = true
-			r.hash = fnv1a(p[j : j+k])
+			h := fnv1a(p[j : j+k])
+			if first {
+				r.tokenFound = true
+				r.hash = h
+			}
+			r.hashes = append(r.hashes, h)
 		}
-		return r
+		first = false
+		i = j + k
 	}
 }

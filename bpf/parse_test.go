@@ -37,6 +37,9 @@ func req(headers ...string) string {
 	return "GET /orders/42 HTTP/1.1\r\nHost: orders\r\n" + strings.Join(headers, "\r\n") + "\r\n\r\n"
 }
 
+// methods are common request methods; any method token makes a request.
+var methods = [...]string{"GET ", "POST ", "PUT ", "DELETE ", "PATCH ", "HEAD ", "OPTIONS ", "CONNECT ", "TRACE "}
+
 var payloadCases = func() []payloadCase {
 	cases := []payloadCase{
 		{name: "bearer", payload: req("Authorization: Bearer " + tok), isRequest: true, token: tok},
@@ -59,6 +62,9 @@ var payloadCases = func() []payloadCase {
 		{name: "first_of_two", payload: req("Authorization: Bearer first", "Authorization: Bearer second"), isRequest: true, token: "first"},
 		{name: "basic_then_bearer", payload: req("Authorization: Basic dXNlcjpwdw==", "Authorization: Bearer second"), isRequest: true, token: "second"},
 		{name: "empty_bearer_then_bearer", payload: req("Authorization: Bearer ", "Authorization: Bearer second"), isRequest: true, token: "second"},
+		{name: "three_bearer_lines", payload: req("Authorization: Bearer first", "X-A: b", "authorization:\tbearer\tsecond", "Authorization: Bearer third"), isRequest: true, token: "first"},
+		{name: "truncated_then_bearer", payload: req("Authorization: Bearer "+strings.Repeat("t", MaxTokenLen+1), "Authorization: Bearer second"), isRequest: true, truncated: true},
+		{name: "bearer_then_incomplete", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer first\r\nAuthorization: Bearer sec", isRequest: true, token: "first"},
 		{name: "basic_only", payload: req("Authorization: Basic dXNlcjpwdw=="), isRequest: true},
 		{name: "proxy_authorization", payload: req("Proxy-Authorization: Bearer other", "X-Authorization: Bearer other"), isRequest: true},
 		{name: "space_before_colon", payload: req("Authorization : Bearer " + tok), isRequest: true},
@@ -70,7 +76,14 @@ var payloadCases = func() []payloadCase {
 		{name: "long_ows", payload: req("Authorization:" + strings.Repeat(" \t", 13) + "Bearer " + tok), isRequest: true, token: tok},
 		{name: "extra_spaces", payload: req("Authorization: Bearer     " + tok), isRequest: true, token: tok},
 		{name: "many_spaces", payload: req("Authorization: Bearer" + strings.Repeat(" ", 37) + tok), isRequest: true, token: tok},
-		{name: "tab_after_bearer", payload: req("Authorization: Bearer\t" + tok), isRequest: true},
+		{name: "tab_after_bearer", payload: req("Authorization: Bearer\t" + tok), isRequest: true, token: tok},
+		{name: "tabs_after_bearer", payload: req("Authorization: Bearer\t\t" + tok), isRequest: true, token: tok},
+		{name: "mixed_ows_after_bearer", payload: req("Authorization: Bearer \t \t" + tok), isRequest: true, token: tok},
+		{name: "tabs_everywhere", payload: req("Authorization:\tBearer\t" + tok), isRequest: true, token: tok},
+		{name: "no_ows_tab_after_bearer", payload: req("Authorization:Bearer\t" + tok), isRequest: true, token: tok},
+		{name: "long_tabs_after_bearer", payload: req("Authorization: Bearer" + strings.Repeat("\t ", 40) + tok), isRequest: true, token: tok},
+		{name: "tab_then_crlf", payload: req("Authorization: Bearer\t", "Authorization: Bearer second"), isRequest: true, token: "second"},
+		{name: "vt_after_bearer", payload: req("Authorization: Bearer\v" + tok), isRequest: true},
 		{name: "no_space_after_bearer", payload: req("Authorization: Bearer" + tok), isRequest: true},
 		{name: "bearer_at_end", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer", isRequest: true},
 
@@ -100,13 +113,33 @@ var payloadCases = func() []payloadCase {
 
 		// Not requests.
 		{name: "response", payload: "HTTP/1.1 200 OK\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
-		{name: "lower_case_method", payload: "get / HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
 		{name: "method_without_space", payload: "GET/ HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
-		{name: "unknown_method", payload: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"},
 		{name: "tls_client_hello", payload: "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"},
-		{name: "method_only", payload: "GET ", isRequest: true},
+		{name: "method_only", payload: "GET "},
 		{name: "too_short", payload: "GET"},
 		{name: "one_byte", payload: "G"},
+		{name: "method_two_spaces", payload: "GET  / HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
+		{name: "method_tab", payload: "GET\t/ HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
+		{name: "method_17_bytes", payload: strings.Repeat("M", 17) + " / HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
+		{name: "target_not_allowed", payload: "GET %2F HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
+		{name: "space_first", payload: " / HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
+		{name: "response_http10", payload: "HTTP/1.0 401 Unauthorized\r\nAuthorization: Bearer " + tok + "\r\n\r\n"},
+		{name: "status_line_bare", payload: "HTTP/1.1"},
+
+		// Any method token (RFC 9110 tchar), as Go's net/http server accepts.
+		{name: "lower_case_method", payload: "get / HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
+		{name: "h2_preface", payload: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", isRequest: true},
+		{name: "method_webdav", payload: "PROPFIND /dav HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
+		{name: "method_one_byte", payload: "X / HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
+		{name: "method_16_bytes", payload: strings.Repeat("M", 16) + " / HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
+		{name: "method_all_tchar", payload: "!#$%&'*+-.^_`|~09azAZ /\r\n"},
+		{name: "method_tchar_16", payload: "!#$%&'*+-.^_`|~0 /\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
+		{name: "method_min", payload: "X /", isRequest: true},
+		{name: "absolute_form", payload: "GET http://orders/42 HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
+		{name: "asterisk_form", payload: "OPTIONS * HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
+		{name: "authority_form_ip", payload: "CONNECT 10.0.0.1:443 HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
+		{name: "authority_form_ipv6", payload: "CONNECT [::1]:443 HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
+		{name: "authority_form_name", payload: "CONNECT orders:443 HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
 
 		// Long tokens.
 		{name: "token_at_max", payload: req("Authorization: Bearer " + strings.Repeat("a", MaxTokenLen)), isRequest: true, token: strings.Repeat("a", MaxTokenLen)},
@@ -144,6 +177,46 @@ func TestParseRequest(t *testing.T) {
 			}
 			if got := parse([]byte(c.payload)).incomplete; got != c.incomplete {
 				t.Errorf("incomplete = %v, want %v", got, c.incomplete)
+			}
+		})
+	}
+}
+
+// TestParseAllTokens checks the hashes of every bearer token in the header
+// block, which the kernel looks up in the revoked set.
+func TestParseAllTokens(t *testing.T) {
+	long := strings.Repeat("t", MaxTokenLen+1)
+	for _, tc := range []struct {
+		name    string
+		payload string
+		want    []string
+	}{
+		{"one", req("Authorization: Bearer " + tok), []string{tok}},
+		{"two", req("Authorization: Bearer a", "Authorization: Bearer b"), []string{"a", "b"}},
+		{"basic_between", req("Authorization: Bearer a", "Authorization: Basic Zm9v", "authorization:\t bearer\t\tb"), []string{"a", "b"}},
+		{"after_truncated", req("Authorization: Bearer "+long, "Authorization: Bearer b"), []string{"b"}},
+		{"two_on_one_line", req("Authorization: Bearer a, Bearer b"), []string{"a"}},
+		{"incomplete_last", "GET / HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b", []string{"a"}},
+		{"not_in_body", req("Authorization: Bearer a") + "Authorization: Bearer b\r\n", []string{"a"}},
+		{"not_past_line_limit", "GET / HTTP/1.1\r\n" + strings.Repeat("Authorization: Bearer a\n", MaxHeaderLines) + "Authorization: Bearer b\n\n", []string{"a"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := scan([]byte(tc.payload)).hashes
+			var want []uint64
+			seen := map[uint64]bool{}
+			for _, w := range tc.want {
+				want = append(want, HashToken(w))
+			}
+			for _, h := range got {
+				seen[h] = true
+			}
+			if len(seen) != len(want) {
+				t.Fatalf("hashes %x, want those of %q", got, tc.want)
+			}
+			for _, h := range want {
+				if !seen[h] {
+					t.Fatalf("hashes %x, want those of %q", got, tc.want)
+				}
 			}
 		})
 	}
@@ -193,7 +266,11 @@ func FuzzParseRequest(f *testing.F) {
 		f.Add([]byte(c.payload))
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
-		r := parse(p)
+		sr := scan(p)
+		r := sr.parseResult
+		if r.tokenFound && (len(sr.hashes) == 0 || sr.hashes[0] != r.hash) {
+			t.Fatalf("first token %#x is not the first of %x", r.hash, sr.hashes)
+		}
 		if !r.isRequest && (r.tokenFound || r.truncated || r.incomplete) {
 			t.Fatalf("token result %+v for a non-request", r)
 		}

@@ -160,6 +160,11 @@ func TestProgramFrames(t *testing.T) {
 		"not_ip":                   {frame{etherType: 0x0806}, withToken, skipped},
 		"padding_not_payload":      {frame{trailer: []byte("def\r\n\r\n")}, []byte("GET / HTTP/1.1\r\nAuthorization: Bearer abc"), parseResult{isRequest: true, incomplete: true}},
 		"padding_not_method":       {frame{trailer: []byte("T / HTTP/1.1\r\n\r\n")}, []byte("GE"), skipped},
+		"padding_not_target":       {frame{trailer: []byte("/ HTTP/1.1\r\n\r\n")}, []byte("GET "), skipped},
+		"padding_not_method_end":   {frame{v6: true, trailer: []byte(" / HTTP/1.1\r\n\r\n")}, []byte("PROPFIND"), skipped},
+		"shortest_request":         {frame{trailer: []byte("\r\nAuthorization: Bearer x\r\n")}, []byte("X /"), parseResult{isRequest: true}},
+		"any_method_token":         {frame{tcpOpts: 40}, []byte("PROPFIND /dav HTTP/1.1\r\nAuthorization:\tBearer\t" + tok + "\r\n\r\n"), found},
+		"ipv6_any_method_token":    {frame{v6: true, extProto: 0, ipv6Ext: hop(6)}, []byte("M-SEARCH * HTTP/1.1\r\nAuthorization: Bearer \t" + tok + "\r\n\r\n"), found},
 		"ipv4_header_too_short":    {frame{badIHL: true}, withToken, skipped},
 		"tcp_header_too_short":     {frame{badDoff: true}, withToken, skipped},
 		"ipv4_wrong_version":       {frame{badVersion: true}, withToken, skipped},
@@ -232,6 +237,71 @@ func TestProgramRevoked(t *testing.T) {
 					t.Errorf("another token: returned %#x with %d drops, want pass", pass.ret, pass.stats.Drops)
 				}
 			})
+		}
+	}
+	select {
+	case ev := <-events:
+		t.Errorf("unexpected extra event %+v", ev)
+	default:
+	}
+}
+
+// TestProgramRevokedAnyToken checks that a request is dropped when any of
+// its bearer tokens is revoked, not only the first, while it is still
+// counted for the first token.
+func TestProgramRevokedAnyToken(t *testing.T) {
+	s := loadSentry(t, Config{})
+	events := collectEvents(t, s)
+	long := strings.Repeat("t", MaxTokenLen+1)
+	const revoked = "tw_revoked.token.sig"
+	if err := s.Revoke(HashToken(revoked)); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		payload string
+		drop    bool
+		counted string // the token counted, if any
+		stats   Stats
+	}{
+		"second_line":          {req("Authorization: Bearer first", "Authorization: Bearer "+revoked), true, "first", Stats{Packets: 1, Requests: 1, Tokens: 1, Drops: 1}},
+		"first_line":           {req("Authorization: Bearer "+revoked, "Authorization: Bearer other"), true, revoked, Stats{Packets: 1, Requests: 1, Tokens: 1, Drops: 1}},
+		"after_basic_and_tabs": {req("Authorization: Bearer first", "Authorization: Basic Zm9v", "authorization:\t\tBEARER\t \t"+revoked), true, "first", Stats{Packets: 1, Requests: 1, Tokens: 1, Drops: 1}},
+		"after_truncated":      {req("Authorization: Bearer "+long, "Authorization: Bearer "+revoked), true, "", Stats{Packets: 1, Requests: 1, Truncated: 1, Drops: 1}},
+		"after_long_headers":   {req("Authorization: Bearer first", strings.Repeat("X-Long: "+strings.Repeat("z", 100)+"\r\n", 20)+"Authorization: Bearer "+revoked), true, "first", Stats{Packets: 1, Requests: 1, Tokens: 1, Drops: 1}},
+		"any_method":           {"PROPFIND /dav HTTP/1.1\r\nAuthorization: Bearer first\r\nAuthorization: Bearer\t" + revoked + "\r\n\r\n", true, "first", Stats{Packets: 1, Requests: 1, Tokens: 1, Drops: 1}},
+		"in_body":              {req("Authorization: Bearer first") + "Authorization: Bearer " + revoked + "\r\n", false, "first", Stats{Packets: 1, Requests: 1, Tokens: 1}},
+		"prefix_of_revoked":    {req("Authorization: Bearer first", "Authorization: Bearer "+revoked[:10]), false, "first", Stats{Packets: 1, Requests: 1, Tokens: 1}},
+	} {
+		for _, v6 := range []bool{false, true} {
+			for _, p := range programs {
+				t.Run(name+"/"+family(v6)+"/"+p.name, func(t *testing.T) {
+					got := runFrame(t, s, p.prog(s), frame{v6: v6}.build([]byte(tc.payload)))
+					want := p.pass
+					if tc.drop {
+						want = p.drop
+					}
+					if got.ret != want {
+						t.Fatalf("returned %#x, want %#x", got.ret, want)
+					}
+					if got.stats != tc.stats {
+						t.Errorf("stats grew by %+v, want %+v", got.stats, tc.stats)
+					}
+					if tc.counted == "" && len(got.counts) != 0 {
+						t.Errorf("counted %v, want nothing", got.counts)
+					}
+					if tc.counted != "" {
+						c, ok := got.counts[HashToken(tc.counted)]
+						if !ok || len(got.counts) != 1 || c.Requests != 1 || c.Drops != uint64(btoi(tc.drop)) {
+							t.Errorf("counted %v, want only %q once with %d drops", got.counts, tc.counted, btoi(tc.drop))
+						}
+					}
+					if tc.drop {
+						if ev := waitEvent(t, events, time.Second); ev.Hash != HashToken(revoked) || ev.Hook != p.hook {
+							t.Errorf("event %+v, want hash %#x at %v", ev, HashToken(revoked), p.hook)
+						}
+					}
+				})
+			}
 		}
 	}
 	select {

@@ -3,10 +3,12 @@
 // tokenmeter: per-token request metering and revocation enforcement for
 // plaintext HTTP/1.x.
 //
-// For every packet whose TCP payload starts with an HTTP method and a space,
-// the programs find the first "Authorization: Bearer <token>" header in the
-// header block of that packet, hash the token with 64-bit FNV-1a, count the
-// request per hash, and drop it if the hash is in the revoked set.
+// For every packet whose TCP payload starts like a request line (a method
+// token, a space, and the start of a request target), the programs find
+// every "Authorization: Bearer <token>" header in the header block of that
+// packet and hash each token with 64-bit FNV-1a. The request is counted per
+// hash of the first one, and dropped if the hash of any of them is in the
+// revoked set.
 //
 // The rules are mirrored exactly by ParseRequest in parse.go; the two are
 // checked against each other by FuzzParseAgreement. Change both together.
@@ -14,15 +16,18 @@
 // Layout of the work per request, cheapest reject first:
 //   1. IP/TCP headers by direct packet access (pulled into the linear area on
 //      TCX if needed; cgroup_skb sees them linear already).
-//   2. The first 8 payload bytes: one 64-bit compare per method.
+//   2. The first 18 payload bytes: a method token of 1..16 tchar bytes, a
+//      space, then '/', '*', a letter, a digit or '['. TLS, binary data and
+//      responses ("HTTP/1.1 200") fail within the first few bytes.
 //   3. The payload, up to MAX_SCAN_LEN bytes, copied in chunks into
 //      a per-CPU scratch buffer (on veth and lo the payload is not linear).
 //   4. A bpf_loop that looks for '\n' 8 bytes at a time and, at each of the
 //      first MAX_HEADER_LINES line starts, compares "authorization:" 8 bytes
 //      at a time with ASCII case folding. The line limit bounds the work a
 //      packet of short lines can cause.
-//   5. A bpf_loop that hashes the token 64 bytes per iteration, fully
-//      unrolled (the FNV-1a xor/multiply chain is the floor: ~1 ns/byte).
+//      The same loop hashes each token found 64 bytes per iteration, fully
+//      unrolled (the FNV-1a xor/multiply chain is the floor: ~1 ns/byte),
+//      looks the hash up in the revoked set, and goes on to the next line.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -54,11 +59,15 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define SCRATCH_LEN (SCRATCH_MASK + 1 + 8)
 
 /* Every scan step finds a line (at most MAX_HEADER_LINES + 1), moves 64
- * bytes on (at most MAX_SCAN_LEN / 64 + 1 in all) or leaves the OWS or
- * SPACES state (at most twice per line): 1024 steps are never used up. */
+ * bytes on (at most MAX_SCAN_LEN / 64 + 1 in all) or leaves the OWS, SPACES
+ * or HASH state (at most three times per line): 1024 steps are never used
+ * up. */
 #define SCAN_STEPS 1024
 #define HASH_STEP_BYTES 64
-#define HASH_STEPS (MAX_TOKEN_LEN / HASH_STEP_BYTES)
+/* Request line: a method of at most MAX_METHOD_LEN tchar bytes, SP, and the
+ * first byte of the request target. */
+#define MAX_METHOD_LEN 16
+#define REQ_PEEK_LEN 24
 
 #define FNV64_OFFSET 14695981039346656037ULL
 #define FNV64_PRIME 1099511628211ULL
@@ -99,11 +108,11 @@ struct token_stats {
  * disabled, so they never interleave on one CPU. */
 struct global_stats {
 	__u64 packets;     /* packets seen by any program */
-	__u64 requests;    /* packets whose TCP payload starts with a method */
-	__u64 tokens;      /* bearer tokens hashed and counted */
+	__u64 requests;    /* packets whose TCP payload starts like a request line */
+	__u64 tokens;      /* requests whose first bearer token was counted */
 	__u64 truncated;   /* tokens longer than MAX_TOKEN_LEN (not counted) */
 	__u64 incomplete;  /* tokens that run to the end of the scanned bytes */
-	__u64 drops;       /* requests dropped because the token is revoked */
+	__u64 drops;       /* requests dropped because any token is revoked */
 	__u64 events_lost; /* drop events the ring buffer had no room for */
 	__u64 unparsed;    /* IP/TCP headers that could not be read */
 };
@@ -174,6 +183,17 @@ static const __u8 tokchar[256] = {
 	['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['+'] = 1, ['/'] = 1, ['='] = 1,
 };
 
+/* RFC 9110 tchar: "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
+ * "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA. Value 2 marks the bytes a
+ * request target may start with: '/' (origin-form), '*' (asterisk-form), a
+ * letter (absolute-form scheme), a digit or '[' (CONNECT authority-form). */
+static const __u8 reqchar[256] = {
+	['A' ... 'Z'] = 3, ['a' ... 'z'] = 3, ['0' ... '9'] = 3,
+	['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 3,
+	['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,
+	['~'] = 1, ['/'] = 2, ['['] = 2,
+};
+
 /* Little-endian 64-bit word of up to eight characters. */
 #define W4(a, b, c, d) ((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24)
 #define W8(a, b, c, d, e, f, g, h) (W4(a, b, c, d) | W4(e, f, g, h) << 32)
@@ -196,9 +216,17 @@ enum verdict {
 enum scan_state {
 	ST_SEEK,   /* looking for the next '\n' from pos */
 	ST_OWS,    /* after "authorization:", skipping SP / HTAB */
-	ST_SPACES, /* after "bearer ", skipping SP */
-	ST_FOUND,  /* tok is the first byte of the token */
-	ST_END,    /* end of headers or of data: no token */
+	ST_SPACES, /* after "bearer" and SP / HTAB, skipping SP / HTAB */
+	ST_HASH,   /* hashing the token that starts at tok */
+	ST_END,    /* end of headers or of data */
+};
+
+/* What the first bearer token of a request was. */
+enum tok_result {
+	TOK_NONE,
+	TOK_FOUND,
+	TOK_TRUNCATED,  /* longer than MAX_TOKEN_LEN */
+	TOK_INCOMPLETE, /* runs into the end of the scanned bytes */
 };
 
 struct scan {
@@ -212,6 +240,10 @@ struct scan {
 	__u32 pos;
 	__u32 state;
 	__u32 tok;
+	__u32 first;       /* enum tok_result of the first token */
+	__u64 first_hash;  /* its hash if TOK_FOUND */
+	__u64 revoked_hash;
+	__u32 revoked;     /* some token's hash is in the revoked set */
 };
 
 struct pkt {
@@ -296,10 +328,43 @@ static __always_inline void load_more(struct scan *sc)
 
 static __always_inline int is_bearer_sp(const __u8 *buf, __u32 pos)
 {
-	/* "bearer" in any case, then exactly one SP (not folded: 0x00 | 0x20
-	 * would pass for one). */
-	return ((load64(buf, pos) | W8(32, 32, 32, 32, 32, 32, 0, 0)) & MASK7) ==
-	       W8('b', 'e', 'a', 'r', 'e', 'r', ' ', 0);
+	/* "bearer" in any case, then SP or HTAB (not folded: 0x00 | 0x20
+	 * would pass for SP). */
+	__u64 w = load64(buf, pos);
+	__u8 c = w >> 48;
+
+	return ((w | W8(32, 32, 32, 32, 32, 32, 0, 0)) & MASK6) ==
+		       W8('b', 'e', 'a', 'r', 'e', 'r', 0, 0) &&
+	       (c == ' ' || c == '\t');
+}
+
+/* The token that started at sc->tok ended before pos (the first byte that
+ * is not a token byte, or MAX_TOKEN_LEN bytes in). Record it, look its hash
+ * up in the revoked set, and go on with the next line. */
+static __always_inline void token_done(struct scan *sc, __u32 pos, __u64 h)
+{
+	__u32 res;
+
+	if (pos - sc->tok >= MAX_TOKEN_LEN && pos < sc->n && tokchar[load8(sc->buf, pos)])
+		res = TOK_TRUNCATED;
+	else if (pos >= sc->n)
+		res = TOK_INCOMPLETE; /* the rest is in a later segment */
+	else
+		res = TOK_FOUND;
+
+	if (sc->first == TOK_NONE) {
+		sc->first = res;
+		sc->first_hash = h;
+	}
+	if (res == TOK_FOUND && !sc->revoked) {
+		__u64 key = h;
+		if (bpf_map_lookup_elem(&revoked, &key)) {
+			sc->revoked = 1;
+			sc->revoked_hash = h;
+		}
+	}
+	sc->pos = pos;
+	sc->state = res == TOK_INCOMPLETE ? ST_END : ST_SEEK;
 }
 
 /* One step of the header scan; returns 1 to stop the loop.
@@ -313,8 +378,11 @@ static __always_inline int is_bearer_sp(const __u8 *buf, __u32 pos)
  *              "Authorization: Bearer <token>" finishes here.
  *   ST_OWS     skip SP/HTAB after the colon, 64 bytes per step, then
  *              expect "bearer ".
- *   ST_SPACES  skip SP after "bearer ", 64 bytes per step, then expect a
- *              token byte.
+ *   ST_SPACES  skip SP/HTAB after "bearer", 64 bytes per step, then
+ *              expect a token byte.
+ *   ST_HASH    FNV-1a over the next HASH_STEP_BYTES token bytes; at the
+ *              token's end (or MAX_TOKEN_LEN bytes in) record it and go
+ *              back to ST_SEEK: every Authorization line is looked at.
  *
  * Bytes past the data are zero: never '\n', SP, HTAB or a token byte.
  */
@@ -330,6 +398,30 @@ static long scan_step(__u64 index, void *ctx)
 	if (pos + LOOKAHEAD > sc->n && sc->n < sc->plen)
 		load_more(sc);
 	buf = sc->buf;
+
+	/* A token that ran to the end of the data ends at the zero padding. */
+	if (sc->state == ST_HASH) {
+		__u64 h = sc->hash;
+		__u32 left = MAX_TOKEN_LEN - (pos - sc->tok);
+
+#pragma unroll
+		for (int k = 0; k < HASH_STEP_BYTES / 8; k++) {
+			__u64 w = load64(buf, pos + 8 * k);
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				__u8 b = w >> (8 * j);
+				if (!tokchar[b] || 8 * k + j == left) {
+					token_done(sc, pos + 8 * k + j, h);
+					return sc->state == ST_END;
+				}
+				h = (h ^ b) * FNV64_PRIME;
+			}
+		}
+		sc->hash = h;
+		sc->pos = pos + HASH_STEP_BYTES;
+		return 0;
+	}
+
 	if (pos >= sc->n)
 		goto end;
 
@@ -354,14 +446,13 @@ static long scan_step(__u64 index, void *ctx)
 	if (sc->state == ST_SPACES) {
 #pragma unroll
 		for (int k = 0; k < 8; k++) {
-			m = bytes_not(load64(buf, pos + 8 * k), ' ');
+			__u64 w = load64(buf, pos + 8 * k);
+			m = bytes_not(w, ' ') & bytes_not(w, '\t');
 			if (m) {
 				pos += 8 * k + first_marked_byte(m);
 				if (!tokchar[load8(buf, pos)])
 					goto next_line;
-				sc->tok = pos;
-				sc->state = ST_FOUND;
-				return 1;
+				goto token;
 			}
 		}
 		sc->pos = pos + 64;
@@ -397,12 +488,18 @@ line:
 	/* The usual form: one SP, "Bearer", one SP, the token. */
 	if (load8(buf, pos) == ' ' && is_bearer_sp(buf, pos + 1) &&
 	    tokchar[load8(buf, pos + 8)]) {
-		sc->tok = pos + 8;
-		sc->state = ST_FOUND;
-		return 1;
+		pos += 8;
+		goto token;
 	}
 	sc->pos = pos;
 	sc->state = ST_OWS;
+	return 0;
+
+token:
+	sc->tok = pos;
+	sc->pos = pos;
+	sc->hash = FNV64_OFFSET;
+	sc->state = ST_HASH;
 	return 0;
 
 next_line:
@@ -415,52 +512,20 @@ end:
 	return 1;
 }
 
-/* FNV-1a over the next HASH_STEP_BYTES token bytes. Stops at the first byte
- * that is not a token byte (the zero padding after the data is not one).
- * Returns 1 to stop the loop. */
-static long hash_step(__u64 index, void *ctx)
+#define BYTE_AT(w, k) ((__u8)((w)[(k) / 8] >> (8 * ((k) % 8))))
+
+/* A request line starts with a method (1..MAX_METHOD_LEN tchar bytes), SP
+ * and the first byte of the request target. w holds the first payload
+ * bytes, zero past the payload (zero is none of the bytes accepted). */
+static __always_inline int is_request(const __u64 *w)
 {
-	struct scan *sc = ctx;
-	__u32 pos = sc->pos;
-	__u64 h = sc->hash;
-	__u8 *buf;
-
-	if (pos + HASH_STEP_BYTES > sc->n && sc->n < sc->plen)
-		load_more(sc);
-	buf = sc->buf;
-
 #pragma unroll
-	for (int k = 0; k < HASH_STEP_BYTES / 8; k++) {
-		__u64 w = load64(buf, pos + 8 * k);
-#pragma unroll
-		for (int j = 0; j < 8; j++) {
-			__u8 b = w >> (8 * j);
-			if (!tokchar[b]) {
-				sc->hash = h;
-				sc->pos = pos + 8 * k + j;
-				return 1;
-			}
-			h = (h ^ b) * FNV64_PRIME;
-		}
+	for (int k = 0; k <= MAX_METHOD_LEN; k++) {
+		__u8 c = BYTE_AT(w, k);
+		if (!(reqchar[c] & 1))
+			return k > 0 && c == ' ' && (reqchar[BYTE_AT(w, k + 1)] & 2);
 	}
-	sc->hash = h;
-	sc->pos = pos + HASH_STEP_BYTES;
 	return 0;
-}
-
-static __always_inline int is_request(__u64 w)
-{
-	__u64 w4 = w & MASK4, w5 = w & MASK5, w6 = w & MASK6, w7 = w & MASK7;
-
-	return w4 == W4('G', 'E', 'T', ' ') ||
-	       w5 == W8('P', 'O', 'S', 'T', ' ', 0, 0, 0) ||
-	       w4 == W4('P', 'U', 'T', ' ') ||
-	       w7 == W8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0) ||
-	       w6 == W8('P', 'A', 'T', 'C', 'H', ' ', 0, 0) ||
-	       w5 == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0) ||
-	       w == W8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ') ||
-	       w == W8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ') ||
-	       w6 == W8('T', 'R', 'A', 'C', 'E', ' ', 0, 0);
 }
 
 static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 l3off, struct pkt *p)
@@ -643,9 +708,9 @@ static __always_inline enum verdict meter(struct __sk_buff *skb, __u32 l3off, __
 	struct global_stats *st = bpf_map_lookup_elem(&stats, &zero);
 	struct pkt p = {};
 	struct scan sc = {};
-	__u64 w = 0, now;
+	__u64 w[REQ_PEEK_LEN / 8] = {}, now;
 	void *data, *data_end;
-	int r, drop;
+	int r;
 
 	if (!st)
 		return VERDICT_PASS;
@@ -663,18 +728,22 @@ static __always_inline enum verdict meter(struct __sk_buff *skb, __u32 l3off, __
 		st->unparsed++;
 		return VERDICT_PASS;
 	}
-	if (r != PARSE_OK || p.plen < 4)
+	if (r != PARSE_OK || p.plen < 3)
 		return VERDICT_PASS;
 
-	/* The method: 8 bytes, zero-filled past the payload. */
+	/* The request line's start: 24 bytes, zero-filled past the payload. */
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	if (p.plen >= 8 && p.payload_off < PULL_LEN + ETH_HLEN &&
-	    data + p.payload_off + 8 <= data_end) {
-		w = *(__u64 *)(data + p.payload_off);
+	if (p.plen >= REQ_PEEK_LEN && p.payload_off < PULL_LEN + ETH_HLEN &&
+	    data + p.payload_off + REQ_PEEK_LEN <= data_end) {
+		__u64 *d = data + p.payload_off;
+		w[0] = d[0];
+		w[1] = d[1];
+		w[2] = d[2];
 	} else {
-		__u32 len = p.plen < 8 ? p.plen : 8;
-		if (len < 1 || len > 8 || bpf_skb_load_bytes(skb, p.payload_off, &w, len) < 0)
+		__u32 len = p.plen < REQ_PEEK_LEN ? p.plen : REQ_PEEK_LEN;
+		if (len < 1 || len > REQ_PEEK_LEN ||
+		    bpf_skb_load_bytes(skb, p.payload_off, w, len) < 0)
 			return VERDICT_PASS;
 	}
 	if (!is_request(w))
@@ -692,36 +761,24 @@ static __always_inline enum verdict meter(struct __sk_buff *skb, __u32 l3off, __
 	load_more(&sc);
 	sc.state = ST_SEEK;
 	bpf_loop(SCAN_STEPS, scan_step, &sc, 0);
-	if (sc.state != ST_FOUND)
-		return VERDICT_PASS;
 
-	sc.pos = sc.tok;
-	sc.hash = FNV64_OFFSET;
-	bpf_loop(HASH_STEPS, hash_step, &sc, 0);
-	/* sc.pos is the first byte after the hashed run: a token byte only if
-	 * the token is longer than MAX_TOKEN_LEN. */
-	if (sc.pos + 8 > sc.n && sc.n < sc.plen)
-		load_more(&sc);
-	if (sc.pos < sc.n && tokchar[load8(sc.buf, sc.pos)]) {
+	if (sc.first == TOK_TRUNCATED)
 		st->truncated++;
-		return VERDICT_PASS;
-	}
-	if (sc.pos >= sc.n) {
-		/* Ran into the end of the data: the rest is in a later segment. */
+	else if (sc.first == TOK_INCOMPLETE)
 		st->incomplete++;
-		return VERDICT_PASS;
+	if (sc.first == TOK_FOUND) {
+		st->tokens++;
+		/* The coarse clock (one tick of resolution) is plenty for "last
+		 * seen" and costs nothing; bpf_ktime_get_ns costs ~20 ns under
+		 * kvm-clock. The request is counted for the first token; it is
+		 * dropped if any token is revoked. */
+		now = bpf_ktime_get_coarse_ns();
+		count_token(sc.first_hash, p.ip_len, now, sc.revoked);
 	}
-	st->tokens++;
-
-	/* The coarse clock (one tick of resolution) is plenty for "last seen"
-	 * and costs nothing; bpf_ktime_get_ns costs ~20 ns under kvm-clock. */
-	now = bpf_ktime_get_coarse_ns();
-	drop = bpf_map_lookup_elem(&revoked, &sc.hash) != NULL;
-	count_token(sc.hash, p.ip_len, now, drop);
-	if (!drop)
+	if (!sc.revoked)
 		return VERDICT_PASS;
 	st->drops++;
-	report_drop(skb, st, &p, sc.hash, hook, l3off);
+	report_drop(skb, st, &p, sc.revoked_hash, hook, l3off);
 	return VERDICT_DROP;
 }
 

@@ -125,25 +125,25 @@ type TokenCount struct {
 	Hash     uint64 // HashToken of the token
 	Requests uint64 // requests counted, dropped ones included
 	Bytes    uint64 // IP length of the requests' first packets
-	Drops    uint64 // requests dropped because the token is revoked
+	Drops    uint64 // of those, dropped because a bearer token in the request is revoked
 	LastSeen time.Time
 }
 
 // Stats are the kernel's global counters, summed over CPUs, since Load.
 type Stats struct {
 	Packets    uint64 // packets seen by any attached program
-	Requests   uint64 // packets whose TCP payload starts with an HTTP method
-	Tokens     uint64 // bearer tokens found, hashed and counted
+	Requests   uint64 // packets whose TCP payload starts like a request line (method, SP, target)
+	Tokens     uint64 // requests whose first bearer token was found, hashed and counted
 	Truncated  uint64 // bearer tokens longer than MaxTokenLen (not counted)
 	Incomplete uint64 // bearer tokens cut by the end of the packet (not counted)
-	Drops      uint64 // requests dropped for a revoked token
+	Drops      uint64 // requests dropped because any of their bearer tokens is revoked
 	EventsLost uint64 // drop events lost because the ring buffer was full
 	Unparsed   uint64 // packets whose IP/TCP headers could not be read
 }
 
 // DropEvent reports one request dropped for carrying a revoked token.
 type DropEvent struct {
-	Hash    uint64
+	Hash    uint64    // the revoked token's hash (not always the first token's)
 	Time    time.Time // when the kernel dropped it
 	Src     netip.AddrPort
 	Dst     netip.AddrPort
