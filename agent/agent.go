@@ -163,7 +163,8 @@ type Agent struct {
 	// from callbacks (anomaly revocation retries) follows it.
 	runCtx         atomic.Pointer[context.Context]
 	bg             sync.WaitGroup
-	lastStorePrune time.Time // touched by housekeeping only
+	lastStorePrune time.Time   // touched by housekeeping only
+	rotationLeader atomic.Bool // this agent runs the rotation schedule
 	closers        []func() error
 }
 
@@ -343,6 +344,14 @@ func (a *Agent) registerMetrics() {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		authz.RevocationRulesGauge(a.revoked),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tokenwarden_rotation_leader", Help: "1 on the agent that runs the rotation schedule (one per mesh with a shared store).",
+		}, func() float64 {
+			if a.rotationLeader.Load() {
+				return 1
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tokenwarden_token_cache_entries", Help: "Verified tokens held in the LRU.",
 		}, func() float64 { return float64(a.cache.Len()) }),

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -199,13 +200,17 @@ func startAgentWith(t *testing.T, cfg Config) runningAgent {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
 	stop := func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent run: %v", err)
-		}
-		a.Close()
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent run: %v", err)
+			}
+			a.Close()
+		})
 	}
+	t.Cleanup(stop) // idempotent: tests may stop an agent earlier
 	select {
 	case r := <-readyc:
 		return runningAgent{Ready: r, agent: a, stop: stop}

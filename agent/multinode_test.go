@@ -50,4 +50,34 @@ func TestRevocationReachesEveryNode(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Logf("revocation on A enforced on B after %s", time.Since(start))
+
+	// Exactly one node runs the rotation schedule; when it stops, the
+	// other takes over.
+	leaders := func() (bool, bool) { return a.agent.rotationLeader.Load(), b.agent.rotationLeader.Load() }
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		la, lb := leaders()
+		if la != lb {
+			break
+		}
+		if la && lb {
+			t.Fatal("both nodes run the rotation schedule")
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no node runs the rotation schedule")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	leader, follower := a, b
+	if lb := b.agent.rotationLeader.Load(); lb {
+		leader, follower = b, a
+	}
+	leader.stop()
+	deadline = time.Now().Add(5 * time.Second)
+	for !follower.agent.rotationLeader.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("rotation leadership did not move when the leader stopped")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

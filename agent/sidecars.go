@@ -2,7 +2,11 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"os"
+
+	"github.com/tokenwarden/tokenwarden/agent/store"
 
 	"github.com/tokenwarden/tokenwarden/policy"
 	"github.com/tokenwarden/tokenwarden/xds"
@@ -51,6 +55,24 @@ func (a *Agent) extraListeners(open func(name, addr string, listen func(string) 
 func (a *Agent) extraTasks() []task {
 	return []task{
 		{"anomaly", func(ctx context.Context) error { a.anomaly.Run(ctx); return nil }},
-		{"rotation", func(ctx context.Context) error { a.rotation.Run(ctx); return nil }},
+		{"rotation", a.runRotation},
 	}
+}
+
+// runRotation runs the rotation schedule. With a store many agents share,
+// only the elected agent runs it, so a token is rotated once per mesh, not
+// once per node; the role moves when that agent stops or vanishes.
+func (a *Agent) runRotation(ctx context.Context) error {
+	run := func(ctx context.Context) {
+		a.rotationLeader.Store(true)
+		defer a.rotationLeader.Store(false)
+		a.log.Info("running the rotation schedule")
+		a.rotation.Run(ctx)
+	}
+	if l, ok := a.store.(store.Leader); ok {
+		host, _ := os.Hostname()
+		return l.Lead(ctx, "rotation", fmt.Sprintf("%s/%d", host, os.Getpid()), run)
+	}
+	run(ctx)
+	return nil
 }

@@ -142,3 +142,12 @@ type Store interface {
 
 	Close() error
 }
+
+// Leader is implemented by backends many agents share (etcd): Lead runs fn
+// while this agent (named id) holds the named role, campaigning again after
+// losing it, until ctx ends. Work that must happen once per mesh, such as
+// scheduled rotation, runs under it; with a single-node backend the agent
+// always leads.
+type Leader interface {
+	Lead(ctx context.Context, name, id string, fn func(ctx context.Context)) error
+}
