@@ -30,9 +30,6 @@ func (a *Agent) observeCheck(ev authz.Event) {
 	if d.TokenID == "" {
 		return
 	}
-	if ev.WireHash != 0 && d.WireHash == 0 {
-		d.WireHash = ev.WireHash
-	}
 	if a.tokens.learn(d, a.learnedUntil) && d.Reason == policy.ReasonRevoked && a.kernel != nil {
 		// A revoked token the index did not know: the kernel can drop it
 		// now that its hash is known.

@@ -141,13 +141,10 @@ func (d *Decider) verified(v *Verifier, token string, now time.Time) (*Token, Re
 		// purged the cache) is verified again: its lifetime, class and key
 		// may no longer pass.
 		if t, ok := d.cache.Get(token, now); ok && t.verifiedBy == v {
-			// The signature and claims were checked when cached; what can
-			// change since is time.
+			// The signature and claims were checked under this very policy
+			// and key set; what can change since is time.
 			if r := checkTimes(&t.Claims, now); r != "" {
 				return nil, r
-			}
-			if !v.Keys.Has(t.KeyID) {
-				return nil, ReasonUnknownKey
 			}
 			return t, ""
 		}
@@ -174,12 +171,12 @@ func denyToken(dec Decision, r Reason) Decision {
 // ("Bearer <token>", scheme case-insensitive). It returns "" when the header
 // is absent or of another scheme.
 //
-// It reads the header as RFC 6750 writes it, and as the kernel side does:
-// "Bearer", one or more SP, the token. Only SP separates scheme and token,
-// and only SP and HTAB (the OWS proxies drop) are trimmed after it. Any
-// other leading byte (HTAB, NBSP, ...) stays and makes the token malformed:
-// were it trimmed here, a request the kernel does not recognize as carrying
-// the token (and so neither counts nor drops) would be allowed.
+// It reads the header as RFC 6750 writes it: "Bearer", one or more SP, the
+// token. Only SP separates scheme and token, and only SP and HTAB (the OWS
+// proxies drop) are trimmed after it. Any other leading byte (HTAB, NBSP,
+// ...) stays and makes the token malformed. The kernel side accepts at
+// least this much (it also skips HTAB), so every token allowed here is one
+// the kernel finds, counts and can drop.
 func BearerToken(authorization string) string {
 	const scheme = "bearer "
 	if len(authorization) <= len(scheme) || !strings.EqualFold(authorization[:len(scheme)], scheme) {

@@ -155,7 +155,7 @@ func (s *Server) stop(start time.Time, ev *Event, token string) {
 		ev.WireHash = ev.Decision.WireHash
 	}
 	if ev.WireHash == 0 && token != "" {
-		ev.WireHash = wireHash(token)
+		ev.WireHash = policy.WireHash(token)
 	}
 	if s.metrics != nil {
 		s.metrics.observe(&ev.Decision, ev.Duration)
@@ -178,17 +178,6 @@ func (s *Server) observe(ev *Event) {
 
 func denyDecision(r policy.Reason) policy.Decision {
 	return policy.Decision{Status: r.Status(), Reason: r}
-}
-
-// wireHash is policy.WireHash (FNV-1a 64) without a []byte conversion.
-func wireHash(token string) uint64 {
-	const offset, prime = 14695981039346656037, 1099511628211
-	h := uint64(offset)
-	for i := 0; i < len(token); i++ {
-		h ^= uint64(token[i])
-		h *= prime
-	}
-	return h
 }
 
 // setsHeader reports whether an allowed decision sets the x-tokenwarden-
