@@ -64,10 +64,14 @@ func createKEK(path string) ([]byte, error) {
 		return nil, fmt.Errorf("create key-encryption key in %s: %w", dir, err)
 	}
 	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err == nil {
-		if _, err = tmp.Write(kek); err == nil {
-			err = tmp.Sync()
-		}
+	// One err for every step: a failed chmod, write or sync must not be
+	// lost, or a short or unsynced key file would be linked into place.
+	err = tmp.Chmod(0o600)
+	if err == nil {
+		_, err = tmp.Write(kek)
+	}
+	if err == nil {
+		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr

@@ -6,13 +6,11 @@ package bolt
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -33,11 +31,6 @@ const (
 	// it is dropped: enough to absorb a burst of revocations (a key
 	// compromise, a tenant offboarding) while the reader is busy.
 	defaultWatchBuffer = 1024
-
-	// maxRecordSize bounds one stored JSON value. Real records are a few
-	// hundred bytes; the bound keeps a corrupt file from making a read
-	// allocate without limit.
-	maxRecordSize = 64 << 10
 )
 
 var (
@@ -73,17 +66,15 @@ func WithWatchBuffer(n int) Option {
 // Store is a store.Store kept in one bbolt file. It is safe for concurrent
 // use.
 type Store struct {
-	db          *bbolt.DB
-	watchBuffer int
+	db *bbolt.DB
 
 	// writeMu spans a commit and the publication of its event, so watchers
 	// see events in commit order. bbolt admits one writer at a time anyway,
 	// so this costs no concurrency.
 	writeMu sync.Mutex
 
-	closed   atomic.Bool
-	mu       sync.Mutex // guards watchers and the moment closed is set
-	watchers map[*watcher]struct{}
+	// watchers gets every committed change; it is closed when the store is.
+	watchers *store.Fanout
 }
 
 var _ store.Store = (*Store)(nil)
@@ -128,7 +119,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	return &Store{db: db, watchBuffer: o.watchBuffer, watchers: make(map[*watcher]struct{})}, nil
+	return &Store{db: db, watchers: store.NewFanout(o.watchBuffer)}, nil
 }
 
 func describeHolder(path string) string {
@@ -146,17 +137,9 @@ func (s *Store) Close() error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 
-	s.mu.Lock()
-	if s.closed.Load() {
-		s.mu.Unlock()
+	if !s.watchers.Close() {
 		return nil
 	}
-	s.closed.Store(true)
-	for w := range s.watchers {
-		s.dropLocked(w)
-	}
-	s.mu.Unlock()
-
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close store %s: %w", s.db.Path(), err)
 	}
@@ -165,7 +148,7 @@ func (s *Store) Close() error {
 
 // view runs fn in a read transaction.
 func (s *Store) view(ctx context.Context, fn func(tx *bbolt.Tx) error) error {
-	if err := s.usable(ctx); err != nil {
+	if err := store.Usable(ctx, s.watchers.Closed()); err != nil {
 		return err
 	}
 	return closedErr(s.db.View(fn))
@@ -175,7 +158,7 @@ func (s *Store) view(ctx context.Context, fn func(tx *bbolt.Tx) error) error {
 // returns, and then publishes the event fn built. Nothing is published for a
 // failed transaction.
 func (s *Store) commit(ctx context.Context, fn func(tx *bbolt.Tx) (store.Event, error)) error {
-	if err := s.usable(ctx); err != nil {
+	if err := store.Usable(ctx, s.watchers.Closed()); err != nil {
 		return err
 	}
 	s.writeMu.Lock()
@@ -189,17 +172,7 @@ func (s *Store) commit(ctx context.Context, fn func(tx *bbolt.Tx) (store.Event, 
 	if err != nil {
 		return closedErr(err)
 	}
-	s.publish(ev)
-	return nil
-}
-
-func (s *Store) usable(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
+	s.watchers.Publish(ev)
 	return nil
 }
 
@@ -209,26 +182,4 @@ func closedErr(err error) error {
 		return store.ErrClosed
 	}
 	return err
-}
-
-func encode(v any) ([]byte, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxRecordSize {
-		return nil, fmt.Errorf("record is %d bytes, over the %d-byte limit", len(b), maxRecordSize)
-	}
-	return b, nil
-}
-
-func decode[T any](b []byte) (T, error) {
-	var v T
-	if len(b) > maxRecordSize {
-		return v, fmt.Errorf("stored record is %d bytes, over the %d-byte limit: the database may be corrupt", len(b), maxRecordSize)
-	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return v, fmt.Errorf("decode stored record: %w", err)
-	}
-	return v, nil
 }

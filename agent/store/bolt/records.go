@@ -50,7 +50,7 @@ func (s *Store) PutToken(ctx context.Context, t store.TokenRecord) error {
 	if t.ID == "" {
 		return errors.New("put token: empty id")
 	}
-	v, err := encode(t)
+	v, err := store.EncodeRecord(t)
 	if err != nil {
 		return fmt.Errorf("put token %s: %w", t.ID, err)
 	}
@@ -58,7 +58,7 @@ func (s *Store) PutToken(ctx context.Context, t store.TokenRecord) error {
 		tokens, byLeak := tx.Bucket(bucketTokens), tx.Bucket(bucketTokensByLeak)
 		id := []byte(t.ID)
 		if old := tokens.Get(id); old != nil {
-			prev, err := decode[store.TokenRecord](old)
+			prev, err := store.DecodeRecord[store.TokenRecord](old)
 			if err != nil {
 				return store.Event{}, err
 			}
@@ -219,7 +219,7 @@ func (s *Store) Revocations(ctx context.Context) ([]policy.Revocation, error) {
 // stored bytes decoded afresh, so watchers get exactly what a reload would
 // and share no memory with the caller.
 func put[T any](ctx context.Context, s *Store, bucket []byte, id string, v T, event func(*T) store.Event) error {
-	b, err := encode(v)
+	b, err := store.EncodeRecord(v)
 	if err != nil {
 		return err
 	}
@@ -227,7 +227,7 @@ func put[T any](ctx context.Context, s *Store, bucket []byte, id string, v T, ev
 		if err := tx.Bucket(bucket).Put([]byte(id), b); err != nil {
 			return store.Event{}, err
 		}
-		stored, err := decode[T](b)
+		stored, err := store.DecodeRecord[T](b)
 		if err != nil {
 			return store.Event{}, err
 		}
@@ -236,7 +236,7 @@ func put[T any](ctx context.Context, s *Store, bucket []byte, id string, v T, ev
 }
 
 func tokenEvent(v []byte, deleted bool) (store.Event, error) {
-	t, err := decode[store.TokenRecord](v)
+	t, err := store.DecodeRecord[store.TokenRecord](v)
 	if err != nil {
 		return store.Event{}, err
 	}
@@ -257,7 +257,7 @@ func get[T any](b *bbolt.Bucket, id string) (T, error) {
 		var zero T
 		return zero, store.ErrNotFound
 	}
-	return decode[T](v)
+	return store.DecodeRecord[T](v)
 }
 
 // scan decodes every value in b, in key order, keeping those keep accepts.
@@ -270,7 +270,7 @@ func scan[T any](ctx context.Context, b *bbolt.Bucket, keep func(*T) bool) ([]T,
 				return err
 			}
 		}
-		rec, err := decode[T](v)
+		rec, err := store.DecodeRecord[T](v)
 		if err != nil {
 			return fmt.Errorf("record %s: %w", k, err)
 		}

@@ -2,9 +2,9 @@
 // and revocation rules kept in an etcd cluster under one key prefix. Every
 // agent watches it, so a revocation made anywhere is enforced everywhere.
 //
-// Records are the same JSON values, bounded to the same size, as the
-// embedded bolt store's. Under the prefix (default "/tokenwarden/") they live
-// at
+// Records are the same JSON values, bounded to the same size
+// (store.EncodeRecord), as the embedded bolt store's. Under the prefix
+// (default "/tokenwarden/") they live at
 //
 //	keys/<kid>               store.Key
 //	tokens/<jti>             store.TokenRecord
@@ -20,9 +20,9 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,11 +49,6 @@ const (
 	// revocations (a key compromise, a tenant offboarding) while the reader
 	// is busy.
 	defaultWatchBuffer = 1024
-
-	// maxRecordSize bounds one stored JSON value, the same bound as the bolt
-	// store's. Real records are a few hundred bytes; the bound keeps a
-	// foreign or damaged value from making a read allocate without limit.
-	maxRecordSize = 64 << 10
 
 	// Keep-alive pings let a watch notice a dead connection (a node or
 	// network gone without a FIN) within seconds instead of waiting on TCP.
@@ -222,15 +217,7 @@ func (s *Store) Close() error {
 	return nil
 }
 
-func (s *Store) usable(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	return nil
-}
+func (s *Store) usable(ctx context.Context) error { return store.Usable(ctx, s.closed.Load()) }
 
 // fail reports an error from the cluster: a call that raced with Close as
 // store.ErrClosed, one whose context ended as that context's error.
@@ -258,24 +245,7 @@ func (s *Store) currentRevision(ctx context.Context) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
-func encode(v any) (string, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return "", err
-	}
-	if len(b) > maxRecordSize {
-		return "", fmt.Errorf("record is %d bytes, over the %d-byte limit", len(b), maxRecordSize)
-	}
-	return string(b), nil
-}
-
-func decode[T any](b []byte) (T, error) {
-	var v T
-	if len(b) > maxRecordSize {
-		return v, fmt.Errorf("stored record is %d bytes, over the %d-byte limit: something other than tokenwarden wrote it", len(b), maxRecordSize)
-	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return v, fmt.Errorf("decode stored record: %w", err)
-	}
-	return v, nil
+// LogValue keeps the password out of structured logs.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(slog.Any("endpoints", c.Endpoints), slog.String("prefix", c.Prefix), slog.String("username", c.Username))
 }

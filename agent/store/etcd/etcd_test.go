@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tokenwarden/tokenwarden/agent/store"
@@ -104,34 +105,19 @@ func tokenRecord(id string) store.TokenRecord {
 	}
 }
 
-// nextEvent waits up to d for the next event on ch.
-func nextEvent(t *testing.T, ch <-chan store.Event, d time.Duration) store.Event {
+// watchSeesPut checks that a new Watch on s gets the put of revocation id.
+func watchSeesPut(t *testing.T, s *Store, id string) {
 	t.Helper()
-	select {
-	case ev, ok := <-ch:
-		if !ok {
-			t.Fatal("watch channel closed, want an event")
-		}
-		return ev
-	case <-time.After(d):
-		t.Fatalf("no event within %v", d)
+	ctx := t.Context()
+	events, err := s.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	panic("unreachable")
-}
-
-// waitClosed fails unless ch closes within d; buffered events are skipped.
-func waitClosed(t *testing.T, ch <-chan store.Event, d time.Duration) {
-	t.Helper()
-	deadline := time.After(d)
-	for {
-		select {
-		case _, ok := <-ch:
-			if !ok {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("watch channel still open after %v", d)
-		}
+	if err := s.PutRevocation(ctx, revocation(id)); err != nil {
+		t.Fatal(err)
+	}
+	if got := storetest.Describe(storetest.NextEvent(t, events, 5*time.Second)); got != "put revocation "+id {
+		t.Errorf("event = %s, want put revocation %s", got, id)
 	}
 }
 
@@ -161,7 +147,7 @@ func TestRevocationReachesOtherNode(t *testing.T) {
 	if err := a.PutRevocation(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	ev := nextEvent(t, events, time.Second)
+	ev := storetest.NextEvent(t, events, time.Second)
 	t.Logf("revocation reached the other node's watch %v after the write began", time.Since(start))
 	if ev.Kind != store.EventRevocation || ev.Deleted || ev.Revocation == nil || !reflect.DeepEqual(*ev.Revocation, r) {
 		t.Fatalf("event = %+v, want put of %+v", ev, r)
@@ -175,7 +161,7 @@ func TestRevocationReachesOtherNode(t *testing.T) {
 	if err := a.DeleteRevocation(ctx, r.ID); err != nil {
 		t.Fatal(err)
 	}
-	ev = nextEvent(t, events, time.Second)
+	ev = storetest.NextEvent(t, events, time.Second)
 	if ev.Kind != store.EventRevocation || !ev.Deleted || ev.Revocation == nil || !reflect.DeepEqual(*ev.Revocation, r) {
 		t.Fatalf("event = %+v, want delete of %+v", ev, r)
 	}
@@ -188,7 +174,7 @@ func TestRevocationReachesOtherNode(t *testing.T) {
 	if got, err := b.TokenByLeakHash(ctx, tok.LeakHash); err != nil || got.ID != tok.ID {
 		t.Fatalf("TokenByLeakHash on the other node = %v, %v; want %s", got.ID, err, tok.ID)
 	}
-	if ev := nextEvent(t, events, time.Second); ev.Kind != store.EventToken || ev.Token.ID != tok.ID {
+	if ev := storetest.NextEvent(t, events, time.Second); ev.Kind != store.EventToken || ev.Token.ID != tok.ID {
 		t.Fatalf("event = %+v, want put of token %s", ev, tok.ID)
 	}
 }
@@ -218,8 +204,8 @@ func TestLeakIndexMakesNoEvents(t *testing.T) {
 	}
 	var got []string
 	for range 4 {
-		ev := nextEvent(t, events, 5*time.Second)
-		got = append(got, describe(ev))
+		ev := storetest.NextEvent(t, events, 5*time.Second)
+		got = append(got, storetest.Describe(ev))
 		if ev.Kind == store.EventToken && ev.Deleted && ev.Token.LeakHash != tok.LeakHash {
 			t.Errorf("delete event carries leak hash %x, want the removed record's %x", ev.Token.LeakHash[:4], tok.LeakHash[:4])
 		}
@@ -315,7 +301,7 @@ func TestSlowWatcherIsDropped(t *testing.T) {
 		if err := s.PutRevocation(ctx, revocation(fmt.Sprintf("rv_%d", i))); err != nil {
 			t.Fatal(err)
 		}
-		if got := describe(nextEvent(t, fast, 5*time.Second)); got != fmt.Sprintf("put revocation rv_%d", i) {
+		if got := storetest.Describe(storetest.NextEvent(t, fast, 5*time.Second)); got != fmt.Sprintf("put revocation rv_%d", i) {
 			t.Fatalf("fast watcher got %s", got)
 		}
 	}
@@ -336,7 +322,7 @@ func TestSlowWatcherIsDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ch := range []<-chan store.Event{again, fast} {
-		if got := describe(nextEvent(t, ch, 5*time.Second)); got != "put revocation rv_after" {
+		if got := storetest.Describe(storetest.NextEvent(t, ch, 5*time.Second)); got != "put revocation rv_after" {
 			t.Errorf("event = %s, want put revocation rv_after", got)
 		}
 	}
@@ -355,18 +341,9 @@ func TestWatchersCloseWhenEtcdWatchEnds(t *testing.T) {
 	s.mu.Lock()
 	s.session.cancel()
 	s.mu.Unlock()
-	waitClosed(t, events, 5*time.Second)
+	storetest.WaitClosed(t, events, 5*time.Second)
 
-	events, err = s.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutRevocation(ctx, revocation("rv_after_restart")); err != nil {
-		t.Fatal(err)
-	}
-	if got := describe(nextEvent(t, events, 5*time.Second)); got != "put revocation rv_after_restart" {
-		t.Errorf("event = %s, want put revocation rv_after_restart", got)
-	}
+	watchSeesPut(t, s, "rv_after_restart")
 }
 
 // When the history the store would resume from was compacted away, the new
@@ -383,7 +360,7 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 	s.mu.Lock()
 	s.session.cancel()
 	s.mu.Unlock()
-	waitClosed(t, events, 5*time.Second)
+	storetest.WaitClosed(t, events, 5*time.Second)
 
 	// Before the store resumes, history moves on and is compacted.
 	raw := rawClient(t)
@@ -415,16 +392,7 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	events, err = s.Watch(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.PutRevocation(ctx, revocation("rv_after_compaction")); err != nil {
-		t.Fatal(err)
-	}
-	if got := describe(nextEvent(t, events, 5*time.Second)); got != "put revocation rv_after_compaction" {
-		t.Errorf("event = %s, want put revocation rv_after_compaction", got)
-	}
+	watchSeesPut(t, s, "rv_after_compaction")
 }
 
 // A compacted or cancelled etcd watch response ends the session.
@@ -437,10 +405,14 @@ func TestConsumeEndsOnCompactionAndCancel(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ch := make(chan clientv3.WatchResponse, 1)
 			ch <- resp
-			if _, err := s.consume(ch, 1); err == nil {
+			_, err := s.consume(ch, 1)
+			if err == nil {
 				t.Fatal("consume returned nil")
-			} else {
-				t.Log(err)
+			}
+			t.Log(err)
+			// run restarts from the current revision only on ErrCompacted.
+			if compacted := errors.Is(err, rpctypes.ErrCompacted); compacted != (name == "compacted") {
+				t.Errorf("errors.Is(%v, ErrCompacted) = %v", err, compacted)
 			}
 		})
 	}
@@ -470,13 +442,13 @@ func TestForeignValue(t *testing.T) {
 	if err := s.PutRevocation(ctx, revocation("rv_good")); err != nil {
 		t.Fatal(err)
 	}
-	if got := describe(nextEvent(t, events, 5*time.Second)); got != "put revocation rv_good" {
+	if got := storetest.Describe(storetest.NextEvent(t, events, 5*time.Second)); got != "put revocation rv_good" {
 		t.Errorf("event = %s, want put revocation rv_good", got)
 	}
 	if _, err := s.Revocations(ctx); err == nil || !strings.Contains(err.Error(), "revocations/junk") {
 		t.Errorf("Revocations with a foreign value: error = %v, want one naming the key", err)
 	}
-	if _, err := raw.Put(ctx, s.prefix+nsKeys+"huge", strings.Repeat("x", maxRecordSize+1)); err != nil {
+	if _, err := raw.Put(ctx, s.prefix+nsKeys+"huge", strings.Repeat("x", store.MaxRecordSize+1)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Keys(ctx); err == nil || !strings.Contains(err.Error(), "limit") {
@@ -504,7 +476,7 @@ func TestPrefixesAreSeparate(t *testing.T) {
 func TestRecordSizeIsBounded(t *testing.T) {
 	s := openTest(t, Config{})
 	r := revocation("rv_big")
-	r.Reason = strings.Repeat("x", maxRecordSize)
+	r.Reason = strings.Repeat("x", store.MaxRecordSize)
 	if err := s.PutRevocation(t.Context(), r); err == nil || !strings.Contains(err.Error(), "limit") {
 		t.Errorf("PutRevocation of an oversized rule: error = %v", err)
 	}
@@ -566,25 +538,8 @@ func TestCloseWhileWatchRuns(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not return within 5s")
 	}
-	waitClosed(t, events, time.Second)
+	storetest.WaitClosed(t, events, time.Second)
 	if _, err := s.Token(t.Context(), "tok_a"); !errors.Is(err, store.ErrClosed) {
 		t.Errorf("Token after Close: %v, want ErrClosed", err)
 	}
-}
-
-func describe(ev store.Event) string {
-	verb := "put"
-	if ev.Deleted {
-		verb = "delete"
-	}
-	var id string
-	switch {
-	case ev.Key != nil:
-		id = ev.Key.ID
-	case ev.Token != nil:
-		id = ev.Token.ID
-	case ev.Revocation != nil:
-		id = ev.Revocation.ID
-	}
-	return fmt.Sprintf("%s %s %s", verb, ev.Kind, id)
 }

@@ -56,7 +56,7 @@ func (s *Store) PutToken(ctx context.Context, t store.TokenRecord) error {
 	if t.ID == "" {
 		return errors.New("put token: empty id")
 	}
-	v, err := encode(t)
+	v, err := store.EncodeRecord(t)
 	if err != nil {
 		return fmt.Errorf("put token %s: %w", t.ID, err)
 	}
@@ -78,7 +78,7 @@ func (s *Store) PutToken(ctx context.Context, t store.TokenRecord) error {
 		tokKVs := rresp.Responses[0].GetResponseRange().Kvs
 
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(tokKey), "=", modRevision(tokKVs))}
-		writes := []clientv3.Op{clientv3.OpPut(tokKey, v)}
+		writes := []clientv3.Op{clientv3.OpPut(tokKey, string(v))}
 		if leakKey != "" {
 			leakKVs := rresp.Responses[1].GetResponseRange().Kvs
 			// The leak hash covers the whole token, jti included, so two
@@ -90,7 +90,7 @@ func (s *Store) PutToken(ctx context.Context, t store.TokenRecord) error {
 			writes = append(writes, clientv3.OpPut(leakKey, t.ID))
 		}
 		if len(tokKVs) > 0 {
-			prev, err := decode[store.TokenRecord](tokKVs[0].Value)
+			prev, err := store.DecodeRecord[store.TokenRecord](tokKVs[0].Value)
 			if err != nil {
 				return fmt.Errorf("stored record: %w", err)
 			}
@@ -153,7 +153,7 @@ func (s *Store) tokenByLeakHash(ctx context.Context, h [32]byte) (store.TokenRec
 	if len(tresp.Kvs) == 0 {
 		return store.TokenRecord{}, fmt.Errorf("leak index names token %s, which is not stored: something other than tokenwarden changed the keys under %s", id, s.prefix)
 	}
-	return decode[store.TokenRecord](tresp.Kvs[0].Value)
+	return store.DecodeRecord[store.TokenRecord](tresp.Kvs[0].Value)
 }
 
 // Tokens returns the records that match f, ordered by ID. It reads every
@@ -179,7 +179,7 @@ func (s *Store) DeleteToken(ctx context.Context, id string) error {
 		if len(resp.Kvs) == 0 {
 			return store.ErrNotFound
 		}
-		prev, err := decode[store.TokenRecord](resp.Kvs[0].Value)
+		prev, err := store.DecodeRecord[store.TokenRecord](resp.Kvs[0].Value)
 		if err != nil {
 			return fmt.Errorf("stored record: %w", err)
 		}
@@ -254,14 +254,14 @@ func (s *Store) Revocations(ctx context.Context) ([]policy.Revocation, error) {
 
 // put stores v's encoding under key.
 func (s *Store) put(ctx context.Context, key string, v any) error {
-	b, err := encode(v)
+	b, err := store.EncodeRecord(v)
 	if err != nil {
 		return err
 	}
 	if err := s.usable(ctx); err != nil {
 		return err
 	}
-	if _, err := s.cli.Put(ctx, key, b); err != nil {
+	if _, err := s.cli.Put(ctx, key, string(b)); err != nil {
 		return s.fail(ctx, err)
 	}
 	return nil
@@ -314,7 +314,7 @@ func get[T any](ctx context.Context, s *Store, key string) (T, error) {
 	if len(resp.Kvs) == 0 {
 		return zero, store.ErrNotFound
 	}
-	return decode[T](resp.Kvs[0].Value)
+	return store.DecodeRecord[T](resp.Kvs[0].Value)
 }
 
 // scan decodes every value in namespace ns, in key order, keeping those keep
@@ -342,7 +342,7 @@ func scan[T any](ctx context.Context, s *Store, ns string, keep func(*T) bool) (
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			rec, err := decode[T](kv.Value)
+			rec, err := store.DecodeRecord[T](kv.Value)
 			if err != nil {
 				return nil, fmt.Errorf("record %s: %w", kv.Key, err)
 			}

@@ -171,8 +171,7 @@ func (s *Store) sendLocked(w *watcher, ev store.Event) bool {
 
 func (s *Store) dropSlowLocked(w *watcher) {
 	s.dropLocked(w)
-	slog.Warn("store: dropped a watcher that fell behind; it must reload and watch again",
-		"buffer", s.watchBuffer)
+	store.LogDroppedWatcher(s.watchBuffer)
 }
 
 func (s *Store) unwatch(w *watcher) {
@@ -354,7 +353,7 @@ func record[T any](value []byte, withID func(*T)) (*T, error) {
 		withID(&v)
 		return &v, nil
 	}
-	v, err := decode[T](value)
+	v, err := store.DecodeRecord[T](value)
 	if err != nil {
 		return nil, err
 	}

@@ -406,7 +406,7 @@ func testWatchOrder(t *testing.T, s store.Store) {
 		want = append(want, *st.want)
 	}
 	for i, w := range want {
-		equal(t, fmt.Sprintf("event %d (%s)", i, describe(w)), next(t, events), w)
+		equal(t, fmt.Sprintf("event %d (%s)", i, Describe(w)), next(t, events), w)
 	}
 }
 
@@ -416,7 +416,7 @@ func testWatchOnlyLaterChanges(t *testing.T, s store.Store) {
 	events, err := s.Watch(ctx)
 	must(t, err)
 	must(t, s.PutRevocation(ctx, revocation("rv_after", "tok_b")))
-	if got := describe(next(t, events)); got != "put revocation rv_after" {
+	if got := Describe(next(t, events)); got != "put revocation rv_after" {
 		t.Errorf("first event = %s, want put revocation rv_after", got)
 	}
 }
@@ -450,7 +450,7 @@ func testWatchFanOut(t *testing.T, s store.Store) {
 	for i, ch := range chans {
 		var seen []string
 		for range writers * perWriter {
-			seen = append(seen, describe(next(t, ch)))
+			seen = append(seen, Describe(next(t, ch)))
 		}
 		// Every watcher sees the one commit order.
 		if i == 0 {
@@ -485,7 +485,7 @@ func testWatchEndsWithContext(t *testing.T, s store.Store) {
 
 	// Writes carry on, and reach the watcher whose context is still live.
 	must(t, s.PutRevocation(t.Context(), revocation("rv_1", "tok_a")))
-	if got := describe(next(t, other)); got != "put revocation rv_1" {
+	if got := Describe(next(t, other)); got != "put revocation rv_1" {
 		t.Errorf("event = %s, want put revocation rv_1", got)
 	}
 }
@@ -508,9 +508,22 @@ func testClose(t *testing.T, s store.Store) {
 	}
 }
 
-// next returns the next event on ch, failing the test if none comes or the
-// channel closes.
+// next returns the next event on ch, failing the test if none comes within
+// eventTimeout or the channel closes.
 func next(t *testing.T, ch <-chan store.Event) store.Event {
+	t.Helper()
+	return NextEvent(t, ch, eventTimeout)
+}
+
+// closedWithin fails the test unless ch is closed within eventTimeout.
+func closedWithin(t *testing.T, ch <-chan store.Event) {
+	t.Helper()
+	WaitClosed(t, ch, eventTimeout)
+}
+
+// NextEvent returns the next event on ch, failing the test if none comes
+// within d or the channel closes.
+func NextEvent(t *testing.T, ch <-chan store.Event, d time.Duration) store.Event {
 	t.Helper()
 	select {
 	case ev, ok := <-ch:
@@ -518,17 +531,17 @@ func next(t *testing.T, ch <-chan store.Event) store.Event {
 			t.Fatal("watch channel closed, want an event")
 		}
 		return ev
-	case <-time.After(eventTimeout):
-		t.Fatalf("no event within %v", eventTimeout)
+	case <-time.After(d):
+		t.Fatalf("no event within %v", d)
 	}
 	panic("unreachable")
 }
 
-// closedWithin fails the test unless ch is closed soon. Events already
+// WaitClosed fails the test unless ch is closed within d. Events already
 // buffered are skipped.
-func closedWithin(t *testing.T, ch <-chan store.Event) {
+func WaitClosed(t *testing.T, ch <-chan store.Event, d time.Duration) {
 	t.Helper()
-	deadline := time.After(eventTimeout)
+	deadline := time.After(d)
 	for {
 		select {
 		case _, ok := <-ch:
@@ -536,13 +549,13 @@ func closedWithin(t *testing.T, ch <-chan store.Event) {
 				return
 			}
 		case <-deadline:
-			t.Fatalf("watch channel still open after %v", eventTimeout)
+			t.Fatalf("watch channel still open after %v", d)
 		}
 	}
 }
 
-// describe names an event for messages: "put revocation rv_1".
-func describe(ev store.Event) string {
+// Describe names an event for messages: "put revocation rv_1".
+func Describe(ev store.Event) string {
 	verb := "put"
 	if ev.Deleted {
 		verb = "delete"
