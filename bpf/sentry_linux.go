@@ -202,6 +202,12 @@ func (s *Sentry) AttachCgroup(path string) error {
 // Revoke adds a token hash to the revoked set: from now on requests that
 // carry the token are dropped and reported. Revoking twice is not an error.
 func (s *Sentry) Revoke(hash uint64) error {
+	return s.changeRevoked(func() error { return s.revoke(hash) })
+}
+
+// changeRevoked runs change with the revoked set locked against Close and
+// against other changes, or returns ErrClosed.
+func (s *Sentry) changeRevoked(change func() error) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	s.revokeMu.Lock()
@@ -209,7 +215,7 @@ func (s *Sentry) Revoke(hash uint64) error {
 	if s.closed {
 		return ErrClosed
 	}
-	return s.revoke(hash)
+	return change()
 }
 
 func (s *Sentry) revoke(hash uint64) error {
@@ -225,14 +231,7 @@ func (s *Sentry) revoke(hash uint64) error {
 // Unrevoke removes a token hash from the revoked set. Removing a hash that
 // is not there is not an error.
 func (s *Sentry) Unrevoke(hash uint64) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	s.revokeMu.Lock()
-	defer s.revokeMu.Unlock()
-	if s.closed {
-		return ErrClosed
-	}
-	return s.unrevoke(hash)
+	return s.changeRevoked(func() error { return s.unrevoke(hash) })
 }
 
 func (s *Sentry) unrevoke(hash uint64) error {
@@ -247,13 +246,10 @@ func (s *Sentry) unrevoke(hash uint64) error {
 // enforced throughout. It fails with ErrRevokedFull, changing nothing, if
 // hashes has more distinct entries than Config.MaxRevoked.
 func (s *Sentry) SetRevoked(hashes []uint64) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	s.revokeMu.Lock()
-	defer s.revokeMu.Unlock()
-	if s.closed {
-		return ErrClosed
-	}
+	return s.changeRevoked(func() error { return s.setRevoked(hashes) })
+}
+
+func (s *Sentry) setRevoked(hashes []uint64) error {
 	want := make(map[uint64]struct{}, len(hashes))
 	for _, h := range hashes {
 		want[h] = struct{}{}

@@ -386,43 +386,43 @@ func (rawCodec) Unmarshal(data []byte, v any) error {
 
 // statusCode reads CheckResponse.status.code (field 1 of field 1).
 func statusCode(b []byte) (uint64, error) {
+	b, err := findField(b, 1, protowire.BytesType)
+	if b == nil || err != nil {
+		return 0, err
+	}
+	status, n := protowire.ConsumeBytes(b)
+	if n < 0 {
+		return 0, protowire.ParseError(n)
+	}
+	v, err := findField(status, 1, protowire.VarintType)
+	if v == nil || err != nil {
+		return 0, err
+	}
+	code, n := protowire.ConsumeVarint(v)
+	if n < 0 {
+		return 0, protowire.ParseError(n)
+	}
+	return code, nil
+}
+
+// findField skips b's fields up to the first one numbered num of type typ
+// and returns what follows its tag, or nil if there is none.
+func findField(b []byte, num protowire.Number, typ protowire.Type) ([]byte, error) {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+		gotNum, gotTyp, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return 0, protowire.ParseError(n)
+			return nil, protowire.ParseError(n)
 		}
 		b = b[n:]
-		if num == 1 && typ == protowire.BytesType {
-			status, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return 0, protowire.ParseError(n)
-			}
-			for len(status) > 0 {
-				num, typ, n := protowire.ConsumeTag(status)
-				if n < 0 {
-					return 0, protowire.ParseError(n)
-				}
-				status = status[n:]
-				if num == 1 && typ == protowire.VarintType {
-					code, n := protowire.ConsumeVarint(status)
-					if n < 0 {
-						return 0, protowire.ParseError(n)
-					}
-					return code, nil
-				}
-				if n = protowire.ConsumeFieldValue(num, typ, status); n < 0 {
-					return 0, protowire.ParseError(n)
-				}
-				status = status[n:]
-			}
-			return 0, nil
+		if gotNum == num && gotTyp == typ {
+			return b, nil
 		}
-		if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
-			return 0, protowire.ParseError(n)
+		if n = protowire.ConsumeFieldValue(gotNum, gotTyp, b); n < 0 {
+			return nil, protowire.ParseError(n)
 		}
 		b = b[n:]
 	}
-	return 0, nil
+	return nil, nil
 }
 
 // rawHTTP is one keep-alive HTTP/1.1 connection.
