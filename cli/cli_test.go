@@ -328,3 +328,12 @@ func TestPrintableEscapesTerminalControls(t *testing.T) {
 		}
 	}
 }
+
+// A token pasted as an argument is not echoed back in the error.
+func TestErrorsRedactTokens(t *testing.T) {
+	const tok = "tw_eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJjaSJ9.c2lnbmF0dXJlc2lnbmF0dXJl"
+	_, errOut, code := run(t, "token", "list", tok)
+	if code != 2 || strings.Contains(errOut, tok) || !strings.Contains(errOut, "<token redacted>") {
+		t.Fatalf("exit %d; stderr:\n%s", code, errOut)
+	}
+}

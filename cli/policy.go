@@ -3,7 +3,6 @@ package cli
 import (
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -58,10 +57,5 @@ func checkPolicyFile(w io.Writer, path string) bool {
 // hold, so that policy.Load refuses an oversized file by its size instead
 // of it being read into memory whole.
 func readPolicy(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, policy.MaxDocumentBytes+1))
+	return readBounded(path, policy.MaxDocumentBytes+1)
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+
+	"github.com/tokenwarden/tokenwarden/policy"
 )
 
 // Environment variables that set CLI defaults.
@@ -21,12 +23,7 @@ const (
 
 // defaultDataDir is where `make run` keeps its state: .data in the current
 // directory, unless TOKENWARDEN_DATA_DIR says otherwise.
-func defaultDataDir() string {
-	if d := os.Getenv(envDataDir); d != "" {
-		return d
-	}
-	return ".data"
-}
+func defaultDataDir() string { return envOr(envDataDir, ".data") }
 
 func envOr(name, fallback string) string {
 	if v := os.Getenv(name); v != "" {
@@ -77,7 +74,7 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(w, "tokenwarden:", err)
+	fmt.Fprintln(w, "tokenwarden:", redactTokens(err.Error()))
 	var ee *exitErr
 	if errors.As(err, &ee) {
 		if ee.code == exitUsage && cmd != nil {
@@ -93,6 +90,18 @@ func report(w io.Writer, cmd *cobra.Command, err error) int {
 		fmt.Fprintf(w, "Run '%s --help' for usage.\n", cmd.CommandPath())
 	}
 	return exitUsage
+}
+
+// redactTokens blanks out whatever looks like a token in an error message:
+// cobra quotes an unexpected argument back, and a token pasted where an id
+// belongs would otherwise land on stderr, and from there in CI logs.
+func redactTokens(msg string) string {
+	cands := policy.FindCandidates([]byte(msg), 0)
+	for i := len(cands) - 1; i >= 0; i-- {
+		c := cands[i]
+		msg = msg[:c.Offset] + "<token redacted>" + msg[c.Offset+len(c.Text):]
+	}
+	return msg
 }
 
 // markRunErrors wraps the RunE of every command under c, so that report

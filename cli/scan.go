@@ -25,8 +25,9 @@ const maxScanFileBytes = 64 << 20
 // exitFound is scan's exit status when it found tokens.
 const exitFound = 3
 
-// readBounded reads a file that was no larger than limit when listed,
-// reading no more than limit even if it grew since.
+// readBounded reads at most limit bytes of a file: a scanned file that was
+// no larger than limit when listed may have grown since, and a policy file
+// is read one byte past its limit so policy.Load refuses it by size.
 func readBounded(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {

@@ -234,7 +234,7 @@ func tokenIDArg(cmd *cobra.Command, args []string) error {
 	if len(args) != 1 || strings.TrimSpace(args[0]) == "" {
 		return fmt.Errorf("give one token ID (the ID column of `tokenwarden token list`), got %d argument(s)", len(args))
 	}
-	if strings.HasPrefix(args[0], "tw_") {
+	if strings.HasPrefix(args[0], policy.TokenPrefix) {
 		return fmt.Errorf("that is a token, not a token ID: pass its ID (the ID column of `tokenwarden token list`), and treat the token as leaked if it was pasted somewhere shared")
 	}
 	return nil

@@ -35,6 +35,8 @@ const (
 	ActionAnomaly           = "anomaly"
 	ActionKernelDrop        = "kernel.drop"
 	ActionRotationFailed    = "rotation.failed"
+	// ActionDeliveryFailed: a successor was issued but a sink did not get it.
+	ActionDeliveryFailed = "rotation.delivery_failed"
 )
 
 // ActorSystem is the actor of records the agent writes on its own behalf

@@ -56,8 +56,8 @@ type UseRecorder struct {
 	denyUsed    atomic.Int64
 	suppressed  atomic.Uint64
 	dropped     atomic.Uint64 // records lost to a full queue
-	writeErrors atomic.Uint64
-	mode        atomic.Value // string
+	writeErrors atomic.Uint64 // records the log refused; only the first is logged
+	mode        atomic.Value  // string
 }
 
 type allowCount struct {
@@ -158,9 +158,6 @@ func (u *UseRecorder) enqueue(r Record) {
 
 // Dropped is how many records were lost to a full queue.
 func (u *UseRecorder) Dropped() uint64 { return u.dropped.Load() }
-
-// WriteErrors is how many records the log refused.
-func (u *UseRecorder) WriteErrors() uint64 { return u.writeErrors.Load() }
 
 // Run writes queued records and the per-interval summaries until ctx ends,
 // then flushes what is left.

@@ -22,13 +22,6 @@ import (
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
-// Audit actions this package writes besides audit.ActionTokenExpire and
-// audit.ActionRotationFailed.
-const (
-	ActionTokenExpiring  = "token.expiring"
-	ActionDeliveryFailed = "rotation.delivery_failed"
-)
-
 // Triggers, the trigger label of tokenwarden_rotations_total.
 const (
 	TriggerSchedule = "schedule"
@@ -326,7 +319,7 @@ func (s *Scheduler) deliver(ctx context.Context, predecessor string, issued issu
 		s.deliveries[b.kind][resultError].Inc()
 		s.log.Error("successor not delivered", "token_id", rec.ID, "predecessor", predecessor, "sink", b.kind, "err", err)
 		s.appendAudit(audit.Record{
-			Action: ActionDeliveryFailed, Actor: actor, TokenID: rec.ID, Subject: rec.Subject, Tenant: rec.Tenant,
+			Action: audit.ActionDeliveryFailed, Actor: actor, TokenID: rec.ID, Subject: rec.Subject, Tenant: rec.Tenant,
 			Reason: b.kind, Details: details(map[string]any{"sink": b.kind, "error": err.Error(), "predecessor": predecessor}),
 		})
 		failed = append(failed, fmt.Errorf("%s sink: %w", b.kind, err))
@@ -348,7 +341,7 @@ func (s *Scheduler) warnBefore(r store.TokenRecord) time.Duration {
 
 func (s *Scheduler) warnExpiring(ctx context.Context, r store.TokenRecord, now time.Time) error {
 	if _, err := s.cfg.Audit.Append(audit.Record{
-		Action: ActionTokenExpiring, Actor: issuer.ActorSystem, TokenID: r.ID, Subject: r.Subject, Tenant: r.Tenant,
+		Action: audit.ActionTokenExpiring, Actor: issuer.ActorSystem, TokenID: r.ID, Subject: r.Subject, Tenant: r.Tenant,
 		Details: details(map[string]any{"class": r.Class, "expires_at": r.ExpiresAt.UTC(), "remaining": r.ExpiresAt.Sub(now).Round(time.Second).String()}),
 	}); err != nil {
 		return fmt.Errorf("audit expiring token %s: %w", r.ID, err)

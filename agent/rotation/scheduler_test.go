@@ -396,7 +396,7 @@ func TestWebhookDelivery(t *testing.T) {
 			if attempts != tc.wantAttempts {
 				t.Errorf("%d attempts, want %d", attempts, tc.wantAttempts)
 			}
-			failures := f.audits(ActionDeliveryFailed)
+			failures := f.audits(audit.ActionDeliveryFailed)
 			succ := f.record(pred.Record.ID).Successor
 			if succ == "" {
 				t.Fatal("no successor issued")
@@ -421,7 +421,7 @@ func TestWebhookDelivery(t *testing.T) {
 				t.Errorf("webhook deliveries error = %v, want 1", v)
 			}
 			if len(failures) != 1 {
-				t.Fatalf("%d %s records, want 1", len(failures), ActionDeliveryFailed)
+				t.Fatalf("%d %s records, want 1", len(failures), audit.ActionDeliveryFailed)
 			}
 			var d struct{ Sink, Error, Predecessor string }
 			if err := json.Unmarshal(failures[0].Details, &d); err != nil {
@@ -530,7 +530,7 @@ func TestExpiryWarnedAndRecordedOnce(t *testing.T) {
 		}
 	}
 	// One record of each kind per token, however many ticks saw it.
-	for _, action := range []string{ActionTokenExpiring, audit.ActionTokenExpire} {
+	for _, action := range []string{audit.ActionTokenExpiring, audit.ActionTokenExpire} {
 		recs := f.audits(action)
 		if len(recs) != 2 {
 			t.Fatalf("%d %s records, want 2", len(recs), action)

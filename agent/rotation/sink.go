@@ -13,8 +13,8 @@ import (
 )
 
 // Delivery is a successor token on its way to the service that uses it.
-// Token exists only in memory here and at the sink's destination: String
-// and LogValue leave it out, so a Delivery that reaches a log or an error
+// Token exists only in memory here and at the sink's destination: String,
+// GoString and LogValue leave it out, so a Delivery that reaches a log or an error
 // message does not leak it.
 type Delivery struct {
 	TokenID     string    `json:"token_id"`
@@ -30,6 +30,9 @@ type Delivery struct {
 func (d Delivery) String() string {
 	return fmt.Sprintf("delivery of %s (successor of %s, subject %s)", d.TokenID, d.Predecessor, d.Subject)
 }
+
+// GoString describes the delivery for %#v, without its token.
+func (d Delivery) GoString() string { return d.String() }
 
 // LogValue logs the delivery without its token.
 func (d Delivery) LogValue() slog.Value {
@@ -50,21 +53,10 @@ const (
 	KindWebhook = "webhook"
 )
 
-// SinksFor builds the sinks a class's delivery section names (none for a nil
-// spec). The webhook secret is read now, so a reload picks up a new one.
-func SinksFor(spec *policy.DeliverySpec) ([]Sink, error) {
-	var sinks []Sink
-	for _, b := range buildSinks(spec) {
-		if b.err != nil {
-			return nil, b.err
-		}
-		sinks = append(sinks, b.sink)
-	}
-	return sinks, nil
-}
-
 // builtSink is a sink of a delivery spec, or why it could not be built;
 // the scheduler delivers to the sinks that could, and reports the rest.
+// Sinks are built per delivery, so the webhook secret is read afresh and a
+// reload picks up a new one.
 type builtSink struct {
 	kind string
 	sink Sink

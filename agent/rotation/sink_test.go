@@ -138,25 +138,25 @@ func TestNewWebhookSinkSecret(t *testing.T) {
 	}
 }
 
-func TestSinksFor(t *testing.T) {
+func TestBuildSinks(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(secret, []byte("abc"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	sinks, err := SinksFor(&policy.DeliverySpec{File: "/run/ci.token", Webhook: &policy.WebhookSpec{URL: "https://r.example/hook", SecretFile: secret}})
-	if err != nil || len(sinks) != 2 {
-		t.Fatalf("SinksFor = %v, %v; want a file and a webhook sink", sinks, err)
+	sinks := buildSinks(&policy.DeliverySpec{File: "/run/ci.token", Webhook: &policy.WebhookSpec{URL: "https://r.example/hook", SecretFile: secret}})
+	if len(sinks) != 2 || sinks[0].err != nil || sinks[1].err != nil {
+		t.Fatalf("buildSinks = %+v; want a file and a webhook sink", sinks)
 	}
-	if _, ok := sinks[0].(*FileSink); !ok {
-		t.Errorf("first sink is %T", sinks[0])
+	if _, ok := sinks[0].sink.(*FileSink); !ok || sinks[0].kind != KindFile {
+		t.Errorf("first sink is %s %T", sinks[0].kind, sinks[0].sink)
 	}
-	if _, ok := sinks[1].(*WebhookSink); !ok {
-		t.Errorf("second sink is %T", sinks[1])
+	if _, ok := sinks[1].sink.(*WebhookSink); !ok || sinks[1].kind != KindWebhook {
+		t.Errorf("second sink is %s %T", sinks[1].kind, sinks[1].sink)
 	}
-	if sinks, err := SinksFor(nil); err != nil || len(sinks) != 0 {
-		t.Errorf("SinksFor(nil) = %v, %v", sinks, err)
+	if sinks := buildSinks(nil); len(sinks) != 0 {
+		t.Errorf("buildSinks(nil) = %+v", sinks)
 	}
-	if _, err := SinksFor(&policy.DeliverySpec{Webhook: &policy.WebhookSpec{URL: "https://r.example/hook"}}); err == nil {
+	if sinks := buildSinks(&policy.DeliverySpec{Webhook: &policy.WebhookSpec{URL: "https://r.example/hook"}}); len(sinks) != 1 || sinks[0].err == nil || sinks[0].sink != nil {
 		t.Error("a webhook without a secret was accepted")
 	}
 }
@@ -192,12 +192,42 @@ func TestDeliveryNeverPrintsToken(t *testing.T) {
 	d := Delivery{TokenID: "jti-1", Predecessor: "jti-0", Subject: "ci", Class: "ci-deploy", Token: fakeToken}
 	var buf bytes.Buffer
 	slog.New(slog.NewJSONHandler(&buf, nil)).Info("delivering", "delivery", d)
-	for _, s := range []string{buf.String(), fmt.Sprint(d), fmt.Sprintf("%v %+v %s", d, d, d)} {
+	for _, s := range []string{buf.String(), fmt.Sprint(d), fmt.Sprintf("%v %+v %s %#v", d, d, d, d)} {
 		if strings.Contains(s, fakeToken) {
 			t.Errorf("token printed: %s", s)
 		}
 		if !strings.Contains(s, "jti-1") {
 			t.Errorf("token id missing: %s", s)
 		}
+	}
+}
+
+// A credential in the webhook URL (a password, a query key) stays out of
+// errors, which reach the log and the audit record.
+func TestWebhookErrorsRedactURL(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusBadRequest)
+	}))
+	defer srv.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	for _, base := range []string{srv.URL, closed.URL} {
+		u := strings.Replace(base, "://", "://user:pa55word@", 1) + "/hook?code=qu3rykey#frag"
+		s := &WebhookSink{URL: u, Secret: []byte("k"), MaxAttempts: 1}
+		err := s.Deliver(t.Context(), Delivery{Token: fakeToken})
+		if err == nil {
+			t.Fatalf("%s: delivered", base)
+		}
+		for _, secret := range []string{"pa55word", "qu3rykey", fakeToken} {
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("error %q holds %q", err, secret)
+			}
+		}
+		if !strings.Contains(err.Error(), "/hook") {
+			t.Errorf("error %q does not name the receiver", err)
+		}
+	}
+	if _, err := NewWebhookSink(policy.WebhookSpec{URL: "https://u:pa55word@r.example/hook?code=qu3rykey"}); err == nil || strings.Contains(err.Error(), "pa55word") || strings.Contains(err.Error(), "qu3rykey") {
+		t.Errorf("NewWebhookSink error %v", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -67,18 +68,19 @@ func NewWebhookSink(spec policy.WebhookSpec) (*WebhookSink, error) {
 	if spec.URL == "" {
 		return nil, errors.New("webhook sink: no url")
 	}
+	where := redactURL(spec.URL)
 	if spec.SecretFile == "" {
-		return nil, fmt.Errorf("webhook sink %s: no secret_file: set one so the receiver can verify deliveries", spec.URL)
+		return nil, fmt.Errorf("webhook sink %s: no secret_file: set one so the receiver can verify deliveries", where)
 	}
 	raw, err := os.ReadFile(spec.SecretFile)
 	if err != nil {
-		return nil, fmt.Errorf("webhook sink %s: read secret: %w", spec.URL, err)
+		return nil, fmt.Errorf("webhook sink %s: read secret: %w", where, err)
 	}
 	// Files written by editors and `echo` end in a newline that is not part
 	// of the secret.
 	secret := bytes.TrimSpace(raw)
 	if len(secret) == 0 {
-		return nil, fmt.Errorf("webhook sink %s: secret file %s is empty: write a random secret (e.g. `openssl rand -hex 32`) into it", spec.URL, spec.SecretFile)
+		return nil, fmt.Errorf("webhook sink %s: secret file %s is empty: write a random secret (e.g. `openssl rand -hex 32`) into it", where, spec.SecretFile)
 	}
 	return &WebhookSink{URL: spec.URL, Secret: secret}, nil
 }
@@ -92,14 +94,15 @@ var defaultClient = &http.Client{
 }
 
 // Deliver posts d, retrying as described on WebhookSink. Errors name the URL
-// and the status, never the body sent or received.
+// (see redactURL) and the status, never the body sent or received.
 func (s *WebhookSink) Deliver(ctx context.Context, d Delivery) error {
+	where := redactURL(s.URL)
 	if len(s.Secret) == 0 {
-		return fmt.Errorf("webhook sink %s: no secret: refusing to send an unsigned delivery", s.URL)
+		return fmt.Errorf("webhook sink %s: no secret: refusing to send an unsigned delivery", where)
 	}
 	body, err := json.Marshal(d)
 	if err != nil {
-		return fmt.Errorf("webhook sink %s: encode: %w", s.URL, err)
+		return fmt.Errorf("webhook sink %s: encode: %w", where, err)
 	}
 	attempts := s.MaxAttempts
 	if attempts <= 0 {
@@ -118,14 +121,14 @@ func (s *WebhookSink) Deliver(ctx context.Context, d Delivery) error {
 		last = err
 		var perm *permanentError
 		if errors.As(err, &perm) || attempt >= attempts || ctx.Err() != nil {
-			return fmt.Errorf("webhook sink %s: gave up after %d attempt(s): %w", s.URL, attempt, last)
+			return fmt.Errorf("webhook sink %s: gave up after %d attempt(s): %w", where, attempt, last)
 		}
 		pause := min(max(wait, retryAfter), maxBackoff)
 		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("webhook sink %s: gave up after %d attempt(s): %w (then %w)", s.URL, attempt, last, ctx.Err())
+			return fmt.Errorf("webhook sink %s: gave up after %d attempt(s): %w (then %w)", where, attempt, last, ctx.Err())
 		case <-t.C:
 		}
 		wait = min(2*wait, maxBackoff)
@@ -148,7 +151,9 @@ func (s *WebhookSink) post(ctx context.Context, body []byte) (time.Duration, err
 	ts := strconv.FormatInt(now().Unix(), 10)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, bytes.NewReader(body))
 	if err != nil {
-		return 0, &permanentError{err} // a malformed URL will not fix itself
+		// A malformed URL will not fix itself. The error quotes the URL,
+		// which Deliver's message already names, redacted.
+		return 0, &permanentError{errors.New("invalid url")}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "tokenwarden-rotation")
@@ -160,6 +165,11 @@ func (s *WebhookSink) post(ctx context.Context, body []byte) (time.Duration, err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
+		// *url.Error quotes the URL with its query; Deliver names it redacted.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = fmt.Errorf("%s: %w", ue.Op, ue.Err)
+		}
 		return 0, err
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseDrain))
@@ -172,6 +182,18 @@ func (s *WebhookSink) post(ctx context.Context, body []byte) (time.Duration, err
 	default:
 		return 0, &permanentError{fmt.Errorf("receiver answered %d", resp.StatusCode)}
 	}
+}
+
+// redactURL is a webhook URL fit for errors, logs and audit records: its
+// password, query and fragment, any of which may hold a credential, are
+// left out.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable url)"
+	}
+	u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", false, "", ""
+	return u.Redacted()
 }
 
 // retryAfter reads a Retry-After given in seconds (the HTTP-date form is

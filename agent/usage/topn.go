@@ -192,10 +192,3 @@ func (t *TopN) Run(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
-
-// Exported is the number of per-token series currently exported.
-func (t *TopN) Exported() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.exported)
-}
