@@ -5,7 +5,7 @@ import "regexp"
 // candidatePattern finds strings shaped like tokenwarden tokens: the tw_
 // prefix and three base64url segments, the first starting like a JWS header
 // (`{"` encodes as eyJ). Secret scanners can use the same expression.
-var candidatePattern = regexp.MustCompile(`tw_eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{16,}`)
+var candidatePattern = regexp.MustCompile(CandidatePattern)
 
 // CandidatePattern is the regular expression secret scanners can use to
 // find tokenwarden tokens. A match is only a candidate: KeySet.
