@@ -7,12 +7,17 @@ import (
 )
 
 // Request is what an enforcement point asks about: the bearer token (empty
-// when the request carries none) and the request's method, host and path.
+// when the request carries none), the request's method, host and path, and
+// the service the proxy's configuration says the request is for.
 type Request struct {
 	Token  string
 	Method string
 	Host   string
 	Path   string
+	// Service, when set, is the service the request is judged under
+	// (Policy.MatchService): Host must be one of its hosts. When empty,
+	// Host chooses the service (Policy.Match).
+	Service string
 }
 
 // Decision is the answer to a Request. It never holds the token string.
@@ -99,7 +104,13 @@ func (d *Decider) Decide(req Request, now time.Time) Decision {
 	if v.Policy == nil || d.revocations == nil {
 		return deny(ReasonInternalError)
 	}
-	route, ok := v.Policy.Match(req.Method, req.Host, req.Path)
+	var route *Route
+	var ok bool
+	if req.Service != "" {
+		route, ok = v.Policy.MatchService(req.Service, req.Method, req.Host, req.Path)
+	} else {
+		route, ok = v.Policy.Match(req.Method, req.Host, req.Path)
+	}
 	if !ok {
 		return deny(ReasonNoMatchingRoute)
 	}

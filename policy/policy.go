@@ -18,6 +18,7 @@ type Policy struct {
 
 	classes     map[string]*Class
 	hosts       map[string]*service
+	byName      map[string]*service
 	services    []*service
 	maxLifetime time.Duration
 }
@@ -311,7 +312,7 @@ func compile(d *Document) (*Policy, error) {
 	if d.Audit.SummaryInterval == 0 {
 		d.Audit.SummaryInterval = Duration(10 * time.Second)
 	}
-	p := &Policy{Doc: *d, classes: map[string]*Class{}, hosts: map[string]*service{}}
+	p := &Policy{Doc: *d, classes: map[string]*Class{}, hosts: map[string]*service{}, byName: map[string]*service{}}
 	for _, e := range d.Environments {
 		p.maxLifetime = max(p.maxLifetime, e.MaxTTL.D())
 	}
@@ -347,6 +348,7 @@ func compile(d *Document) (*Policy, error) {
 			p.hosts[h] = svc
 		}
 		p.services = append(p.services, svc)
+		p.byName[name] = svc
 	}
 	return p, nil
 }
@@ -386,10 +388,27 @@ func (p *Policy) Lifetime(env, class string) time.Duration {
 func (p *Policy) MaxLifetime() time.Duration { return p.maxLifetime }
 
 // Match finds the first route of the service owning host that matches method
-// and path. It does not allocate for lower-case hosts.
+// and path. It does not allocate for lower-case hosts. Only an enforcement
+// point whose proxy has already bound the host to one service (the sidecar
+// Envoy of docs/xds.md, whose virtual hosts are the policy's) may let the
+// host choose the service; others use MatchService.
 func (p *Policy) Match(method, host, path string) (*Route, bool) {
 	svc := p.hosts[normalizeHost(host)]
 	if svc == nil {
+		return nil, false
+	}
+	r := svc.match(method, path)
+	return r, r != nil
+}
+
+// MatchService is Match for a service named by the proxy's configuration,
+// not by the request: host must be one of that service's hosts, so a client
+// cannot have its request judged under another service's routes by naming
+// another host, nor reach the service under a host the policy does not give
+// it.
+func (p *Policy) MatchService(service, method, host, path string) (*Route, bool) {
+	svc := p.byName[service]
+	if svc == nil || p.hosts[normalizeHost(host)] != svc {
 		return nil, false
 	}
 	r := svc.match(method, path)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"unicode/utf8"
 )
 
 // MaxPathBytes bounds a request path considered for matching; longer paths
@@ -73,12 +74,23 @@ func parsePattern(p string) ([]string, error) {
 		case strings.ContainsAny(s, "?#"):
 			return nil, fmt.Errorf("%w %q: a pattern matches the path only: drop the ? or # part", errBadPattern, p)
 		default:
-			if _, ok := cleanPath("/" + s); !ok {
-				return nil, fmt.Errorf("%w %q: segment %d can never match, since requests whose paths hold it are denied as ambiguous (encoded unreserved characters such as %%2e, encoded slashes %%2F and %%5C, backslashes, ; parameters on a dot segment): write it as clients do, decoded", errBadPattern, p, i+1)
+			if !patternSegment(s) {
+				return nil, fmt.Errorf("%w %q: segment %d can never match: paths are matched decoded, and a path holding ';', '\\', '%%' (decoded), a control character or text that is not UTF-8 is denied as ambiguous: write the segment decoded, as the application sees it (\"a b\", not \"a%%20b\")", errBadPattern, p, i+1)
 			}
 		}
 	}
 	return segs, nil
+}
+
+// patternSegment reports whether a literal pattern segment can equal a
+// segment of a path cleanPath accepts (decoded).
+func patternSegment(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' || ambiguousByte(s[i]) {
+			return false
+		}
+	}
+	return utf8.ValidString(s)
 }
 
 // covers reports whether every path matched by pattern b is matched by a.
@@ -247,26 +259,39 @@ func (t *routeTrie) match(routes []Route, path string, method string, best int, 
 	return best
 }
 
-// cleanPath strips the query and fragment and rejects paths that a proxy or
-// an application might read differently from us, so that a route cannot be
-// dodged by spelling its path another way:
-//   - dot segments and empty segments ("/a/../b", "/a//b", "//"),
-//   - dot segments hidden behind path parameters ("/a/..;/b", as Tomcat and
-//     Jetty read them), and segments that are only parameters ("/a/;x/b"),
-//   - percent-encoded unreserved characters ("%2e%2e", "%61dmin"), which
-//     RFC 3986 normalization decodes, and malformed percent-encoding,
-//   - percent-encoded '/' and '\' ("%2F", "%5C"): nginx decodes them
-//     before it resolves dot segments, so "/pub/..%2Fadmin" is "/admin" to
-//     nginx (its locations, a proxy_pass with a URI, FastCGI) while it is
-//     one segment under "/pub" here; the sidecar's Envoy refuses them,
-//   - backslashes, which some servers read as '/'.
+// cleanPath reads the path of a request target as nginx and Go's net/http
+// (and the file servers and routers built on them) read it, and refuses any
+// target that they, RFC 3986 or other common servers could read otherwise,
+// so that a route cannot be dodged by spelling its path another way. The
+// table in docs/authz.md lists every rule; in short, it refuses:
+//   - a '#' anywhere: RFC 3986 and nginx end the path there, Go's server
+//     does not ("/pub/#/../admin" is "/admin" to a Go file server),
+//   - dot segments and empty segments ("/a/../b", "/a/./b", "/a//b"),
+//   - ';' (Tomcat and Jetty strip path parameters: "/pub/..;/admin" and
+//     "/admin;x" are "/admin" to them, not to nginx or Go),
+//   - '\' (a '/' to some servers), raw control characters and spaces,
+//   - percent-encoding that is malformed, or that decodes to an unreserved
+//     character ("%2e", "%61": RFC 3986 decodes them, some servers do
+//     not), to '/' or '\' (nginx decodes "%2F" before it resolves dot
+//     segments, so "/pub/..%2Fadmin" is "/admin" to nginx), to ';', to '%'
+//     (an application that decodes twice reads "%252e" as "."), or to a
+//     control character (NUL included),
+//   - anything that is not UTF-8 once decoded (overlong forms such as
+//     "%c0%ae" are '.' to some decoders).
 //
-// It returns the path without its leading '/' and trailing '/'.
-func cleanPath(p string) (string, bool) {
-	if i := strings.IndexAny(p, "?#"); i >= 0 {
+// Everything else percent-encoded is decoded, as nginx and Go decode it,
+// so that routes match the path the application serves. The query starts at
+// the first '?'. It returns the decoded path without its leading '/' and
+// trailing '/'; it allocates only for a path with percent-encoding.
+func cleanPath(target string) (string, bool) {
+	if len(target) == 0 || target[0] != '/' || strings.IndexByte(target, '#') >= 0 {
+		return "", false
+	}
+	p := target
+	if i := strings.IndexByte(p, '?'); i >= 0 {
 		p = p[:i]
 	}
-	if len(p) == 0 || p[0] != '/' || len(p) > MaxPathBytes {
+	if len(p) > MaxPathBytes {
 		return "", false
 	}
 	p = p[1:]
@@ -276,29 +301,35 @@ func cleanPath(p string) (string, bool) {
 	if p[len(p)-1] == '/' {
 		p = p[:len(p)-1]
 	}
+	escaped := false
 	for i := 0; i < len(p); i++ {
-		switch p[i] {
-		case '\\':
-			return "", false
-		case '%':
+		switch c := p[i]; {
+		case c == '%':
 			if i+2 >= len(p) {
 				return "", false
 			}
 			hi, ok1 := unhex(p[i+1])
 			lo, ok2 := unhex(p[i+2])
-			if c := hi<<4 | lo; !ok1 || !ok2 || isUnreserved(c) || c == '/' || c == '\\' {
+			if d := hi<<4 | lo; !ok1 || !ok2 || isUnreserved(d) || d == '/' || d == '%' || ambiguousByte(d) {
 				return "", false
 			}
+			escaped = true
+			i += 2
+		case c == ' ' || ambiguousByte(c):
+			return "", false
 		}
+	}
+	if escaped {
+		p = unescape(p)
+	}
+	if !utf8.ValidString(p) {
+		return "", false
 	}
 	for s := p; ; {
 		seg := s
 		i := strings.IndexByte(s, '/')
 		if i >= 0 {
 			seg = s[:i]
-		}
-		if j := strings.IndexByte(seg, ';'); j >= 0 {
-			seg = seg[:j]
 		}
 		if seg == "" || seg == "." || seg == ".." {
 			return "", false
@@ -309,6 +340,29 @@ func cleanPath(p string) (string, bool) {
 		s = s[i+1:]
 	}
 	return p, true
+}
+
+// ambiguousByte reports whether c, raw or decoded, is refused anywhere in a
+// path: control characters (NUL included), '\' and ';'.
+func ambiguousByte(c byte) bool {
+	return c < 0x20 || c == 0x7f || c == '\\' || c == ';'
+}
+
+// unescape decodes the percent-encoding of p, which cleanPath has checked.
+func unescape(p string) string {
+	var b strings.Builder
+	b.Grow(len(p))
+	for i := 0; i < len(p); i++ {
+		if p[i] != '%' {
+			b.WriteByte(p[i])
+			continue
+		}
+		hi, _ := unhex(p[i+1])
+		lo, _ := unhex(p[i+2])
+		b.WriteByte(hi<<4 | lo)
+		i += 2
+	}
+	return b.String()
 }
 
 func unhex(c byte) (byte, bool) {
@@ -367,10 +421,21 @@ func (s *service) match(method, path string) *Route {
 	return &s.routes[best]
 }
 
-// normalizeHost lower-cases a host and strips a port, allocating only when
-// the host has upper-case letters.
+// normalizeHost lower-cases a host and strips a port (digits only),
+// allocating only when the host has upper-case letters. A host it cannot
+// read (a port that is not a number) becomes "", which no service has. A
+// trailing dot is kept: "orders." is no policy host.
 func normalizeHost(h string) string {
 	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.HasSuffix(h, "]") {
+		port := h[i+1:]
+		if len(port) == 0 || len(port) > 5 {
+			return ""
+		}
+		for j := 0; j < len(port); j++ {
+			if port[j] < '0' || port[j] > '9' {
+				return ""
+			}
+		}
 		h = h[:i]
 	}
 	for i := 0; i < len(h); i++ {

@@ -2,11 +2,13 @@ package policy
 
 import (
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 const matchPolicy = `version: 1
@@ -27,6 +29,7 @@ services:
       - { methods: [DELETE], path: "/items/special", scopes: [shop:read] }       # 6
       - { path: "/files/**", scopes: [shop:read] }                               # 7
       - { path: "/exact/", scopes: [shop:read] }                                 # 8
+      - { path: "/café/x y", scopes: [shop:read] }                               # 9
   other:
     hosts: [other]
     routes:
@@ -75,8 +78,14 @@ func TestMatch(t *testing.T) {
 		"unknown host":                {"GET", "nobody", "/items/42", ""},
 		"empty host":                  {"GET", "", "/items/42", ""},
 		"ipv6 host":                   {"GET", "[::1]:8080", "/items/42", ""},
+		"host with a name for a port": {"GET", "shop:abc", "/items/42", ""},
+		"host with an empty port":     {"GET", "shop:", "/items/42", ""},
+		"host with two ports":         {"GET", "shop:1:2", "/items/42", ""},
+		"host with a long port":       {"GET", "shop:123456", "/items/42", ""},
 		"query stripped":              {"GET", "shop", "/items/42?x=1&y=/2", "shop#1"},
-		"fragment stripped":           {"GET", "shop", "/items/42#top", "shop#1"},
+		"fragment":                    {"GET", "shop", "/items/42#top", ""},
+		"fragment hiding dot dot":     {"GET", "shop", "/healthz#/../items/42", ""},
+		"fragment in the query":       {"GET", "shop", "/items/42?x#/../y", ""},
 		"query after trailing slash":  {"GET", "shop", "/items/42/?x", "shop#1"},
 		"query only":                  {"GET", "shop", "?x=1", ""},
 		"trailing slash":              {"GET", "shop", "/items/42/", "shop#1"},
@@ -89,14 +98,31 @@ func TestMatch(t *testing.T) {
 		"encoded dot dot upper":       {"GET", "shop", "/files/%2E%2e/x", ""},
 		"dot dot with parameter":      {"GET", "shop", "/files/..;/x", ""},
 		"parameter-only segment":      {"GET", "shop", "/files/;x/y", ""},
-		"parameter on a name":         {"GET", "shop", "/files/x;v=1", "shop#7"},
+		"parameter on a name":         {"GET", "shop", "/files/x;v=1", ""},
+		"encoded semicolon":           {"GET", "shop", "/files/x%3Bv=1", ""},
 		"encoded unreserved":          {"GET", "shop", "/items/%34%32", ""},
 		"encoded tilde":               {"GET", "shop", "/files/%7e", ""},
 		"encoded slash":               {"GET", "shop", "/files/a%2Fb", ""},
 		"encoded slash hiding dots":   {"GET", "shop", "/files/..%2f..%2fitems/42", ""},
 		"encoded backslash":           {"GET", "shop", "/files/..%5Cx", ""},
-		"encoded percent kept":        {"GET", "shop", "/files/a%25b", "shop#7"},
-		"encoded space kept":          {"GET", "shop", "/files/a%20b", "shop#7"},
+		"encoded percent":             {"GET", "shop", "/files/a%25b", ""},
+		"double-encoded dot dot":      {"GET", "shop", "/files/%252e%252e/x", ""},
+		"encoded space decoded":       {"GET", "shop", "/files/a%20b", "shop#7"},
+		"raw space":                   {"GET", "shop", "/files/a b", ""},
+		"decoded literal":             {"GET", "shop", "/caf%C3%A9/x%20y", "shop#9"},
+		"decoded literal, lower hex":  {"GET", "shop", "/caf%c3%a9/x%20y", "shop#9"},
+		"raw UTF-8":                   {"GET", "shop", "/café/x%20y", "shop#9"},
+		"still encoded is not equal":  {"GET", "shop", "/caf%C3%A9/x%2520y", ""},
+		"encoded question mark":       {"GET", "shop", "/files/a%3Fb", "shop#7"},
+		"encoded hash":                {"GET", "shop", "/files/a%23b", "shop#7"},
+		"encoded NUL":                 {"GET", "shop", "/files/a%00", ""},
+		"raw NUL":                     {"GET", "shop", "/files/a\x00", ""},
+		"encoded tab":                 {"GET", "shop", "/files/a%09", ""},
+		"raw tab":                     {"GET", "shop", "/files/a\tb", ""},
+		"raw DEL":                     {"GET", "shop", "/files/a\x7f", ""},
+		"overlong dot":                {"GET", "shop", "/files/%c0%ae%c0%ae/x", ""},
+		"not UTF-8, encoded":          {"GET", "shop", "/files/%ff", ""},
+		"not UTF-8, raw":              {"GET", "shop", "/files/\xff", ""},
 		"malformed escape":            {"GET", "shop", "/files/%zz", ""},
 		"truncated escape":            {"GET", "shop", "/files/%4", ""},
 		"backslash":                   {"GET", "shop", `/files/x\..\y`, ""},
@@ -119,6 +145,47 @@ func TestMatch(t *testing.T) {
 				t.Errorf("Match(%q, %q, %q) = %q, want %q", tt.method, tt.host, tt.path, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestMatchService attacks a proxy that names the service: whatever host
+// the client sends, it cannot have its request judged under another
+// service's routes, nor reach the service under a host that is not its own.
+func TestMatchService(t *testing.T) {
+	p := mustLoad(t, matchPolicy)
+	tests := map[string]struct {
+		service, host, path string
+		want                string
+	}{
+		"own host":                  {"shop", "shop", "/items/42", "shop#1"},
+		"own other host":            {"shop", "shop.default.svc.cluster.local", "/items/42", "shop#1"},
+		"own host, case and port":   {"shop", "SHOP:8080", "/items/42", "shop#1"},
+		"other service's host":      {"shop", "other", "/items/42", ""},
+		"other service, own route":  {"other", "shop", "/anything", ""},
+		"other service's own host":  {"other", "other", "/anything", "other#0"},
+		"absent host":               {"shop", "", "/items/42", ""},
+		"unknown host":              {"shop", "nobody", "/items/42", ""},
+		"trailing dot":              {"shop", "shop.", "/items/42", ""},
+		"port that is not a number": {"shop", "shop:x", "/items/42", ""},
+		"two hosts":                 {"shop", "shop, other", "/items/42", ""},
+		"userinfo":                  {"shop", "other@shop", "/items/42", ""},
+		"unknown service":           {"nosuch", "shop", "/items/42", ""},
+		"service named by host":     {"shop.default.svc.cluster.local", "shop", "/items/42", ""},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			r, ok := p.MatchService(tt.service, "GET", tt.host, tt.path)
+			got := ""
+			if ok {
+				got = r.ID
+			}
+			if got != tt.want {
+				t.Errorf("MatchService(%q, GET, %q, %q) = %q, want %q", tt.service, tt.host, tt.path, got, tt.want)
+			}
+		})
+	}
+	if n := testing.AllocsPerRun(100, func() { p.MatchService("shop", "GET", "shop:8080", "/items/42") }); n != 0 {
+		t.Errorf("MatchService allocates %v times per call", n)
 	}
 }
 
@@ -208,9 +275,10 @@ type refRoute struct {
 }
 
 func refPathSegments(path string) ([]string, bool) {
-	if i := strings.IndexAny(path, "?#"); i >= 0 {
-		path = path[:i]
+	if strings.Contains(path, "#") {
+		return nil, false
 	}
+	path, _, _ = strings.Cut(path, "?")
 	if !strings.HasPrefix(path, "/") || len(path) > MaxPathBytes {
 		return nil, false
 	}
@@ -219,8 +287,13 @@ func refPathSegments(path string) ([]string, bool) {
 		return nil, true
 	}
 	rest = strings.TrimSuffix(rest, "/")
-	if rest == "" || strings.Contains(rest, `\`) {
+	if rest == "" || strings.ContainsAny(rest, "\\; \x7f") {
 		return nil, false
+	}
+	for _, c := range []byte(rest) {
+		if c < 0x20 {
+			return nil, false
+		}
 	}
 	for s := rest; ; {
 		i := strings.Index(s, "%")
@@ -234,15 +307,19 @@ func refPathSegments(path string) ([]string, bool) {
 		if err != nil || strings.ContainsAny(s[i+1:i+3], "+-") {
 			return nil, false
 		}
-		if b := byte(c); 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || strings.IndexByte("-._~/\\", b) >= 0 {
+		if b := byte(c); 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' ||
+			strings.IndexByte("-._~/\\;%", b) >= 0 || b < 0x20 || b == 0x7f {
 			return nil, false
 		}
 		s = s[i+3:]
 	}
-	segs := strings.Split(rest, "/")
+	decoded, err := url.PathUnescape(rest)
+	if err != nil || !utf8.ValidString(decoded) {
+		return nil, false
+	}
+	segs := strings.Split(decoded, "/")
 	for _, s := range segs {
-		base, _, _ := strings.Cut(s, ";")
-		if base == "" || base == "." || base == ".." {
+		if s == "" || s == "." || s == ".." {
 			return nil, false
 		}
 	}
