@@ -27,7 +27,7 @@ func issue(t *testing.T, r runningAgent, body string) (token, id string) {
 // check asks the agent's ext_authz HTTP mode, as Envoy's HTTP filter does,
 // and returns the status.
 func check(client *http.Client, authzAddr, token string) (int, error) {
-	req, _ := http.NewRequest("GET", "http://"+authzAddr+"/envoy/orders/42", nil)
+	req, _ := http.NewRequest("GET", "http://"+authzAddr+"/envoy/orders/orders/42", nil)
 	req.Host = "orders"
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := client.Do(req)

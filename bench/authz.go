@@ -119,11 +119,11 @@ func CheckRequest(token string, i int) *authv3.CheckRequest {
 	}}
 }
 
-// HTTPCheck is what Envoy's HTTP ext_authz (path_prefix /envoy) sends for
+// HTTPCheck is what Envoy's HTTP ext_authz (path_prefix /envoy/orders) sends for
 // GET /orders/<i> with token, as HTTP/1.1 request bytes.
 func HTTPCheck(token string, i int) []byte {
 	id := strconv.Itoa(i)
-	return []byte("GET /envoy/orders/" + id + " HTTP/1.1\r\n" +
+	return []byte("GET /envoy/orders/orders/" + id + " HTTP/1.1\r\n" +
 		"Host: orders\r\n" +
 		"Authorization: Bearer " + token + "\r\n" +
 		"Accept: application/json\r\n" +

@@ -43,7 +43,13 @@ func newFixture(tb testing.TB) *fixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	p, err := policy.Load("policy.example.yaml", data)
+	return newFixtureFor(tb, data)
+}
+
+// newFixtureFor is newFixture with the given policy document.
+func newFixtureFor(tb testing.TB, doc []byte) *fixture {
+	tb.Helper()
+	p, err := policy.Load("policy.yaml", doc)
 	if err != nil {
 		tb.Fatal(err)
 	}

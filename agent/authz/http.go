@@ -12,22 +12,28 @@ import (
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
-// HTTP mode endpoints, one per kind of proxy. Each reads the original
-// request from the headers that proxy sends and no others, so a client
-// cannot pick another proxy's headers to describe a request it is not
-// making (Caddy and nginx pass client headers through to the auth call).
+// HTTP mode endpoints, one per kind of proxy, each followed by the name of
+// the service the proxy protects there ("/nginx/orders"). The proxy's
+// configuration names the service, so a client cannot have its request
+// judged under another service's routes by sending another Host: the
+// request's host must be one of that service's hosts (policy.MatchService).
+// Each endpoint reads the original request from the headers its proxy sets
+// and no others, so a client cannot pick another proxy's headers to describe
+// a request it is not making (Caddy and nginx pass client headers through
+// to the auth call).
 const (
 	// PathEnvoy is the prefix for Envoy's HTTP ext_authz service
-	// (path_prefix: /envoy): method, Host and path are the check request's
-	// own, with the prefix removed.
+	// (path_prefix: /envoy/<service>): method, Host and path are the check
+	// request's own, with the prefix removed.
 	PathEnvoy = "/envoy"
-	// PathNginx is for nginx auth_request: X-Original-Method and
-	// X-Original-URI (both required), host from X-Original-Host or Host,
-	// client from X-Real-IP.
+	// PathNginx is for nginx auth_request (/nginx/<service>):
+	// X-Original-Method and X-Original-URI (both required), the host from
+	// X-Original-Host (nginx's $host), the client from X-Real-IP.
 	PathNginx = "/nginx"
-	// PathForwardAuth is for Caddy forward_auth and Traefik ForwardAuth:
-	// X-Forwarded-Method and X-Forwarded-Uri (both required), host from
-	// X-Forwarded-Host or Host, client from the last X-Forwarded-For hop.
+	// PathForwardAuth is for Caddy forward_auth and Traefik ForwardAuth
+	// (/forward-auth/<service>): X-Forwarded-Method and X-Forwarded-Uri
+	// (both required), the host from X-Forwarded-Host, the client from the
+	// last X-Forwarded-For hop.
 	PathForwardAuth = "/forward-auth"
 )
 
@@ -69,7 +75,8 @@ const (
 	httpIdleTimeout = 120 * time.Second
 )
 
-// Handler is the HTTP mode: PathEnvoy, PathNginx and PathForwardAuth.
+// Handler is the HTTP mode: PathEnvoy, PathNginx and PathForwardAuth, each
+// followed by a service name.
 // Allowed checks get 200 with the identity headers; denied ones 401 or 403
 // with WWW-Authenticate and a JSON body. Any other path is denied.
 func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveCheck) }
@@ -95,7 +102,7 @@ func (s *Server) checkHTTP(w http.ResponseWriter, r *http.Request, ev *Event, to
 	req, source, ok := originalRequest(r)
 	ev.Source = source
 	if !ok {
-		s.log.Debug("authz: HTTP check lacks the original request; denying (check the proxy's auth config)",
+		s.log.Debug("authz: HTTP check lacks the service or the original request; denying (check the proxy's auth config: /envoy/<service>, /nginx/<service> or /forward-auth/<service>, and the headers of docs/authz.md)",
 			"path", r.URL.Path, "peer", r.RemoteAddr)
 		ev.Decision = denyDecision(policy.ReasonInternalError)
 		s.writeDenial(w, s.denied(policy.ReasonInternalError))
@@ -118,35 +125,42 @@ func (s *Server) checkHTTP(w http.ResponseWriter, r *http.Request, ev *Event, to
 	s.writeAllowed(w, &ev.Decision, forgedHTTP(r.Header))
 }
 
-// originalRequest reads the request being authorized from the headers of
-// the proxy kind the endpoint serves.
+// originalRequest reads the request being authorized, and the service it
+// is for, from the endpoint's path and the headers of its proxy kind. A
+// host header that is absent or repeated leaves the host empty, which no
+// service has.
 func originalRequest(r *http.Request) (req policy.Request, source string, ok bool) {
 	h := r.Header
-	switch r.URL.Path {
-	case PathNginx:
+	if req.Service, ok = strings.CutPrefix(r.URL.Path, PathNginx+"/"); ok {
 		req.Method, ok = single(h, hOriginalMethod)
 		if !ok {
 			return req, "", false
 		}
 		req.Path, ok = single(h, hOriginalURI)
-		req.Host = firstOf(h, hOriginalHost, r.Host)
-		return req, firstOf(h, hRealIP, peerHost(r.RemoteAddr)), ok
-	case PathForwardAuth:
+		req.Host, _ = single(h, hOriginalHost)
+		return req, firstOf(h, hRealIP, peerHost(r.RemoteAddr)), ok && req.Service != ""
+	}
+	if req.Service, ok = strings.CutPrefix(r.URL.Path, PathForwardAuth+"/"); ok {
 		req.Method, ok = single(h, hForwardedMethod)
 		if !ok {
 			return req, "", false
 		}
 		req.Path, ok = single(h, hForwardedURI)
-		req.Host = firstOf(h, hForwardedHost, r.Host)
-		return req, lastHop(h, r.RemoteAddr), ok
+		req.Host, _ = single(h, hForwardedHost)
+		return req, lastHop(h, r.RemoteAddr), ok && req.Service != ""
 	}
-	// Envoy: the check request is the original with path_prefix prepended.
-	// RequestURI is the target as sent, undecoded, as Envoy's own path is.
-	rest, found := strings.CutPrefix(r.RequestURI, PathEnvoy)
-	if !found || rest == "" || rest[0] != '/' {
+	// Envoy: the check request is the original with path_prefix
+	// (/envoy/<service>) prepended. RequestURI is the target as sent,
+	// undecoded, as Envoy's own path is.
+	rest, found := strings.CutPrefix(r.RequestURI, PathEnvoy+"/")
+	if !found {
 		return req, "", false
 	}
-	req.Method, req.Host, req.Path = r.Method, r.Host, rest
+	i := strings.IndexByte(rest, '/')
+	if i <= 0 {
+		return req, "", false
+	}
+	req.Service, req.Method, req.Host, req.Path = rest[:i], r.Method, r.Host, rest[i:]
 	return req, lastHop(h, r.RemoteAddr), true
 }
 

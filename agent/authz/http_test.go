@@ -11,20 +11,20 @@ import (
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
-// httpCheck builds the check request a proxy of each kind sends for one
-// original request.
-func httpCheck(t *testing.T, base, endpoint, method, host, path, authorization string) *http.Request {
+// httpCheck builds the check request a proxy of each kind, configured for
+// service, sends for one original request.
+func httpCheck(t *testing.T, base, endpoint, service, method, host, path, authorization string) *http.Request {
 	t.Helper()
 	var req *http.Request
 	var err error
 	switch endpoint {
 	case PathEnvoy:
-		req, err = http.NewRequest(method, base+PathEnvoy+path, nil)
+		req, err = http.NewRequest(method, base+PathEnvoy+"/"+service+path, nil)
 		if err == nil {
 			req.Host = host
 		}
 	case PathNginx:
-		req, err = http.NewRequest("GET", base+PathNginx, nil)
+		req, err = http.NewRequest("GET", base+PathNginx+"/"+service, nil)
 		if err == nil {
 			req.Header.Set("X-Original-Method", method)
 			req.Header.Set("X-Original-URI", path)
@@ -32,7 +32,7 @@ func httpCheck(t *testing.T, base, endpoint, method, host, path, authorization s
 			req.Header.Set("X-Real-IP", "10.0.0.7")
 		}
 	case PathForwardAuth:
-		req, err = http.NewRequest("GET", base+PathForwardAuth, nil)
+		req, err = http.NewRequest("GET", base+PathForwardAuth+"/"+service, nil)
 		if err == nil {
 			req.Host = host
 			req.Header.Set("X-Forwarded-Method", method)
@@ -57,7 +57,7 @@ func TestHTTPModeReasons(t *testing.T) {
 	for _, endpoint := range []string{PathEnvoy, PathNginx, PathForwardAuth} {
 		for name, tc := range cases {
 			t.Run(endpoint+"/"+name, func(t *testing.T) {
-				resp, err := http.DefaultClient.Do(httpCheck(t, base, endpoint, tc.method, tc.host, tc.path, tc.authorization))
+				resp, err := http.DefaultClient.Do(httpCheck(t, base, endpoint, "orders", tc.method, tc.host, tc.path, tc.authorization))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -115,19 +115,24 @@ func TestHTTPModeFailsClosed(t *testing.T) {
 		headers        http.Header
 		want           int
 	}{
-		"unknown endpoint":                {"GET", "/orders/1", nil, 403},
-		"envoy without path after prefix": {"GET", PathEnvoy, nil, 403},
-		"envoy prefix is a whole segment": {"GET", PathEnvoy + "x/orders/1", nil, 403},
-		"nginx without X-Original-Method": {"GET", PathNginx, http.Header{"X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}}, 403},
-		"nginx without X-Original-URI":    {"GET", PathNginx, http.Header{"X-Original-Method": {"GET"}, "X-Original-Host": {"orders"}}, 403},
-		"nginx with two X-Original-URI":   {"GET", PathNginx, http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/healthz", "/orders/1"}, "X-Original-Host": {"orders"}}, 403},
+		"unknown endpoint":                 {"GET", "/orders/1", nil, 403},
+		"envoy without a service":          {"GET", PathEnvoy + "/orders/1", nil, 403},
+		"envoy without path after service": {"GET", PathEnvoy + "/orders", nil, 403},
+		"envoy with an empty service":      {"GET", PathEnvoy + "//orders/1", nil, 403},
+		"envoy prefix is a whole segment":  {"GET", PathEnvoy + "x/orders/orders/1", nil, 403},
+		"nginx without a service":          {"GET", PathNginx, http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}}, 403},
+		"nginx with an empty service":      {"GET", PathNginx + "/", http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}}, 403},
+		"nginx without X-Original-Method":  {"GET", PathNginx + "/orders", http.Header{"X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}}, 403},
+		"nginx without X-Original-URI":     {"GET", PathNginx + "/orders", http.Header{"X-Original-Method": {"GET"}, "X-Original-Host": {"orders"}}, 403},
+		"nginx with two X-Original-URI":    {"GET", PathNginx + "/orders", http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/healthz", "/orders/1"}, "X-Original-Host": {"orders"}}, 403},
+		"forward-auth without a service":   {"GET", PathForwardAuth, http.Header{"X-Forwarded-Method": {"GET"}, "X-Forwarded-Uri": {"/healthz"}, "X-Forwarded-Host": {"orders"}}, 403},
 		// A client of Caddy cannot describe its request with nginx's headers.
-		"forward-auth ignores nginx headers": {"GET", PathForwardAuth, http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/healthz"}, "X-Original-Host": {"orders"}}, 403},
-		"headers over the limit": {"GET", PathNginx, http.Header{
+		"forward-auth ignores nginx headers": {"GET", PathForwardAuth + "/orders", http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/healthz"}, "X-Original-Host": {"orders"}}, 403},
+		"headers over the limit": {"GET", PathNginx + "/orders", http.Header{
 			"X-Original-Method": {"GET"}, "X-Original-Uri": {"/healthz"}, "X-Original-Host": {"orders"},
 			"X-Padding": {strings.Repeat("p", DefaultMaxHeaderBytes+8<<10)},
 		}, 431},
-		"control: nginx allowed": {"GET", PathNginx, http.Header{
+		"control: nginx allowed": {"GET", PathNginx + "/orders", http.Header{
 			"X-Original-Method": {"GET"}, "X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}, "Authorization": {"Bearer " + tok},
 		}, 200},
 	}
@@ -174,7 +179,7 @@ func TestHTTPModeRemovals(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			base := serveHTTP(t, f.server(t, Config{StripAuthorization: tc.strip}))
-			req := httpCheck(t, base, PathEnvoy, "GET", "orders", tc.path, "Bearer "+tok)
+			req := httpCheck(t, base, PathEnvoy, "orders", "GET", "orders", tc.path, "Bearer "+tok)
 			for k, v := range tc.forged {
 				req.Header[k] = v
 			}
@@ -201,7 +206,7 @@ func TestHTTPModeSource(t *testing.T) {
 	sources := make(chan string, 3)
 	base := serveHTTP(t, f.server(t, Config{Observer: ObserverFunc(func(e Event) { sources <- e.Source })}))
 	for endpoint, want := range map[string]string{PathNginx: "10.0.0.7", PathForwardAuth: "10.0.0.7", PathEnvoy: "127.0.0.1"} {
-		resp, err := http.DefaultClient.Do(httpCheck(t, base, endpoint, "GET", "orders", "/healthz", ""))
+		resp, err := http.DefaultClient.Do(httpCheck(t, base, endpoint, "orders", "GET", "orders", "/healthz", ""))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -247,8 +252,8 @@ func BenchmarkHTTPCheckAllowed(b *testing.B) {
 	f := newFixture(b)
 	s := f.server(b, Config{})
 	tok, _ := f.mint(b, policy.IssueRequest{Subject: "svc", Scopes: []string{"orders:read"}}, fixedNow)
-	req, _ := http.NewRequest("GET", "http://authz"+PathEnvoy+"/orders/1", nil)
-	req.RequestURI = PathEnvoy + "/orders/1"
+	req, _ := http.NewRequest("GET", "http://authz"+PathEnvoy+"/orders/orders/1", nil)
+	req.RequestURI = PathEnvoy + "/orders/orders/1"
 	req.RemoteAddr = "127.0.0.1:40000"
 	req.Host = "orders"
 	req.Header.Set("Authorization", "Bearer "+tok)

@@ -18,9 +18,11 @@ import (
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
-// nginxConf protects every location with auth_request to the HTTP mode and
-// proxies allowed requests to a real upstream (a `return` would skip auth).
-// It is the snippet docs/authz.md documents, plus test-local paths.
+// nginxConf protects every location with auth_request to the HTTP mode's
+// endpoint for one service and proxies allowed requests to a real upstream
+// (a `return` would skip auth). It is the snippet docs/authz.md documents,
+// plus test-local paths. With StaticRoot, it also serves that directory on
+// StaticListen, as a file-serving application behind the front server.
 var nginxConf = template.Must(template.New("nginx.conf").Parse(`{{if .Root}}user root;{{end}}
 daemon off;
 master_process on;
@@ -47,6 +49,7 @@ http {
 
     server {
         listen {{.Listen}};
+        server_name {{.ServerName}};
 
         location / {
             auth_request /_tokenwarden;
@@ -69,7 +72,7 @@ http {
 
         location = /_tokenwarden {
             internal;
-            proxy_pass http://tokenwarden_authz/nginx;
+            proxy_pass http://tokenwarden_authz/nginx/{{.Service}};
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
             proxy_set_header X-Original-Method $request_method;
@@ -80,10 +83,17 @@ http {
             proxy_set_header Connection "";
         }
     }
+{{if .StaticRoot}}
+    server {
+        listen {{.StaticListen}};
+        root {{.StaticRoot}};
+    }
+{{end}}
 }
 `))
 
-// nginxPath finds nginx, skipping the test without it unless CI=true.
+// nginxPath finds nginx, skipping the test without it unless peers are
+// required (requirePeers).
 func nginxPath(t *testing.T) string {
 	t.Helper()
 	for _, p := range []string{"nginx", "/usr/sbin/nginx"} {
@@ -91,8 +101,8 @@ func nginxPath(t *testing.T) string {
 			return path
 		}
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("nginx not found (apt-get install -y --no-install-recommends nginx); required when CI=true")
+	if requirePeers() {
+		t.Fatal("nginx not found (apt-get install -y --no-install-recommends nginx); required in CI")
 	}
 	t.Skip("nginx not found (apt-get install -y --no-install-recommends nginx); skipping the end-to-end test")
 	return ""
@@ -134,17 +144,33 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// startNginx runs nginx in front of authz (host:port of the HTTP mode) and
-// upstream, and returns its address. It stops with the test.
-func startNginx(t *testing.T, authzAddr, upstreamAddr string) string {
+// nginxSite is what the front server protects: the service the policy
+// names, the server_name that serves it, and the application.
+type nginxSite struct {
+	Authz      string // host:port of the HTTP mode
+	App        string // host:port of the application; "" for the static root
+	Service    string
+	ServerName string
+	StaticRoot string // a directory nginx serves as the application when App is ""
+}
+
+// startNginx runs nginx in front of the HTTP mode and the application, and
+// returns its address. It stops with the test.
+func startNginx(t *testing.T, site nginxSite) string {
 	t.Helper()
 	bin := nginxPath(t)
 	dir := t.TempDir()
 	listen := freePort(t)
+	params := map[string]any{
+		"Root": os.Geteuid() == 0, "Dir": dir, "Authz": site.Authz, "App": site.App, "Listen": listen,
+		"Service": site.Service, "ServerName": site.ServerName,
+	}
+	if site.App == "" {
+		static := freePort(t)
+		params["App"], params["StaticListen"], params["StaticRoot"] = static, static, site.StaticRoot
+	}
 	var conf bytes.Buffer
-	if err := nginxConf.Execute(&conf, map[string]any{
-		"Root": os.Geteuid() == 0, "Dir": dir, "Authz": authzAddr, "App": upstreamAddr, "Listen": listen,
-	}); err != nil {
+	if err := nginxConf.Execute(&conf, params); err != nil {
 		t.Fatal(err)
 	}
 	confPath := filepath.Join(dir, "nginx.conf")
@@ -222,7 +248,9 @@ func TestNginxAuthRequest(t *testing.T) {
 		t.Run(fmt.Sprintf("strip=%v", strip), func(t *testing.T) {
 			upstream, upstreamAddr := serveApp(t)
 			base := serveHTTP(t, f.server(t, Config{Now: time.Now, StripAuthorization: strip}))
-			nginx := "http://" + startNginx(t, base[len("http://"):], upstreamAddr)
+			nginx := "http://" + startNginx(t, nginxSite{
+				Authz: base[len("http://"):], App: upstreamAddr, Service: "orders", ServerName: "orders orders.default.svc.cluster.local",
+			})
 
 			tests := map[string]struct {
 				method, path, token string
