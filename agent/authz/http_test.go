@@ -116,7 +116,7 @@ func TestHTTPModeFailsClosed(t *testing.T) {
 		want           int
 	}{
 		"unknown endpoint":                 {"GET", "/orders/1", nil, 403},
-		"envoy without a service":          {"GET", PathEnvoy + "/orders/1", nil, 403},
+		"envoy without a service":          {"GET", PathEnvoy, nil, 403},
 		"envoy without path after service": {"GET", PathEnvoy + "/orders", nil, 403},
 		"envoy with an empty service":      {"GET", PathEnvoy + "//orders/1", nil, 403},
 		"envoy prefix is a whole segment":  {"GET", PathEnvoy + "x/orders/orders/1", nil, 403},
