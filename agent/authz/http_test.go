@@ -277,3 +277,62 @@ type discardWriter struct {
 func (w *discardWriter) Header() http.Header         { return w.h }
 func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (w *discardWriter) WriteHeader(s int)           { w.status = s }
+
+// TestHTTPModeHostIsTheServices attacks each endpoint with a request whose
+// host names another service: the endpoint's service (the proxy's
+// configuration) decides, and a host that is not one of its own is denied,
+// never judged under the other service's routes.
+func TestHTTPModeHostIsTheServices(t *testing.T) {
+	f := newFixture(t)
+	inv, _ := f.mint(t, policy.IssueRequest{Subject: "svc", Scopes: []string{"inventory:read", "orders:read"}}, fixedNow)
+	base := serveHTTP(t, f.server(t, Config{}))
+	tests := map[string]struct {
+		host, path string
+		want       policy.Reason
+	}{
+		"own host":                        {"orders", "/orders/1", policy.ReasonAllowed},
+		"own host, case and port":         {"Orders.Default.Svc.Cluster.Local:8080", "/orders/1", policy.ReasonAllowed},
+		"other service's host and route":  {"inventory", "/items/1", policy.ReasonNoMatchingRoute},
+		"other service's host, own route": {"inventory", "/orders/1", policy.ReasonNoMatchingRoute},
+		"other service's public route":    {"inventory.default.svc.cluster.local", "/healthz", policy.ReasonNoMatchingRoute},
+		"unknown host":                    {"evil.example", "/orders/1", policy.ReasonNoMatchingRoute},
+		"trailing dot":                    {"orders.", "/orders/1", policy.ReasonNoMatchingRoute},
+		"port that is not a number":       {"orders:x", "/orders/1", policy.ReasonNoMatchingRoute},
+	}
+	for _, endpoint := range []string{PathEnvoy, PathNginx, PathForwardAuth} {
+		for name, tc := range tests {
+			t.Run(endpoint+"/"+name, func(t *testing.T) {
+				resp, err := http.DefaultClient.Do(httpCheck(t, base, endpoint, "orders", "GET", tc.host, tc.path, "Bearer "+inv))
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tc.want.Status() {
+					t.Fatalf("status %d, want %d (body %s)", resp.StatusCode, tc.want.Status(), body)
+				}
+				if tc.want != policy.ReasonAllowed {
+					assertHTTPDenial(t, resp, body, tc.want)
+				}
+			})
+		}
+	}
+	// nginx and Caddy always send the host header; without one (or with
+	// two), no host is the service's.
+	for name, hosts := range map[string][]string{"absent": nil, "repeated": {"orders", "orders"}} {
+		for endpoint, header := range map[string]string{PathNginx: "X-Original-Host", PathForwardAuth: "X-Forwarded-Host"} {
+			t.Run(endpoint+"/host header "+name, func(t *testing.T) {
+				req := httpCheck(t, base, endpoint, "orders", "GET", "orders", "/orders/1", "Bearer "+inv)
+				req.Header[header] = hosts
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 403 {
+					t.Fatalf("status %d, want 403", resp.StatusCode)
+				}
+			})
+		}
+	}
+}
