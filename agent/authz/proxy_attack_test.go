@@ -232,6 +232,7 @@ func TestProxyAttacks(t *testing.T) {
 				for name, a := range attacks {
 					t.Run(kind+"/"+name, func(t *testing.T) {
 						status, body := rawExchange(t, front.addr, a.request(""))
+						t.Logf("%s: status %d", front.name, status)
 						if strings.Contains(body, secretContent) {
 							t.Fatalf("the protected file was served without a token (status %d)", status)
 						}
