@@ -401,6 +401,9 @@ func FuzzMatch(f *testing.F) {
 	f.Add("/**/x/**/x/**/y", "GET", "/x/x/x/x/z")
 	f.Add("/", "GET", "//")
 	f.Add("/files/**", "GET", "/files/..;/x")
+	f.Add("/public/**\n/secret/**", "GET", "/public/x#/../../secret/f")
+	f.Add("/public/**\n/café/x y", "GET", "/caf%C3%A9/x%20y?q#f")
+	f.Add("/public/**", "GET", "/public/%c0%ae%c0%ae/%252e/%00/%ff")
 	f.Fuzz(func(t *testing.T, spec, method, path string) {
 		if len(path) > 512 || strings.Count(path, "/") > 48 {
 			t.Skip("the reference matcher is exponential in ** on long paths")
