@@ -61,6 +61,11 @@ func (f *fixture) reasonCases(tb testing.TB, now time.Time) map[string]reasonCas
 		"insufficient scope":      {"POST", "orders", "/orders/42", b(read), policy.ReasonInsufficientScope},
 		"no matching route":       {"GET", "orders", "/admin", b(read), policy.ReasonNoMatchingRoute},
 		"unknown host":            {"GET", "evil.example", "/orders/42", b(read), policy.ReasonNoMatchingRoute},
+		// Path forms a proxy or application reads differently (docs/authz.md).
+		"fragment after public path": {"GET", "orders", "/healthz#/../orders/42", "", policy.ReasonNoMatchingRoute},
+		"path parameter":             {"GET", "orders", "/orders/42;x", b(read), policy.ReasonNoMatchingRoute},
+		"encoded percent":            {"GET", "orders", "/orders/%252e%252e", b(read), policy.ReasonNoMatchingRoute},
+		"decoded path":               {"GET", "orders", "/orders/a%20b%C3%A9", b(read), policy.ReasonAllowed},
 	}
 }
 

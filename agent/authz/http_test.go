@@ -19,9 +19,10 @@ func httpCheck(t *testing.T, base, endpoint, service, method, host, path, author
 	var err error
 	switch endpoint {
 	case PathEnvoy:
-		req, err = http.NewRequest(method, base+PathEnvoy+"/"+service+path, nil)
+		req, err = http.NewRequest(method, base+PathEnvoy, nil)
 		if err == nil {
-			req.Host = host
+			// Opaque: the target goes out as written, '#' included.
+			req.URL.Opaque, req.Host = PathEnvoy+"/"+service+path, host
 		}
 	case PathNginx:
 		req, err = http.NewRequest("GET", base+PathNginx+"/"+service, nil)
