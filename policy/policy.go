@@ -427,10 +427,8 @@ func (p *Policy) ServiceNames() []string {
 
 // Routes returns the compiled routes of a service in rule order.
 func (p *Policy) Routes(service string) []Route {
-	for _, s := range p.services {
-		if s.name == service {
-			return s.routes
-		}
+	if s := p.byName[service]; s != nil {
+		return s.routes
 	}
 	return nil
 }
