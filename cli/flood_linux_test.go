@@ -197,18 +197,60 @@ func loopbacks(from, to int) []string {
 	return ips
 }
 
-// An idle-connection flood on every enforcement listener of an agent
-// running with a low descriptor limit: one client is held to its share, a
+// Attacks on the listeners of an agent running with a low descriptor limit.
+// Slowloris: every listener closes a half-sent request at its deadline.
+// Then an idle-connection flood on every enforcement listener: one client
+// is held to its share, a
 // new client is still served; many clients fill the enforcement listeners
 // and nothing more: /healthz, the admin API and metrics answer, and
 // ext_authz keeps serving the clients it had.
-func TestIdleFloodUnderLowFDLimit(t *testing.T) {
+func TestListenersUnderLowFDLimit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
 	a := startServeUnderPrlimit(t, floodNoFile)
 	grpcAddr, httpAddr, xdsAddr := a.addrs["authz-grpc"], a.addrs["authz-http"], a.addrs["xds"]
 	admin := "http://" + a.addrs["admin API"]
+
+	// Slowloris on every listener: half a request, then nothing. Each is
+	// closed at its deadline (handshake, headers), not held for minutes.
+	slow := map[string]struct {
+		addr, send string
+		deadline   time.Duration
+	}{
+		"admin":      {a.addrs["admin API"], "GET /healthz HTTP/1.1\r\nHost: x\r\n", 3 * time.Second},
+		"metrics":    {a.addrs["metrics"], "GET /metrics HTTP/1.1\r\n", 3 * time.Second},
+		"authz-http": {httpAddr, "GET /nginx HTTP/1.1\r\nX-Original-Method: GET\r\n", 2 * time.Second},
+		"authz-grpc": {grpcAddr, "PRI * HTTP/2.0\r\n", 5 * time.Second},
+		"xds":        {xdsAddr, "PRI * HTTP/2.0\r\n", 5 * time.Second},
+	}
+	var wg sync.WaitGroup
+	for name, s := range slow {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", s.addr)
+			if err != nil {
+				t.Errorf("%s: %v", name, err)
+				return
+			}
+			defer c.Close()
+			start := time.Now()
+			io.WriteString(c, s.send)
+			c.SetReadDeadline(time.Now().Add(s.deadline + 30*time.Second))
+			_, err = io.Copy(io.Discard, c)
+			held := time.Since(start)
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Errorf("%s: a half-sent request still held after %v (deadline %v)", name, held, s.deadline)
+				return
+			}
+			if held < s.deadline-100*time.Millisecond {
+				t.Errorf("%s: closed after %v, before its %v deadline", name, held, s.deadline)
+			}
+			t.Logf("slowloris on %s: closed after %v", name, held.Round(10*time.Millisecond))
+		}()
+	}
+	wg.Wait()
 
 	// A client connected before the flood.
 	early := checkClient(t, grpcAddr, "127.0.0.1")
