@@ -494,6 +494,9 @@ func (a *API) auditStream(w http.ResponseWriter, r *http.Request, c caller) erro
 	// none, so each write gets its own: a reader that stops reading is
 	// dropped, one that keeps up is not.
 	arm := func() { _ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout)) }
+	// Nothing more is read from a stream's client: the server's read
+	// timeout must not end it.
+	_ = rc.SetReadDeadline(time.Time{})
 	enc := json.NewEncoder(w)
 	var last uint64
 	for _, rec := range backlog {
