@@ -30,10 +30,6 @@ const (
 	ReasonClientCallsFull = "client_calls_full" // CallLimits.PerClient reached
 )
 
-// fdRetryDelay is how long Accept waits after the process ran out of file
-// descriptors before trying again; the servers above back off as well.
-const fdRetryDelay = 50 * time.Millisecond
-
 // Limit wraps lis so that it never holds more than l allows: a connection
 // over a limit is closed as soon as it is accepted, before the server sees
 // a byte of it, and counted in m (which may be nil) under name.
