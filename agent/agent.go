@@ -31,6 +31,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/audit"
 	"github.com/tokenwarden/tokenwarden/agent/authz"
 	"github.com/tokenwarden/tokenwarden/agent/issuer"
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/agent/rotation"
 	"github.com/tokenwarden/tokenwarden/agent/store"
@@ -61,6 +62,9 @@ type Config struct {
 	// before the application sees them (the kernel side then cannot count
 	// them where the application receives them).
 	StripAuthorization bool
+	// Connections bounds each enforcement listener (ext_authz, xDS); zero
+	// fields are derived from RLIMIT_NOFILE (see listen.NewPlan).
+	Connections listen.Limits
 
 	BPF           string   // BPFAuto, BPFRequired or BPFOff
 	BPFInterfaces []string // TCX attach points
@@ -138,6 +142,7 @@ type Agent struct {
 	decider  *policy.Decider
 	admin    *admin.API
 	registry *prometheus.Registry
+	conns    *listen.Metrics
 
 	authz        *authz.Server
 	authzMetrics *authz.Metrics
@@ -241,6 +246,9 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a.registerMetrics()
+	if a.conns, err = listen.NewMetrics(a.registry); err != nil {
+		return nil, err
+	}
 	if a.authzMetrics, err = authz.NewMetrics(a.registry, authz.MetricsConfig{TopTokens: cfg.TopTokens}); err != nil {
 		return nil, err
 	}
@@ -270,7 +278,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if a.authz, err = authz.New(authz.Config{
 		Decider: a.decider, Now: cfg.Now, StripAuthorization: cfg.StripAuthorization,
-		Observer: authz.ObserverFunc(a.observeCheck), Metrics: a.authzMetrics, Logger: cfg.Logger,
+		Observer: authz.ObserverFunc(a.observeCheck), Metrics: a.authzMetrics, ListenerMetrics: a.conns, Logger: cfg.Logger,
 	}); err != nil {
 		return nil, err
 	}
@@ -403,9 +411,47 @@ func (a *Agent) listen(name, addr string, open func(string) (net.Listener, error
 
 func tcpListen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 
-// httpDrainTimeout bounds how long a draining HTTP server waits for
-// requests in flight before it closes their connections.
-const httpDrainTimeout = 10 * time.Second
+func socketListen(addr string) (net.Listener, error) { return listen.Open(addr, 0) }
+
+// connectionPlan shares the file descriptors among the listeners to open.
+func (a *Agent) connectionPlan() (listen.Plan, error) {
+	b, err := listen.FDBudget()
+	if err != nil {
+		return listen.Plan{}, err
+	}
+	n := 0
+	for _, addr := range []string{a.cfg.AuthzGRPCAddr, a.cfg.AuthzHTTPAddr} {
+		if addr != "" {
+			n++
+		}
+	}
+	if a.xds != nil {
+		n++
+	}
+	return listen.NewPlan(b, n, a.cfg.Connections)
+}
+
+// Limits of the admin and metrics HTTP servers. Their clients (the CLI,
+// kubelet probes, Prometheus) send a request at once and read the answer
+// at once; a client that trickles either is dropped. Request bodies are
+// bounded by the admin API itself (64 KiB).
+const (
+	// httpDrainTimeout bounds how long a draining HTTP server waits for
+	// requests in flight before it closes their connections.
+	httpDrainTimeout = 10 * time.Second
+	// httpReadHeaderTimeout drops clients that trickle headers (slowloris).
+	httpReadHeaderTimeout = 3 * time.Second
+	// httpReadTimeout bounds reading a whole request, body included.
+	httpReadTimeout = 10 * time.Second
+	// httpWriteTimeout bounds writing an answer (a scrape, a token list);
+	// the audit stream re-arms it before each write.
+	httpWriteTimeout = 30 * time.Second
+	// httpIdleTimeout closes a keep-alive connection idle this long.
+	httpIdleTimeout = 60 * time.Second
+	// httpMaxHeaderBytes bounds request headers: a bearer token and a few
+	// ordinary headers.
+	httpMaxHeaderBytes = 16 << 10
+)
 
 // serveHTTP runs an HTTP server on lis until ctx ends, then drains it: it
 // returns only once the requests in flight have finished (or the drain
@@ -416,9 +462,11 @@ func serveHTTP(h http.Handler) func(net.Listener) func(context.Context) error {
 		return func(ctx context.Context) error {
 			srv := &http.Server{
 				Handler:           endStreamsOn(ctx, h),
-				ReadHeaderTimeout: 10 * time.Second,
-				IdleTimeout:       2 * time.Minute,
-				MaxHeaderBytes:    64 << 10,
+				ReadHeaderTimeout: httpReadHeaderTimeout,
+				ReadTimeout:       httpReadTimeout,
+				WriteTimeout:      httpWriteTimeout,
+				IdleTimeout:       httpIdleTimeout,
+				MaxHeaderBytes:    httpMaxHeaderBytes,
 			}
 			drained := make(chan struct{})
 			go func() {
@@ -505,6 +553,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 
+	plan, err := a.connectionPlan()
+	if err != nil {
+		return err
+	}
 	addrs := map[string]string{}
 	var tasks []task
 	var opened []net.Listener
@@ -514,14 +566,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	open := func(name, addr string, listen func(string) (net.Listener, error), serve func(net.Listener) func(context.Context) error) error {
+	open := func(name, addr string, openAddr func(string) (net.Listener, error), serve func(net.Listener) func(context.Context) error) error {
 		if addr == "" {
 			return nil
 		}
-		lis, err := a.listen(name, addr, listen, addrs)
+		lis, err := a.listen(name, addr, openAddr, addrs)
 		if err != nil {
 			return err
 		}
+		lis = listen.Limit(lis, name, plan.For(name), a.conns, a.log)
 		opened = append(opened, lis)
 		tasks = append(tasks, task{name, serve(lis)})
 		return nil
@@ -533,12 +586,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		listen     func(string) (net.Listener, error)
 		serve      func(net.Listener) func(context.Context) error
 	}{
-		{"admin", a.cfg.AdminAddr, tcpListen, serveHTTP(a.admin)},
-		{"metrics", a.cfg.MetricsAddr, tcpListen, serveHTTP(metricsMux)},
-		{"authz-grpc", a.cfg.AuthzGRPCAddr, authz.Listen, func(lis net.Listener) func(context.Context) error {
+		{listen.AdminListener, a.cfg.AdminAddr, tcpListen, serveHTTP(a.admin)},
+		{listen.MetricsListener, a.cfg.MetricsAddr, tcpListen, serveHTTP(metricsMux)},
+		{"authz-grpc", a.cfg.AuthzGRPCAddr, socketListen, func(lis net.Listener) func(context.Context) error {
 			return func(ctx context.Context) error { return a.authz.ServeGRPC(ctx, lis) }
 		}},
-		{"authz-http", a.cfg.AuthzHTTPAddr, authz.Listen, func(lis net.Listener) func(context.Context) error {
+		{"authz-http", a.cfg.AuthzHTTPAddr, socketListen, func(lis net.Listener) func(context.Context) error {
 			return func(ctx context.Context) error { return a.authz.ServeHTTPMode(ctx, lis) }
 		}},
 	} {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 
 	"github.com/tokenwarden/tokenwarden/policy"
@@ -24,7 +25,7 @@ func (a *Agent) startXDS() error {
 	}
 	srv, err := xds.New(xds.Config{
 		AuthzAddress: authzAddr, AppAddress: a.cfg.XDSAppAddress,
-		Registerer: a.registry, Logger: a.log,
+		Registerer: a.registry, ListenerMetrics: a.conns, Logger: a.log,
 	})
 	if err != nil {
 		return err
@@ -46,7 +47,8 @@ func (a *Agent) extraListeners(open func(name, addr string, listen func(string) 
 	if a.xds == nil {
 		return nil
 	}
-	return open("xds", a.cfg.XDSAddr, xds.Listen, func(lis net.Listener) func(context.Context) error {
+	socket := func(addr string) (net.Listener, error) { return listen.Open(addr, xds.UnixSocketMode) }
+	return open("xds", a.cfg.XDSAddr, socket, func(lis net.Listener) func(context.Context) error {
 		return func(ctx context.Context) error { return a.xds.Serve(ctx, lis) }
 	})
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/policy"
 	"github.com/tokenwarden/tokenwarden/xds"
 )
@@ -54,7 +55,9 @@ const (
 //     connects; the fleet runs in a child process);
 //   - goroutines/node: the server's goroutines per connected sidecar.
 func BenchmarkXDSPush(b *testing.B) {
-	srv, err := xds.New(xds.Config{Logger: slog.New(slog.DiscardHandler)})
+	// Every sidecar of the fleet connects from 127.0.0.1: one client.
+	streams := listen.CallLimits{InFlight: 2 * xdsSidecars, PerClient: 2 * xdsSidecars}
+	srv, err := xds.New(xds.Config{Logger: slog.New(slog.DiscardHandler), Streams: streams})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -62,7 +65,7 @@ func BenchmarkXDSPush(b *testing.B) {
 	if err := srv.SetPolicy(policies[0]); err != nil {
 		b.Fatal(err)
 	}
-	lis, err := xds.Listen("127.0.0.1:0")
+	lis, err := listen.Open("127.0.0.1:0", 0)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -66,6 +66,8 @@ drain, the audit log is flushed); a second one ends the process at once.`,
 	f.StringVar(&cfg.AuthzGRPCAddr, "authz-grpc", agent.DefaultAuthzGRPC, `Envoy ext_authz gRPC listen address, or a unix socket path ("" disables)`)
 	f.StringVar(&cfg.AuthzHTTPAddr, "authz-http", agent.DefaultAuthzHTTP, `ext_authz HTTP mode (Envoy HTTP, nginx auth_request, Caddy forward_auth) listen address ("" disables)`)
 	f.BoolVar(&cfg.StripAuthorization, "strip-authorization", false, "remove Authorization from allowed requests before the application sees them (the kernel side then cannot count tokens where the application receives them)")
+	f.IntVar(&cfg.Connections.Conns, "max-conns", 0, "connections each ext_authz and xDS listener holds at most (0: derived from the file-descriptor limit, see docs/operations.md)")
+	f.IntVar(&cfg.Connections.ConnsPerClient, "max-conns-per-client", 0, "connections one client (IP address, or process over a unix socket) holds on each ext_authz and xDS listener (0: derived)")
 	f.StringVar(&cfg.XDSAddr, "xds", agent.DefaultXDSAddr, `ADS (xDS) listen address for the node's sidecars, or unix:///path ("" disables)`)
 	f.StringVar(&cfg.XDSAuthzAddress, "xds-authz-address", "", "ext_authz address as sidecars reach it, IP:port or unix:///path (default: --authz-grpc)")
 	f.StringVar(&cfg.XDSAppAddress, "xds-app-address", "", "the application behind each sidecar, IP:port or unix:///path (default 127.0.0.1:8080)")

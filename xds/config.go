@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 )
 
 // Defaults of Config.
@@ -52,6 +54,14 @@ type Config struct {
 	// Registerer receives the tokenwarden_xds_* metrics; nil registers none.
 	Registerer prometheus.Registerer
 
+	// Streams bound the ADS streams open at once; zero means
+	// StreamLimits.
+	Streams listen.CallLimits
+
+	// ListenerMetrics counts streams refused over Streams; nil counts
+	// none.
+	ListenerMetrics *listen.Metrics
+
 	// Logger receives the server's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -67,6 +77,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.AppAddress == "" {
 		c.AppAddress = DefaultAppAddress
+	}
+	if c.Streams == (listen.CallLimits{}) {
+		c.Streams = StreamLimits
 	}
 	if c.AuthzAddress == "" {
 		c.AuthzAddress = DefaultAuthzAddress

@@ -2,11 +2,8 @@ package xds
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"os"
-	"strings"
 	"time"
 
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -14,6 +11,8 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 )
 
 const (
@@ -31,17 +30,41 @@ const (
 	// sidecar opens one ADS stream; this caps what a misbehaving client can
 	// make the server hold.
 	grpcMaxConcurrentStreams = 64
+	// grpcMaxRecvMsgBytes bounds one DiscoveryRequest: a node (id,
+	// metadata, Envoy's list of extensions, some 30 KiB) and the resource
+	// names an ACK or NACK carries. grpc-go's default is 4 MiB.
+	grpcMaxRecvMsgBytes = 128 << 10
+	// grpcStreamWindowBytes and grpcConnWindowBytes fix the HTTP/2 flow-
+	// control windows (grpc-go otherwise grows them with the measured
+	// bandwidth, to 16 MiB per connection). Sidecars send small ACKs.
+	grpcStreamWindowBytes = 64 << 10
+	grpcConnWindowBytes   = 256 << 10
+	// grpcConnectionTimeout bounds the HTTP/2 handshake; grpc-go's default
+	// (120 s) let a connection that never sends its preface hold a
+	// descriptor for two minutes.
+	grpcConnectionTimeout = 5 * time.Second
+	// grpcMaxConnectionIdle closes (GOAWAY) a connection without an open
+	// stream this long; a sidecar keeps its ADS stream open, so only
+	// connections that never open one, or abandoned ones, are closed.
+	grpcMaxConnectionIdle = 5 * time.Minute
 	// grpcReadBufferSize is each connection's read buffer, kept for its
 	// life. Requests from sidecars are small ACKs; the default 32 KiB per
 	// connection would dominate the memory a sidecar costs.
 	grpcReadBufferSize = 4 << 10
 	// gracefulStopTimeout bounds waiting for in-flight responses at shutdown.
 	gracefulStopTimeout = 5 * time.Second
-	// unixSocketMode lets sidecars running as any user connect; who may
+	// UnixSocketMode lets sidecars running as any user connect; who may
 	// reach the socket at all is decided by the directory (hostPath) it is
-	// mounted from.
-	unixSocketMode = 0o666
+	// mounted from. Pass it to listen.Open.
+	UnixSocketMode = 0o666
 )
+
+// StreamLimits bound the ADS streams open across the server. A sidecar
+// opens one; each may hold a half-sent request of up to grpcMaxRecvMsgBytes
+// for as long as it stays open, so together they pin at most 1024 × 128 KiB,
+// and one client (an IP address, or a process over a unix socket) at most
+// 16 × 128 KiB. Streams live as long as the sidecar: no deadline.
+var StreamLimits = listen.CallLimits{InFlight: 1024, PerClient: 16}
 
 // Serve serves ADS (state of the world and delta) on lis until ctx ends,
 // then stops gracefully. It returns nil after ctx ends and the listener's
@@ -52,10 +75,19 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ads := serverv3.NewServer(ctx, s.cache, callbacks{s}, sotw.WithLogger(cacheLogger(s.log)))
+	gate := listen.NewCallGate("xds", s.cfg.Streams, s.cfg.ListenerMetrics, s.log)
 	gs := grpc.NewServer(
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: grpcKeepaliveTime, Timeout: grpcKeepaliveTimeout}),
+		gate.ServerOption(),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time: grpcKeepaliveTime, Timeout: grpcKeepaliveTimeout, MaxConnectionIdle: grpcMaxConnectionIdle,
+		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: grpcKeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(grpcMaxConcurrentStreams),
+		grpc.MaxRecvMsgSize(grpcMaxRecvMsgBytes),
+		grpc.InitialWindowSize(grpcStreamWindowBytes),
+		grpc.InitialConnWindowSize(grpcConnWindowBytes),
+		grpc.ConnectionTimeout(grpcConnectionTimeout),
+		grpc.ReadBufferSize(grpcReadBufferSize),
 		// xDS connections are idle almost always: share write buffers
 		// between them rather than holding one per sidecar.
 		grpc.SharedWriteBuffer(true),
@@ -83,41 +115,4 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		<-stopped
 	}
 	return nil
-}
-
-// Listen opens the address Serve listens on: host:port, or a unix socket
-// as unix:///path (or unix:/path). A stale socket file left by a previous
-// run is replaced; any other file at the path is an error.
-func Listen(addr string) (net.Listener, error) {
-	rest, isUnix := strings.CutPrefix(addr, unixPrefix)
-	if !isUnix {
-		lis, err := net.Listen("tcp", addr)
-		if err != nil {
-			return nil, fmt.Errorf("xds: listen on %s: %w", addr, err)
-		}
-		return lis, nil
-	}
-	path := strings.TrimPrefix(rest, "//")
-	if !strings.HasPrefix(path, "/") {
-		return nil, fmt.Errorf("xds: listen on %s: want an absolute socket path, e.g. unix:///run/tokenwarden/xds.sock", addr)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("xds: listen on %s: %s exists and is not a socket", addr, path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("xds: remove stale socket: %w", err)
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("xds: listen on %s: %w", addr, err)
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("xds: listen on %s: %w", addr, err)
-	}
-	if err := os.Chmod(path, unixSocketMode); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("xds: listen on %s: %w", addr, err)
-	}
-	return lis, nil
 }

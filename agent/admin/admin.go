@@ -30,6 +30,10 @@ const AdminScope = "tokenwarden:admin"
 // maxBodyBytes bounds a request body.
 const maxBodyBytes = 64 << 10
 
+// streamWriteTimeout bounds each write of the audit stream (a record or a
+// heartbeat) to a client that has stopped reading.
+const streamWriteTimeout = 30 * time.Second
+
 // Config configures the admin API.
 type Config struct {
 	Issuer      *issuer.Issuer
@@ -486,9 +490,17 @@ func (a *API) auditStream(w http.ResponseWriter, r *http.Request, c caller) erro
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	// The server's write timeout bounds a whole response; a stream has
+	// none, so each write gets its own: a reader that stops reading is
+	// dropped, one that keeps up is not.
+	arm := func() { _ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout)) }
+	// Nothing more is read from a stream's client: the server's read
+	// timeout must not end it.
+	_ = rc.SetReadDeadline(time.Time{})
 	enc := json.NewEncoder(w)
 	var last uint64
 	for _, rec := range backlog {
+		arm()
 		enc.Encode(rec)
 		last = rec.Seq
 	}
@@ -501,6 +513,7 @@ func (a *API) auditStream(w http.ResponseWriter, r *http.Request, c caller) erro
 			return nil
 		case <-heartbeat.C:
 			// A blank line keeps proxies from closing an idle stream.
+			arm()
 			if _, err := io.WriteString(w, "\n"); err != nil {
 				return nil
 			}
@@ -512,6 +525,7 @@ func (a *API) auditStream(w http.ResponseWriter, r *http.Request, c caller) erro
 			if rec.Seq <= last {
 				continue
 			}
+			arm()
 			if err := enc.Encode(rec); err != nil {
 				return nil
 			}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -60,6 +61,9 @@ type Config struct {
 	Observer Observer
 	// Metrics records checks; nil records none.
 	Metrics *Metrics
+	// ListenerMetrics counts checks refused over CheckLimits; nil counts
+	// none.
+	ListenerMetrics *listen.Metrics
 	// MaxHeaderBytes bounds a check's request headers; 0 means
 	// DefaultMaxHeaderBytes.
 	MaxHeaderBytes int
@@ -70,12 +74,13 @@ type Config struct {
 
 // Server answers checks over gRPC and HTTP. It is safe for concurrent use.
 type Server struct {
-	decider        *policy.Decider
-	now            func() time.Time
-	observer       Observer
-	metrics        *Metrics
-	maxHeaderBytes int
-	log            *slog.Logger
+	decider         *policy.Decider
+	now             func() time.Time
+	observer        Observer
+	metrics         *Metrics
+	listenerMetrics *listen.Metrics
+	maxHeaderBytes  int
+	log             *slog.Logger
 
 	denials      map[policy.Reason]*denial
 	public       *authv3.CheckResponse // allowed without a token (public route)
@@ -84,6 +89,7 @@ type Server struct {
 	grpcOnce     sync.Once
 	grpcServer   *grpc.Server
 	healthServer *health.Server
+	checks       *listen.CallGate
 }
 
 // New validates cfg and builds a Server, with every denial response built
@@ -96,14 +102,15 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("authz: Config.MaxHeaderBytes %d is negative; use 0 for the default of %d", cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
 	}
 	s := &Server{
-		decider:        cfg.Decider,
-		now:            cfg.Now,
-		observer:       cfg.Observer,
-		metrics:        cfg.Metrics,
-		maxHeaderBytes: cfg.MaxHeaderBytes,
-		log:            cfg.Logger,
-		denials:        make(map[policy.Reason]*denial, len(policy.Reasons)),
-		identities:     newIdentities(),
+		decider:         cfg.Decider,
+		now:             cfg.Now,
+		observer:        cfg.Observer,
+		metrics:         cfg.Metrics,
+		listenerMetrics: cfg.ListenerMetrics,
+		maxHeaderBytes:  cfg.MaxHeaderBytes,
+		log:             cfg.Logger,
+		denials:         make(map[policy.Reason]*denial, len(policy.Reasons)),
+		identities:      newIdentities(),
 	}
 	if s.now == nil {
 		s.now = time.Now

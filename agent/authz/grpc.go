@@ -13,17 +13,26 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
 // gRPC settings. Envoy opens one HTTP/2 connection per worker thread to the
-// authz cluster and multiplexes every check of that thread over it.
+// authz cluster and multiplexes every check of that thread over it; it
+// opens another connection when one has maxConcurrentStreams in flight.
+//
+// What one client can make the server hold is bounded three ways: its
+// connections (listen.Limits, per listener and per client), the checks it
+// has in flight (CheckLimits, each ending at checkDeadline) and the bytes
+// each check may buffer (maxRecvMsgBytes). A half-sent check therefore
+// pins at most maxRecvMsgBytes for at most checkDeadline, and all of them
+// together at most CheckLimits.InFlight × maxRecvMsgBytes (80 MiB).
 const (
-	// maxConcurrentStreams bounds in-flight checks per connection, so one
-	// client cannot make the server spawn unbounded goroutines. It matches
-	// Envoy's default circuit breaker (max_requests 1024 per cluster), so
-	// Envoy queues before we would.
-	maxConcurrentStreams = 1024
+	// maxConcurrentStreams bounds in-flight checks per connection. A
+	// check takes microseconds, so 128 per connection serves tens of
+	// thousands of checks a second; Envoy opens another connection when
+	// it needs more.
+	maxConcurrentStreams = 128
 	// keepaliveTime pings a connection idle this long, so a sidecar that
 	// vanished (pod killed, node partitioned) is noticed and its
 	// connection freed.
@@ -37,26 +46,62 @@ const (
 	// an operator turns on HTTP/2 keepalive for the authz cluster.
 	keepaliveMinTime = 5 * time.Second
 	// maxRecvMsgBytes admits a CheckRequest with the largest headers we
-	// accept (DefaultMaxHeaderBytes) plus a body Envoy may buffer
-	// (with_request_body); anything larger fails the RPC, which Envoy
+	// accept (DefaultMaxHeaderBytes; Envoy's own limit is 60 KiB) plus
+	// 16 KiB for the rest of it (addresses, metadata, a small body with
+	// with_request_body). Anything larger fails the RPC, which Envoy
 	// treats as a denial unless failure_mode_allow is set.
-	maxRecvMsgBytes = 1 << 20
+	maxRecvMsgBytes = DefaultMaxHeaderBytes + 16<<10
+	// streamWindowBytes and connWindowBytes fix the HTTP/2 flow-control
+	// windows (grpc-go otherwise grows them with the measured bandwidth,
+	// to 16 MiB per connection): what a client may send ahead of the
+	// server reading it. A check fits in one stream window.
+	streamWindowBytes = 64 << 10
+	connWindowBytes   = 1 << 20
+	// connectionTimeout bounds the HTTP/2 handshake (the client's preface
+	// and settings). grpc-go's default, 120 s, let a connection that never
+	// sends them hold a descriptor for two minutes.
+	connectionTimeout = 5 * time.Second
+	// maxConnectionIdle closes (GOAWAY) a connection with no check in
+	// flight for this long. Envoy reconnects on its next check; a flood
+	// of idle connections lasts no longer.
+	maxConnectionIdle = 2 * time.Minute
+	// checkDeadline ends a check this long after its headers arrive, even
+	// when the client set none (Envoy's ext_authz timeout is 200 ms by
+	// default, 250 ms in our xDS config): a check still half-sent by then
+	// fails with DEADLINE_EXCEEDED and its buffers are freed.
+	checkDeadline = 5 * time.Second
 	// shutdownGrace is how long a graceful stop waits for in-flight checks
 	// before closing connections.
 	shutdownGrace = 5 * time.Second
 )
 
+// CheckLimits bound the checks in flight across the gRPC server: 1024 is
+// Envoy's default circuit breaker for a cluster (max_requests), so Envoy
+// queues before we refuse; one client (an IP address, or a process over a
+// unix socket) gets a quarter, so that no single client can take them all.
+var CheckLimits = listen.CallLimits{InFlight: 1024, PerClient: 256, Deadline: checkDeadline}
+
 // authorizationService is the health-checked service name.
 const authorizationService = "envoy.service.auth.v3.Authorization"
 
 // ServerOptions are the gRPC server options the authz server runs with,
-// exported so that benchmarks compare like with like.
-func ServerOptions() []grpc.ServerOption {
+// exported so that benchmarks compare like with like. gate admits checks
+// (see CheckLimits); nil means a gate with CheckLimits and no metrics.
+func ServerOptions(gate *listen.CallGate) []grpc.ServerOption {
+	if gate == nil {
+		gate = listen.NewCallGate("authz-grpc", CheckLimits, nil, nil)
+	}
 	return []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(maxConcurrentStreams),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time: keepaliveTime, Timeout: keepaliveTimeout, MaxConnectionIdle: maxConnectionIdle,
+		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(maxRecvMsgBytes),
+		grpc.InitialWindowSize(streamWindowBytes),
+		grpc.InitialConnWindowSize(connWindowBytes),
+		grpc.ConnectionTimeout(connectionTimeout),
+		gate.ServerOption(),
 	}
 }
 
@@ -173,7 +218,8 @@ func equalFold(a, b string) bool {
 // reflection, with ServerOptions. It is built once.
 func (s *Server) GRPC() *grpc.Server {
 	s.grpcOnce.Do(func() {
-		gs := grpc.NewServer(ServerOptions()...)
+		s.checks = listen.NewCallGate("authz-grpc", CheckLimits, s.listenerMetrics, s.log)
+		gs := grpc.NewServer(ServerOptions(s.checks)...)
 		authv3.RegisterAuthorizationServer(gs, s)
 		s.healthServer = health.NewServer()
 		s.healthServer.SetServingStatus(authorizationService, healthpb.HealthCheckResponse_SERVING)

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -117,7 +118,7 @@ func (f *fixture) server(tb testing.TB, cfg Config) *Server {
 // both stop when the test ends, and ServeGRPC must return nil.
 func serveGRPC(tb testing.TB, s *Server) *grpc.ClientConn {
 	tb.Helper()
-	lis, err := Listen("127.0.0.1:0")
+	lis, err := listen.Open("127.0.0.1:0", 0)
 	if err != nil {
 		tb.Fatal(err)
 	}

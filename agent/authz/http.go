@@ -64,14 +64,24 @@ const (
 	hPrefix          = "X-Tokenwarden-"
 )
 
-// HTTP server timeouts.
+// HTTP server limits. Proxies send a check as one small request without a
+// body (nginx: proxy_pass_request_body off) and read the answer at once;
+// a client that trickles either holds a connection no longer than these.
 const (
-	// httpReadHeaderTimeout drops clients that trickle headers.
-	httpReadHeaderTimeout = 5 * time.Second
+	// httpReadHeaderTimeout drops clients that trickle headers (slowloris):
+	// a proxy writes a check's headers at once.
+	httpReadHeaderTimeout = 2 * time.Second
+	// httpReadTimeout bounds reading a whole check, body included (Envoy's
+	// HTTP ext_authz may forward a buffered body).
+	httpReadTimeout = 5 * time.Second
+	// httpWriteTimeout bounds writing the answer, a few hundred bytes, to
+	// a client that does not read it.
+	httpWriteTimeout = 5 * time.Second
 	// httpIdleTimeout outlives the idle keep-alive of the proxies that
 	// call us (nginx keepalive_timeout 60s, Envoy 1h is capped by this),
 	// so that the client closes an idle connection first and never reuses
-	// one we are closing, which it would report as a 502.
+	// one we are closing, which it would report as a 502. Idle connections
+	// count against the listener's connection limits meanwhile.
 	httpIdleTimeout = 120 * time.Second
 )
 
@@ -255,6 +265,8 @@ func (s *Server) ServeHTTPMode(ctx context.Context, lis net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: httpReadHeaderTimeout,
+		ReadTimeout:       httpReadTimeout,
+		WriteTimeout:      httpWriteTimeout,
 		IdleTimeout:       httpIdleTimeout,
 		MaxHeaderBytes:    s.maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -223,14 +224,14 @@ func TestServeStopsWhenContextEnds(t *testing.T) {
 	s := f.server(t, Config{})
 	for name, serve := range map[string]func(context.Context) error{
 		"grpc": func(ctx context.Context) error {
-			lis, err := Listen("127.0.0.1:0")
+			lis, err := listen.Open("127.0.0.1:0", 0)
 			if err != nil {
 				return err
 			}
 			return s.ServeGRPC(ctx, lis)
 		},
 		"http": func(ctx context.Context) error {
-			lis, err := Listen("127.0.0.1:0")
+			lis, err := listen.Open("127.0.0.1:0", 0)
 			if err != nil {
 				return err
 			}

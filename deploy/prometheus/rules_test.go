@@ -23,6 +23,9 @@ const (
 // own test checks a live /metrics against the same two files, so a metric
 // renamed in code breaks a test instead of silently emptying a panel.
 var exported = []string{
+	"tokenwarden_listener_connections",
+	"tokenwarden_listener_connection_limit",
+	"tokenwarden_listener_refused_total",
 	"tokenwarden_authz_checks_total",
 	"tokenwarden_authz_check_duration_seconds",
 	"tokenwarden_authz_token_requests_total",

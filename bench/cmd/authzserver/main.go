@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tokenwarden/tokenwarden/agent/authz"
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/bench"
 	"github.com/tokenwarden/tokenwarden/policy"
@@ -68,7 +69,7 @@ func run(impl, mode, addr, policyFile, tokensOut string, tokens, revocations int
 	var handler http.Handler
 	switch impl {
 	case "noop":
-		grpcServer = grpc.NewServer(authz.ServerOptions()...)
+		grpcServer = grpc.NewServer(authz.ServerOptions(nil)...)
 		authv3.RegisterAuthorizationServer(grpcServer, bench.NoopAuthorization{})
 		handler = bench.NoopHTTP
 	case "tokenwarden":
@@ -81,7 +82,7 @@ func run(impl, mode, addr, policyFile, tokensOut string, tokens, revocations int
 		return fmt.Errorf("-impl %q: want tokenwarden or noop", impl)
 	}
 
-	lis, err := authz.Listen(addr)
+	lis, err := listen.Open(addr, 0)
 	if err != nil {
 		return err
 	}
