@@ -348,7 +348,7 @@ func TestAnomalyMetric(t *testing.T) {
 
 func TestNewRejectsBadConfig(t *testing.T) {
 	for name, cfg := range map[string]Config{
-		"alpha above 1":  {Alpha: 1.5},
+		"alpha above 1": {Alpha: 1.5},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := New(cfg); err == nil {
