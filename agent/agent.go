@@ -261,12 +261,8 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if a.kernel, err = a.startKernel(); err != nil {
 		return nil, err
 	}
-	source := anomaly.SourceAuthz
-	if a.kernel != nil {
-		source = anomaly.SourceKernel
-	}
 	if a.anomaly, err = anomaly.New(anomaly.Config{
-		Policy: p.Doc.Anomaly, RateSource: source, OnTrigger: a.onAnomaly, Registerer: a.registry, Now: cfg.Now,
+		Policy: p.Doc.Anomaly, OnTrigger: a.onAnomaly, Registerer: a.registry, Now: cfg.Now,
 	}); err != nil {
 		return nil, err
 	}

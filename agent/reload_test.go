@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,5 +65,95 @@ func TestPolicyFileReload(t *testing.T) {
 	time.Sleep(2 * policyPollEvery)
 	if got := decide(); got != policy.ReasonAllowed {
 		t.Fatalf("after a broken edit: %s, want the previous policy to stay", got)
+	}
+}
+
+// TestReloadNarrowsScopesOfIssuedTokens is the attack of a token issued
+// before its class lost a scope: it keeps its claims, and its verified form
+// sits in the LRU of verified tokens. After the policy file drops
+// orders:write from class service, the token's next check through
+// ext_authz is refused that scope (its effective scopes are its claims
+// intersected with its class's current scopes) while orders:read still
+// works; after the class itself is removed, the token is refused as
+// unknown_class.
+func TestReloadNarrowsScopesOfIssuedTokens(t *testing.T) {
+	example, err := os.ReadFile("../deploy/policy.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, example, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := startAgentWith(t, Config{PolicyPath: path, AuthzHTTPAddr: "127.0.0.1:0"})
+	token, _ := issue(t, r, `{"subject":"svc","class":"service","scopes":["orders:read","orders:write"]}`)
+	client := &http.Client{}
+	ask := func(method string) (status int, reason, scopes string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "http://"+r.Listeners["authz-http"]+"/envoy/orders/42", nil)
+		req.Host = "orders"
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Error string `json:"error"`
+		}
+		json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Error, resp.Header.Get("x-tokenwarden-scopes")
+	}
+	// Both checks go through the cache of verified tokens before the edit.
+	for range 2 {
+		if st, _, scopes := ask("POST"); st != http.StatusOK || scopes != "orders:read orders:write" {
+			t.Fatalf("write before the edit: %d, scopes %q", st, scopes)
+		}
+	}
+	write := func(policy string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(policy), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor := func(method string, want int) (reason, scopes string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * policyPollEvery)
+		for {
+			st, reason, scopes := ask(method)
+			if st == want {
+				return reason, scopes
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: status %d (%s), want %d after the policy file changed", method, st, reason, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	narrowed := strings.Replace(string(example), "scopes: [orders:read, orders:write, inventory:read]", "scopes: [orders:read, inventory:read]", 1)
+	if narrowed == string(example) {
+		t.Fatal("test edit did not apply to the example policy")
+	}
+	write(narrowed)
+	if reason, _ := waitFor("POST", http.StatusForbidden); reason != string(policy.ReasonInsufficientScope) {
+		t.Errorf("write after orders:write was withdrawn: %s, want insufficient_scope", reason)
+	}
+	if st, reason, scopes := ask("GET"); st != http.StatusOK || scopes != "orders:read" {
+		t.Errorf("read after the withdrawal: %d %s, scopes %q; want 200 with orders:read only", st, reason, scopes)
+	}
+
+	removed := strings.Replace(string(example), `  service:
+    scopes: [orders:read, orders:write, inventory:read]
+    default_ttl: 1h
+    max_ttl: 24h
+    environments: [dev, staging, prod]
+`, "", 1)
+	if removed == string(example) {
+		t.Fatal("test edit did not apply to the example policy")
+	}
+	write(removed)
+	if reason, _ := waitFor("GET", http.StatusUnauthorized); reason != string(policy.ReasonUnknownClass) {
+		t.Errorf("read after class service was removed: %s, want unknown_class", reason)
 	}
 }

@@ -166,9 +166,11 @@ func newTokenRotateCommand(af *adminFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "rotate ID",
 		Short: "Issue a successor; the old token is revoked after its class's rotation_grace",
-		Long: `Issue a successor of token ID (same subject, class, scopes and tenant) and
-print it alone on stdout. The predecessor keeps working for the class's
-rotation_grace, then a future-effective revocation retires it.`,
+		Long: `Issue a successor of token ID (same subject, class and tenant; the scopes
+its class still grants) and print it alone on stdout. The predecessor keeps
+working for the class's rotation_grace, then a future-effective revocation
+retires it. A revocation still pending on the predecessor is carried to the
+successor: it is revoked at the same time.`,
 		Args: tokenIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := af.client(cmd.ErrOrStderr())

@@ -35,6 +35,7 @@ func TestReasonStatusAndChallenge(t *testing.T) {
 		policy.ReasonExpired:               {http.StatusUnauthorized, invalid(policy.ReasonExpired)},
 		policy.ReasonNotYetValid:           {http.StatusUnauthorized, invalid(policy.ReasonNotYetValid)},
 		policy.ReasonLifetimeExceedsPolicy: {http.StatusUnauthorized, invalid(policy.ReasonLifetimeExceedsPolicy)},
+		policy.ReasonUnknownClass:          {http.StatusUnauthorized, invalid(policy.ReasonUnknownClass)},
 		policy.ReasonRevoked:               {http.StatusUnauthorized, invalid(policy.ReasonRevoked)},
 		policy.ReasonWrongEnvironment:      {http.StatusForbidden, scope(policy.ReasonWrongEnvironment)},
 		policy.ReasonInsufficientScope:     {http.StatusForbidden, scope(policy.ReasonInsufficientScope)},
@@ -291,6 +292,76 @@ func TestDecideCache(t *testing.T) {
 		adds := f.cache.adds.Load() // the first check, and the one just now
 		if dec := f.decider.Decide(req, testNow); !dec.Allow || adds != 2 || f.cache.adds.Load() != adds {
 			t.Errorf("Decide = %s, %d then %d tokens cached: want allowed from the cache, verified under each policy once", dec.Reason, adds, f.cache.adds.Load())
+		}
+	})
+	t.Run("a scope withdrawn from the class stops working in cached tokens", func(t *testing.T) {
+		// The attack: a token minted with orders:write keeps writing after
+		// the operator withdrew orders:write from its class, because its
+		// claims still say so and it sits in the cache. Its scopes are the
+		// claims intersected with the class's scopes under the policy in
+		// force, so the next Decide after SetPolicy (no purge) refuses it.
+		f := newFixture(t)
+		tok := mint(t, testKey, withClaims(func(c *policy.Claims) { c.Scope = "orders:read orders:write" }))
+		write := policy.Request{Token: tok, Method: "POST", Host: "orders", Path: "/orders/42"}
+		read := get(tok, "/orders/42")
+		if dec := f.decider.Decide(write, testNow); !dec.Allow || strings.Join(dec.Scopes, " ") != "orders:read orders:write" {
+			t.Fatalf("before: %s %v", dec.Reason, dec.Scopes)
+		}
+		raw, err := os.ReadFile("testdata/policy.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		narrowed := strings.Replace(string(raw), "scopes: [orders:read, orders:write]\n    default_ttl: 1h\n    max_ttl: 12h",
+			"scopes: [orders:read]\n    default_ttl: 1h\n    max_ttl: 12h", 1)
+		if narrowed == string(raw) {
+			t.Fatal("test edit did not apply")
+		}
+		p, err := policy.Load("narrowed.yaml", []byte(narrowed))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.decider.SetPolicy(p) // no purge: the cache still holds the token
+		dec := f.decider.Decide(write, testNow)
+		if dec.Reason != policy.ReasonInsufficientScope {
+			t.Errorf("write after orders:write was withdrawn = %s, want insufficient_scope", dec.Reason)
+		}
+		if got := strings.Join(dec.Scopes, " "); got != "orders:read" {
+			t.Errorf("scopes after the withdrawal = %q, want orders:read", got)
+		}
+		if dec := f.decider.Decide(read, testNow); !dec.Allow || strings.Join(dec.Scopes, " ") != "orders:read" {
+			t.Errorf("read after the withdrawal = %s %v, want allowed with orders:read", dec.Reason, dec.Scopes)
+		}
+		// Giving the scope back gives it back: the claims are unchanged.
+		f.decider.SetPolicy(loadPolicy(t, "testdata/policy.yaml"))
+		if dec := f.decider.Decide(write, testNow); !dec.Allow {
+			t.Errorf("write after the scope came back = %s", dec.Reason)
+		}
+	})
+	t.Run("a token of a class removed from the policy is refused", func(t *testing.T) {
+		f := newFixture(t)
+		tok := mint(t, testKey, withClaims(func(c *policy.Claims) { c.Class, c.Scope = "sandbox", "orders:read"; c.Env = "dev" }))
+		d := policy.NewDecider(policy.DeciderConfig{
+			Env: "dev", Policy: loadPolicy(t, "testdata/policy.yaml"), Keys: keySet(testKey),
+			Cache: f.cache, Revocations: revocation.NewSet(),
+		})
+		if dec := d.Decide(get(tok, "/orders/1"), testNow); !dec.Allow {
+			t.Fatalf("before: %s", dec.Reason)
+		}
+		raw, err := os.ReadFile("testdata/policy.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cut := strings.Replace(string(raw), "  sandbox:\n    scopes: [orders:read]\n    default_ttl: 1h\n    max_ttl: 2h\n    environments: [dev]\n", "", 1)
+		if cut == string(raw) {
+			t.Fatal("test edit did not apply")
+		}
+		p, err := policy.Load("cut.yaml", []byte(cut))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.SetPolicy(p)
+		if dec := d.Decide(get(tok, "/orders/1"), testNow); dec.Reason != policy.ReasonUnknownClass || dec.Status != http.StatusUnauthorized {
+			t.Errorf("after the class was removed = %s %d, want unknown_class 401", dec.Reason, dec.Status)
 		}
 	})
 	t.Run("a token presented with a tab after the scheme is malformed", func(t *testing.T) {

@@ -17,6 +17,7 @@ const (
 	ReasonNotYetValid           Reason = "not_yet_valid"
 	ReasonLifetimeExceedsPolicy Reason = "lifetime_exceeds_policy"
 	ReasonWrongEnvironment      Reason = "wrong_environment"
+	ReasonUnknownClass          Reason = "unknown_class"
 	ReasonRevoked               Reason = "revoked"
 	ReasonInsufficientScope     Reason = "insufficient_scope"
 	ReasonNoMatchingRoute       Reason = "no_matching_route"
@@ -27,14 +28,14 @@ const (
 var Reasons = []Reason{
 	ReasonAllowed, ReasonPublicRoute, ReasonMissingToken, ReasonMalformedToken,
 	ReasonBadSignature, ReasonUnknownKey, ReasonExpired, ReasonNotYetValid,
-	ReasonLifetimeExceedsPolicy, ReasonWrongEnvironment, ReasonRevoked,
-	ReasonInsufficientScope, ReasonNoMatchingRoute, ReasonInternalError,
+	ReasonLifetimeExceedsPolicy, ReasonWrongEnvironment, ReasonUnknownClass,
+	ReasonRevoked, ReasonInsufficientScope, ReasonNoMatchingRoute, ReasonInternalError,
 }
 
 // Status is the HTTP status of a decision with this reason (RFC 6750):
 // 401 for token faults (the client needs another token: missing, malformed,
 // bad signature, unknown key, expired, not yet valid, living longer than
-// policy allows, revoked), 403 for scope, environment and route faults (the
+// policy allows, of a class the policy no longer has, revoked), 403 for scope, environment and route faults (the
 // token is fine but not for this request), 200 when allowed. An internal
 // fault denies with 403.
 func (r Reason) Status() int {
@@ -84,6 +85,8 @@ func (r Reason) Message() string {
 		return "the token lives longer than policy allows"
 	case ReasonWrongEnvironment:
 		return "the token was not minted for this environment"
+	case ReasonUnknownClass:
+		return "the token's class is no longer in the policy"
 	case ReasonRevoked:
 		return "the token has been revoked"
 	case ReasonInsufficientScope:

@@ -50,7 +50,10 @@ type Claims struct {
 // hashes enforcement points know it by. It never holds the token string.
 type Token struct {
 	Claims
-	KeyID  string
+	KeyID string
+	// Scopes are the scopes the token holds: after Verify, those of its
+	// scope claim that its class still grants under the policy it was
+	// verified against (Claims.Scope keeps the claim as signed).
 	Scopes []string
 	// WireHash is FNV-1a 64 of the token string, as the kernel computes it.
 	WireHash uint64
@@ -277,8 +280,10 @@ func isCompactJWS(s string) bool {
 	return true
 }
 
-// checkClaims checks the time-dependent and policy-dependent claims; Decide
-// repeats the time checks on cached tokens.
+// checkClaims checks the time-dependent and policy-dependent claims and
+// narrows t.Scopes to what the token's class grants; Decide repeats the time
+// checks on cached tokens, and verifies again a token cached under another
+// policy.
 func (v *Verifier) checkClaims(t *Token, now time.Time) *VerifyError {
 	switch {
 	case t.ID == "" || t.Subject == "":
@@ -301,6 +306,10 @@ func (v *Verifier) checkClaims(t *Token, now time.Time) *VerifyError {
 	if t.Env != v.Env {
 		return reject(ReasonWrongEnvironment, fmt.Sprintf("minted for %q, this is %q", t.Env, v.Env))
 	}
+	class, ok := v.Policy.Class(t.Class)
+	if !ok {
+		return reject(ReasonUnknownClass, fmt.Sprintf("class %q is not in the policy", t.Class))
+	}
 	limit := v.Policy.Lifetime(v.Env, t.Class)
 	if limit == 0 {
 		return reject(ReasonWrongEnvironment, fmt.Sprintf("class %q is not allowed in %q", t.Class, v.Env))
@@ -310,7 +319,22 @@ func (v *Verifier) checkClaims(t *Token, now time.Time) *VerifyError {
 	if t.Expires-t.IssuedAt > int64(limit/time.Second) {
 		return reject(ReasonLifetimeExceedsPolicy, fmt.Sprintf("lifetime above the policy's %s", limit))
 	}
+	t.Scopes = class.grantedOf(t.Scopes)
 	return nil
+}
+
+// grantedOf keeps, in place, the scopes of a token that the class grants
+// under this policy: a scope withdrawn from the class stops working in
+// tokens issued before, as a lifetime cut does. scopes must be the token's
+// own slice (fresh from VerifySignature), never one shared with a cache.
+func (c *Class) grantedOf(scopes []string) []string {
+	kept := scopes[:0]
+	for _, s := range scopes {
+		if c.scopes[s] {
+			kept = append(kept, s)
+		}
+	}
+	return kept
 }
 
 // checkTimes returns the reason a token is not valid at now, or "".

@@ -181,7 +181,7 @@ func TestVerifySecurity(t *testing.T) {
 		"wrong env":                            {token: mint(t, testKey, withClaims(func(c *policy.Claims) { c.Env = "dev" })), want: policy.ReasonWrongEnvironment},
 		"right token, verifier of another env": {token: good, env: "dev", want: policy.ReasonWrongEnvironment},
 		"class not allowed in env":             {token: mint(t, testKey, withClaims(func(c *policy.Claims) { c.Class = "sandbox" })), want: policy.ReasonWrongEnvironment},
-		"unknown class":                        {token: mint(t, testKey, withClaims(func(c *policy.Claims) { c.Class = "root" })), want: policy.ReasonWrongEnvironment},
+		"unknown class":                        {token: mint(t, testKey, withClaims(func(c *policy.Claims) { c.Class = "root" })), want: policy.ReasonUnknownClass},
 		"wrong issuer":                         {token: mint(t, testKey, withClaims(func(c *policy.Claims) { c.Issuer = "evil.example" })), want: policy.ReasonMalformedToken},
 		"claims JSON, then another object":     {token: signRaw(testKey, edHeader, append(c[:len(c):len(c)], []byte(` {}`)...)), want: policy.ReasonMalformedToken},
 		"claims JSON, then a brace":            {token: signRaw(testKey, edHeader, append(c[:len(c):len(c)], '}')), want: policy.ReasonMalformedToken},

@@ -38,18 +38,6 @@ const (
 	ActionAlert  = "alert"
 )
 
-// RateSource says which request counts feed the rates.
-type RateSource string
-
-const (
-	// SourceAuthz counts ext_authz checks (Observe). Used when the kernel
-	// side is not running.
-	SourceAuthz RateSource = "authz"
-	// SourceKernel counts the kernel's per-token counters (AddRequests),
-	// which also see traffic that bypasses the sidecar.
-	SourceKernel RateSource = "kernel"
-)
-
 // Defaults for Config fields left zero.
 const (
 	// DefaultAlpha is the weight of the newest window in the baseline. At
@@ -104,9 +92,6 @@ type Trigger struct {
 type Config struct {
 	// Policy is the anomaly section in force; SetPolicy replaces it.
 	Policy policy.AnomalySpec
-	// RateSource picks the counts rates are computed from; "" means
-	// SourceAuthz. Source addresses always come from Observe.
-	RateSource RateSource
 	// OnTrigger is called once per anomaly, from Evaluate, outside any lock.
 	// It may block (it usually revokes through the store). A revoke trigger
 	// comes once per token: if the revocation fails, OnTrigger must retry
@@ -128,6 +113,12 @@ type Config struct {
 
 // Detector counts requests per token and, each window, checks every token
 // against the anomaly rules.
+//
+// A token's requests are counted twice over, by ext_authz (Observe) and by
+// the kernel side (AddRequests), and its rate in a window is the larger of
+// the two counts: a token the kernel cannot see (hidden past its parser's
+// limits) is still counted by ext_authz, and traffic that bypasses the
+// sidecar is still counted by the kernel.
 //
 // Observe and AddRequests are safe for concurrent use and cheap: a sync.Map
 // look-up and an atomic add; a source address costs a mutex only the first
@@ -173,12 +164,6 @@ type tokenState struct {
 
 // New builds a Detector and registers its metrics.
 func New(cfg Config) (*Detector, error) {
-	if cfg.RateSource == "" {
-		cfg.RateSource = SourceAuthz
-	}
-	if cfg.RateSource != SourceAuthz && cfg.RateSource != SourceKernel {
-		return nil, fmt.Errorf("anomaly: RateSource %q: want %q or %q", cfg.RateSource, SourceAuthz, SourceKernel)
-	}
 	if cfg.Alpha < 0 || cfg.Alpha > 1 {
 		return nil, fmt.Errorf("anomaly: Alpha %v: want a weight in (0, 1], or 0 for %v", cfg.Alpha, DefaultAlpha)
 	}
@@ -262,6 +247,8 @@ func (d *Detector) Observe(tokenID, subject string, source netip.Addr) {
 }
 
 // AddRequests adds n requests counted by the kernel side for a token.
+// They are not added to Observe's: the window's rate is the larger of the
+// two counts, as the same request is usually seen by both.
 func (d *Detector) AddRequests(tokenID, subject string, n uint64) {
 	if n == 0 {
 		return
@@ -368,10 +355,12 @@ func (d *Detector) Evaluate(now time.Time) []Trigger {
 			return true
 		}
 		st.idle = 0
-		count := authz
-		if d.cfg.RateSource == SourceKernel {
-			count = kernel
-		}
+		// Each source sees requests the other cannot: the kernel sees
+		// traffic that bypasses the sidecar, ext_authz sees every checked
+		// request, including those whose token the kernel could not parse
+		// (past its scan limits, split across segments). The larger count
+		// is the lower bound on what the token really did.
+		count := max(authz, kernel)
 		rate := float64(count) / elapsed.Seconds()
 		if t, ok := d.check(st, spec, rate, sources); ok {
 			t.TokenID, t.At = id, now

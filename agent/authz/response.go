@@ -2,6 +2,7 @@ package authz
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,11 +74,20 @@ func newDenial(r policy.Reason) *denial {
 // HTTP header values, built on the token's first allowed check and shared,
 // read-only, by every later one. Only the token's claims go into it, and a
 // token's claims never change; the wire hash tells two tokens apart should
-// an issuer ever reuse a jti.
+// an issuer ever reuse a jti. Its effective scopes do change (a policy
+// reload that withdraws a scope from its class narrows them), so an
+// identity is only reused while the decision's scopes are the same.
 type identity struct {
 	wireHash uint64
+	scopes   []string // the decision's scopes it was built from
 	grpc     *authv3.CheckResponse
 	http     [4][]string // subject, token id, scopes, tenant
+}
+
+// answers reports whether id is the identity of dec: the same token with
+// the same scopes. It does not allocate.
+func (id *identity) answers(dec *policy.Decision) bool {
+	return id.wireHash == dec.WireHash && slices.Equal(id.scopes, dec.Scopes)
 }
 
 // maxIdentities bounds the promoted identity cache (at most a quarter more
@@ -104,12 +114,12 @@ func newIdentities() *identities {
 // identity returns the identity of an allowed decision with a token.
 func (s *Server) identity(dec *policy.Decision) *identity {
 	c := s.identities
-	if id, ok := (*c.read.Load())[dec.TokenID]; ok && id.wireHash == dec.WireHash {
+	if id, ok := (*c.read.Load())[dec.TokenID]; ok && id.answers(dec) {
 		return id
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if id, ok := c.pending[dec.TokenID]; ok && id.wireHash == dec.WireHash {
+	if id, ok := c.pending[dec.TokenID]; ok && id.answers(dec) {
 		return id
 	}
 	id := s.newIdentity(dec)
@@ -137,6 +147,7 @@ func (s *Server) newIdentity(dec *policy.Decision) *identity {
 	scopes := strings.Join(dec.Scopes, " ")
 	return &identity{
 		wireHash: dec.WireHash,
+		scopes:   slices.Clone(dec.Scopes),
 		grpc:     s.allowedGRPC(dec, scopes, nil),
 		http:     [4][]string{{dec.Subject}, {dec.TokenID}, {scopes}, {dec.Tenant}},
 	}

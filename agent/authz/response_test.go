@@ -34,6 +34,18 @@ func TestIdentityCache(t *testing.T) {
 	if id := s.identity(other); id == first || id.wireHash != 999 {
 		t.Error("an identity was shared between two tokens with one jti")
 	}
+	// A reload withdrew scope b from the token's class: the same token now
+	// decides with fewer scopes, and its answer must say so (an application
+	// trusting x-tokenwarden-scopes must not see the withdrawn scope).
+	narrowed := dec(0)
+	narrowed.Scopes = []string{"a"}
+	if id := s.identity(narrowed); id == first || id.http[2][0] != "a" || id.grpc == first.grpc {
+		t.Errorf("a token whose scopes narrowed kept its old answer (scopes %q)", id.http[2][0])
+	}
+	d0 := dec(0)
+	if n := testing.AllocsPerRun(100, func() { s.identity(d0) }); n != 0 {
+		t.Errorf("identity look-up allocates %v times", n)
+	}
 	for i := range maxIdentities + 1000 {
 		s.identity(dec(1000 + i))
 	}

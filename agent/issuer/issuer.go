@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -196,9 +197,17 @@ func (i *Issuer) Issue(ctx context.Context, req policy.IssueRequest, actor strin
 	return Issued{Token: tok, Record: rec}, nil
 }
 
-// Rotate issues a successor of token id (same subject, class, scopes and
-// tenant; rot claim linking them) and retires the predecessor after the
-// class's rotation_grace with a future-effective revocation rule.
+// Rotate issues a successor of token id (same subject, class and tenant,
+// the scopes its class still grants; rot claim linking them) and retires
+// the predecessor after the class's rotation_grace with a future-effective
+// revocation rule.
+//
+// A revocation pending on the predecessor (by jti, subject or tenant, with
+// effective_at still to come) is carried forward: the successor gets a
+// revocation of its own, effective at the same time, stored before the
+// successor is returned, so rotating cannot outlive a scheduled revocation.
+// A pending key revocation is not carried: the successor is signed by the
+// active key, and re-issuing under it is how tokens leave a retiring key.
 func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 	if err := requireActor(actor); err != nil {
 		return Issued{}, err
@@ -226,19 +235,43 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 		return Issued{}, &policy.IssueError{Msg: fmt.Sprintf("token %s is revoked (rule %s, effective %s); only live tokens can be rotated", id, r.ID, r.EffectiveAt.UTC().Format(time.RFC3339))}
 	}
 	var grace time.Duration
+	scopes := pred.Scopes
 	if c, ok := i.cfg.Policy().Class(pred.Class); ok {
 		grace = c.RotationGrace.D()
+		// A scope since withdrawn from the class is not passed on (and
+		// would have the issuance refused); none left is no token at all,
+		// as an empty list would ask for every scope of the class.
+		scopes = slices.DeleteFunc(slices.Clone(pred.Scopes), func(s string) bool { return !c.AllowsScope(s) })
+		if len(pred.Scopes) > 0 && len(scopes) == 0 {
+			return Issued{}, &policy.IssueError{Msg: fmt.Sprintf("token %s holds no scope class %s still grants (%s); issue a new token instead", id, pred.Class, strings.Join(pred.Scopes, " "))}
+		}
 	}
 	succ, err := i.Issue(ctx, policy.IssueRequest{
-		Subject: pred.Subject, Class: pred.Class, Env: pred.Env, Scopes: pred.Scopes,
+		Subject: pred.Subject, Class: pred.Class, Env: pred.Env, Scopes: scopes,
 		Tenant: pred.Tenant, Rotated: pred.ID,
 	}, actor)
 	if err != nil {
 		return Issued{}, err
 	}
+	// The pending revocations are carried before the predecessor is
+	// linked: should that fail, the successor is linked to nothing and
+	// handed to nobody, and the predecessor is rotated again later.
+	carried := map[string]string{} // rule id -> its copy on the successor
+	if err := i.carry(ctx, rules, pred, succ.Record, carried, actor); err != nil {
+		return Issued{}, err
+	}
 	pred.Successor, pred.Status = succ.Record.ID, store.TokenRotated
 	if err := i.cfg.Store.PutToken(ctx, pred); err != nil {
 		return Issued{}, fmt.Errorf("link %s to its successor: %w", pred.ID, err)
+	}
+	// A rule stored since the first read (here or on another node) whose
+	// writer read the predecessor before it was linked has not followed
+	// the link: carry it now. One stored later sees the link (Revoke).
+	if rules, err = i.cfg.Store.Revocations(ctx); err != nil {
+		return Issued{}, fmt.Errorf("successor %s issued; reload revocations: %w", succ.Record.ID, err)
+	}
+	if err := i.carry(ctx, rules, pred, succ.Record, carried, actor); err != nil {
+		return Issued{}, err
 	}
 	rule := policy.Revocation{
 		Kind: policy.RevokeToken, Target: pred.ID, EffectiveAt: now.Add(grace),
@@ -249,24 +282,139 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 	}
 	if _, err := i.cfg.Audit.Append(audit.Record{
 		Action: "token.rotate", Actor: actor, TokenID: pred.ID, Subject: pred.Subject, Tenant: pred.Tenant,
-		Details: jsonDetails(map[string]any{"successor": succ.Record.ID, "retired_at": rule.EffectiveAt.UTC()}),
+		Details: jsonDetails(rotateDetails(succ.Record.ID, rule.EffectiveAt, slices.Sorted(maps.Values(carried)))),
 	}); err != nil {
 		return Issued{}, err
 	}
 	return succ, nil
 }
 
-// Revoke stores a revocation rule and returns it with the number of live
-// tokens it covers. Rules take effect at EffectiveAt (now when zero).
-func (i *Issuer) Revoke(ctx context.Context, r policy.Revocation) (policy.Revocation, int, error) {
-	return i.revoke(ctx, r, true)
+// carry gives the successor a token revocation of its own for every rule
+// among rules that will revoke the predecessor but not the successor by
+// itself, effective at the same time; done maps the rules carried already
+// to their copies, and is extended. Key rules are not carried (see Rotate).
+func (i *Issuer) carry(ctx context.Context, rules []policy.Revocation, pred, succ store.TokenRecord, done map[string]string, actor string) error {
+	for _, r := range rules {
+		if _, ok := done[r.ID]; ok || r.Kind == policy.RevokeKey || !covers(r, pred) || covers(r, succ) {
+			continue
+		}
+		c, _, err := i.revoke(ctx, policy.Revocation{
+			Kind: policy.RevokeToken, Target: succ.ID, EffectiveAt: r.EffectiveAt,
+			Reason: fmt.Sprintf("%s (carried from rule %s on %s)", r.Reason, r.ID, pred.ID), Actor: actor,
+		}, true)
+		if err != nil && !errors.Is(err, errNotAudited) {
+			return fmt.Errorf("carry revocation %s of %s to its successor %s: %w", r.ID, pred.ID, succ.ID, err)
+		}
+		done[r.ID] = c.ID
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bool) (policy.Revocation, int, error) {
+func rotateDetails(successor string, retiredAt time.Time, carried []string) map[string]any {
+	d := map[string]any{"successor": successor, "retired_at": retiredAt.UTC()}
+	if len(carried) > 0 {
+		d["revocations_carried"] = carried
+	}
+	return d
+}
+
+// Revoke stores a revocation rule and returns it with the number of live
+// tokens it covers. Rules take effect at EffectiveAt (now when zero).
+//
+// A revocation covers the successors of the tokens it covers: each live
+// successor (and its successors) that the rule does not match by itself
+// gets a token revocation of its own with the same effective_at, each
+// audited. Key rules are the exception (see Rotate). A subject or tenant
+// rule covers tokens issued until its effective_at (or now, if that has
+// passed), so tokens issued while it is pending, successors included, are
+// covered too.
+func (i *Issuer) Revoke(ctx context.Context, r policy.Revocation) (policy.Revocation, int, error) {
+	stored, covered, err := i.revoke(ctx, r, true)
+	if (err != nil && !errors.Is(err, errNotAudited)) || r.Kind == policy.RevokeKey {
+		// Not stored, or no successors to follow. A rule stored but not
+		// audited is in force: its successors are still covered below.
+		return stored, len(covered), err
+	}
+	auditErr := err
+	n := len(covered)
+	ids := make([]string, 0, len(covered)+1)
+	seen := map[string]bool{}
+	for _, rec := range covered {
+		ids = append(ids, rec.ID)
+		seen[rec.ID] = true
+	}
+	if r.Kind == policy.RevokeToken && len(covered) == 0 {
+		// An expired or revoked token can still have a live successor.
+		ids = append(ids, r.Target)
+		seen[r.Target] = true
+	}
+	now := i.cfg.Now()
+	for _, id := range ids {
+		// Read again now that the rule is stored: a rotation that linked
+		// a successor since the first read either shows here, or reads
+		// the rule after linking and carries it itself (Rotate).
+		rec, err := i.cfg.Store.Token(ctx, id)
+		if err != nil {
+			return stored, n, fmt.Errorf("rule %s stored; look up %s for its successors: %w", stored.ID, id, err)
+		}
+		succs, err := i.successors(ctx, rec, stored, now, seen)
+		if err != nil {
+			return stored, n, fmt.Errorf("rule %s stored; %w", stored.ID, err)
+		}
+		for _, s := range succs {
+			if _, _, err := i.revoke(ctx, policy.Revocation{
+				Kind: policy.RevokeToken, Target: s.ID, EffectiveAt: stored.EffectiveAt,
+				Reason: fmt.Sprintf("%s (successor of %s, rule %s)", stored.Reason, rec.ID, stored.ID), Actor: stored.Actor,
+			}, true); err != nil {
+				return stored, n, fmt.Errorf("rule %s stored; revoking successor %s of %s: %w", stored.ID, s.ID, rec.ID, err)
+			}
+			n++
+		}
+	}
+	return stored, n, auditErr
+}
+
+// errNotAudited is wrapped by revoke's error when the rule was stored (and
+// is in force) but its audit record could not be written.
+var errNotAudited = errors.New("rule stored but not audited")
+
+// maxLineage bounds how far a revocation follows successors. A chain is
+// short in practice (a predecessor is retired a rotation_grace after its
+// successor is issued, and expires soon after); the bound keeps a corrupt
+// store from looping.
+const maxLineage = 64
+
+// successors returns the live successors of rec, nearest first, that rule
+// r does not cover by itself and that are not in seen (which it extends).
+func (i *Issuer) successors(ctx context.Context, rec store.TokenRecord, r policy.Revocation, now time.Time, seen map[string]bool) ([]store.TokenRecord, error) {
+	var out []store.TokenRecord
+	for next, hops := rec.Successor, 0; next != "" && hops < maxLineage; hops++ {
+		if seen[next] {
+			return out, nil
+		}
+		seen[next] = true
+		s, err := i.cfg.Store.Token(ctx, next)
+		if err != nil {
+			return out, fmt.Errorf("successor %s of %s: %w", next, rec.ID, err)
+		}
+		if s.Live(now) && !covers(r, s) {
+			out = append(out, s)
+		}
+		next = s.Successor
+	}
+	return out, nil
+}
+
+// revoke stores one rule and audits it; it returns the live tokens the
+// rule covers. markRecords marks them revoked when the rule is in effect.
+func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bool) (policy.Revocation, []store.TokenRecord, error) {
 	if r.Actor == "" {
 		// Checked before anything is stored: the audit log refuses a record
 		// without an actor, which would leave a rule in force unaudited.
-		return r, 0, &policy.IssueError{Msg: fmt.Sprintf("revocation needs an actor: the admin token's jti, or %q", ActorSystem)}
+		return r, nil, &policy.IssueError{Msg: fmt.Sprintf("revocation needs an actor: the admin token's jti, or %q", ActorSystem)}
 	}
 	now := i.cfg.Now()
 	p := i.cfg.Policy()
@@ -281,7 +429,7 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 	case policy.RevokeToken:
 		rec, err := i.cfg.Store.Token(ctx, r.Target)
 		if err != nil {
-			return r, 0, fmt.Errorf("token %s: %w", r.Target, err)
+			return r, nil, fmt.Errorf("token %s: %w", r.Target, err)
 		}
 		r.Expires = rec.ExpiresAt.Add(skew).UTC()
 		if rec.Live(now) {
@@ -289,7 +437,13 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 		}
 	case policy.RevokeSubject, policy.RevokeTenant:
 		if r.IssuedBefore.IsZero() {
-			r.IssuedBefore = now.UTC()
+			// Until the rule takes effect: a token issued while it is
+			// pending (a successor, a fresh one) is covered too.
+			r.IssuedBefore = r.EffectiveAt
+			if r.IssuedBefore.Before(now) {
+				r.IssuedBefore = now
+			}
+			r.IssuedBefore = r.IssuedBefore.UTC()
 		}
 		r.Expires = r.IssuedBefore.Add(p.MaxLifetime() + skew).UTC()
 		f := store.TokenFilter{LiveAt: now}
@@ -300,7 +454,7 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 		}
 		recs, err := i.cfg.Store.Tokens(ctx, f)
 		if err != nil {
-			return r, 0, err
+			return r, nil, err
 		}
 		for _, rec := range recs {
 			if !rec.IssuedAt.After(r.IssuedBefore) {
@@ -313,26 +467,26 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 			known = known || k.ID == r.Target
 		}
 		if !known {
-			return r, 0, &policy.IssueError{Msg: fmt.Sprintf("no signing key %q (see `tokenwarden keys list`)", r.Target)}
+			return r, nil, &policy.IssueError{Msg: fmt.Sprintf("no signing key %q (see `tokenwarden keys list`)", r.Target)}
 		}
 		i.mu.Lock()
 		active := i.active.ID
 		i.mu.Unlock()
 		if r.Target == active {
 			// Every token minted from here on would be revoked on arrival.
-			return r, 0, &policy.IssueError{Msg: fmt.Sprintf("key %s is the active signing key: run `tokenwarden keys rotate` first, then revoke it", r.Target)}
+			return r, nil, &policy.IssueError{Msg: fmt.Sprintf("key %s is the active signing key: run `tokenwarden keys rotate` first, then revoke it", r.Target)}
 		}
 		recs, err := i.cfg.Store.Tokens(ctx, store.TokenFilter{KeyID: r.Target, LiveAt: now})
 		if err != nil {
-			return r, 0, err
+			return r, nil, err
 		}
 		covered = recs
 	}
 	if err := r.Validate(); err != nil {
-		return r, 0, &policy.IssueError{Msg: err.Error()}
+		return r, nil, &policy.IssueError{Msg: err.Error()}
 	}
 	if err := i.cfg.Store.PutRevocation(ctx, r); err != nil {
-		return r, 0, fmt.Errorf("store revocation: %w", err)
+		return r, nil, fmt.Errorf("store revocation: %w", err)
 	}
 	if markRecords && !r.EffectiveAt.After(now) {
 		for _, rec := range covered {
@@ -358,9 +512,9 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 		ar.Tenant = r.Target
 	}
 	if _, err := i.cfg.Audit.Append(ar); err != nil {
-		return r, len(covered), fmt.Errorf("audit revocation %s: %w", r.ID, err)
+		return r, covered, fmt.Errorf("audit revocation %s: %w: %w", r.ID, errNotAudited, err)
 	}
-	return r, len(covered), nil
+	return r, covered, nil
 }
 
 // RotateKeys makes a new active signing key. The previous active key keeps
@@ -413,16 +567,28 @@ func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error
 
 // revokedBy returns a rule among rules that revokes the token of rec at now.
 func revokedBy(rules []policy.Revocation, rec store.TokenRecord, now time.Time) (policy.Revocation, bool) {
-	t := policy.Token{
-		Claims: policy.Claims{ID: rec.ID, Subject: rec.Subject, Tenant: rec.Tenant, IssuedAt: rec.IssuedAt.Unix()},
-		KeyID:  rec.KeyID,
-	}
+	t := recordToken(rec)
 	for _, r := range rules {
 		if r.Covers(&t, now) {
 			return r, true
 		}
 	}
 	return policy.Revocation{}, false
+}
+
+// covers reports whether rule r matches the token of rec, whenever it
+// takes effect.
+func covers(r policy.Revocation, rec store.TokenRecord) bool {
+	t := recordToken(rec)
+	return r.Covers(&t, r.EffectiveAt)
+}
+
+// recordToken is what a revocation rule matches of a stored token.
+func recordToken(rec store.TokenRecord) policy.Token {
+	return policy.Token{
+		Claims: policy.Claims{ID: rec.ID, Subject: rec.Subject, Tenant: rec.Tenant, IssuedAt: rec.IssuedAt.Unix()},
+		KeyID:  rec.KeyID,
+	}
 }
 
 func issueDetails(rec store.TokenRecord) map[string]any {

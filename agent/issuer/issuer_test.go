@@ -1135,3 +1135,194 @@ func TestAuditRecordsEachAction(t *testing.T) {
 		})
 	}
 }
+
+// TestRotationCannotOutliveARevocation is the attack of a holder whose
+// token has a revocation scheduled (effective_at still to come) and gets it
+// rotated before then, automatically or by asking: the successor, and its
+// own successors, must be revoked when the revocation takes effect. Each
+// kind of rule is tried; a key rule is the documented exception (the
+// successor is signed by another key).
+func TestRotationCannotOutliveARevocation(t *testing.T) {
+	effective := t0.Add(3 * time.Hour)
+	tests := map[string]struct {
+		rule func(f *fixture, pred store.TokenRecord) policy.Revocation
+		// wantSucc: the successors are revoked at effective_at.
+		wantSucc bool
+		// wantCarried: the successor got a rule of its own (a subject rule
+		// whose issued_before has not come covers it by itself).
+		wantCarried bool
+	}{
+		"by jti": {
+			rule: func(f *fixture, pred store.TokenRecord) policy.Revocation {
+				return policy.Revocation{Kind: policy.RevokeToken, Target: pred.ID}
+			},
+			wantSucc: true, wantCarried: true,
+		},
+		"by subject, issued_before defaulting to effective_at": {
+			rule: func(f *fixture, pred store.TokenRecord) policy.Revocation {
+				return policy.Revocation{Kind: policy.RevokeSubject, Target: "builder"}
+			},
+			wantSucc: true,
+		},
+		"by tenant, issued_before defaulting to effective_at": {
+			rule: func(f *fixture, pred store.TokenRecord) policy.Revocation {
+				return policy.Revocation{Kind: policy.RevokeTenant, Target: "acme"}
+			},
+			wantSucc: true,
+		},
+		"by subject, issued_before now (successors have a later iat)": {
+			rule: func(f *fixture, pred store.TokenRecord) policy.Revocation {
+				return policy.Revocation{Kind: policy.RevokeSubject, Target: "builder", IssuedBefore: f.clock.Now()}
+			},
+			wantSucc: true, wantCarried: true,
+		},
+		"by tenant, issued_before now (successors have a later iat)": {
+			rule: func(f *fixture, pred store.TokenRecord) policy.Revocation {
+				return policy.Revocation{Kind: policy.RevokeTenant, Target: "acme", IssuedBefore: f.clock.Now()}
+			},
+			wantSucc: true, wantCarried: true,
+		},
+		"by key: the successor is signed by the new key and lives on": {
+			rule: func(f *fixture, pred store.TokenRecord) policy.Revocation {
+				if _, err := f.iss.RotateKeys(context.Background(), actor); err != nil {
+					f.t.Fatal(err)
+				}
+				return policy.Revocation{Kind: policy.RevokeKey, Target: pred.KeyID}
+			},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, examplePolicy(t))
+			ctx := context.Background()
+			pred := f.issue(policy.IssueRequest{Subject: "builder", Class: "service", Scopes: []string{"orders:read"}, Tenant: "acme", TTL: 12 * time.Hour})
+			predTok := f.verify(pred.Token)
+			f.clock.Set(t0.Add(time.Minute))
+			r := tc.rule(f, pred.Record)
+			r.EffectiveAt, r.Reason, r.Actor = effective, "offboarding", actor
+			if _, _, err := f.iss.Revoke(ctx, r); err != nil {
+				t.Fatalf("Revoke: %v", err)
+			}
+			rulesBefore := len(f.rules())
+
+			// Rotated twice before the rule takes effect.
+			f.clock.Set(t0.Add(20 * time.Minute))
+			succ, err := f.iss.Rotate(ctx, pred.Record.ID, issuer.ActorSystem)
+			if err != nil {
+				t.Fatalf("Rotate: %v", err)
+			}
+			f.clock.Set(t0.Add(40 * time.Minute))
+			grand, err := f.iss.Rotate(ctx, succ.Record.ID, actor)
+			if err != nil {
+				t.Fatalf("Rotate successor: %v", err)
+			}
+			f.sync()
+			// The first successor was retired by the second rotation (no
+			// rotation_grace); the last one is the token in use.
+			last := f.verify(grand.Token)
+			if f.set.Revoked(last, effective.Add(-time.Second)) {
+				t.Error("the last successor is revoked before the rule's effective_at")
+			}
+			if got := f.set.Revoked(last, effective); got != tc.wantSucc {
+				t.Errorf("the last successor revoked at effective_at: %v, want %v", got, tc.wantSucc)
+			}
+			if !f.set.Revoked(predTok, effective) {
+				t.Error("the predecessor itself is not revoked at effective_at")
+			}
+			// Two retirement rules, plus one carried rule per rotation.
+			wantRules := rulesBefore + 2
+			if tc.wantCarried {
+				wantRules += 2
+			}
+			if got := len(f.rules()); got != wantRules {
+				t.Errorf("%d rules after two rotations, want %d", got, wantRules)
+			}
+			if tc.wantCarried {
+				rot := f.audited(audit.Filter{Action: audit.ActionTokenRotate, TokenID: pred.Record.ID})
+				if len(rot) != 1 || !strings.Contains(string(rot[0].Details), "revocations_carried") {
+					t.Errorf("token.rotate record %+v does not name the carried revocation", rot)
+				}
+			}
+		})
+	}
+}
+
+// TestRevocationCoversExistingSuccessors: a token revoked after it was
+// rotated (its successor already issued, the predecessor in its grace)
+// takes its successors with it, now or at a future effective_at.
+func TestRevocationCoversExistingSuccessors(t *testing.T) {
+	for name, delay := range map[string]time.Duration{"now": 0, "at a future effective_at": 2 * time.Hour} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, examplePolicy(t))
+			ctx := context.Background()
+			pred := f.issue(policy.IssueRequest{Subject: "builder", Class: "service", Scopes: []string{"orders:read"}, TTL: 12 * time.Hour})
+			f.clock.Set(t0.Add(20 * time.Minute))
+			succ, err := f.iss.Rotate(ctx, pred.Record.ID, actor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.clock.Set(t0.Add(30 * time.Minute))
+			grand, err := f.iss.Rotate(ctx, succ.Record.ID, actor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			other := f.issue(policy.IssueRequest{Subject: "builder", Class: "service", Scopes: []string{"orders:read"}})
+			f.clock.Set(t0.Add(40 * time.Minute))
+			at := f.clock.Now().Add(delay)
+			_, covered, err := f.iss.Revoke(ctx, policy.Revocation{Kind: policy.RevokeToken, Target: pred.Record.ID, Reason: "leaked", Actor: actor, EffectiveAt: at})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if covered != 3 {
+				t.Errorf("covered %d, want 3 (the token and its two successors)", covered)
+			}
+			f.sync()
+			for name, tok := range map[string]string{"successor": succ.Token, "its successor": grand.Token} {
+				if !f.set.Revoked(f.verify(tok), at) {
+					t.Errorf("%s not revoked with its predecessor", name)
+				}
+			}
+			if f.set.Revoked(f.verify(other.Token), at.Add(time.Hour)) {
+				t.Error("another token of the same subject was revoked")
+			}
+			if delay == 0 {
+				if st := f.record(grand.Record.ID).Status; st != store.TokenRevoked {
+					t.Errorf("successor record is %s, want revoked", st)
+				}
+			}
+			revs := f.audited(audit.Filter{Action: audit.ActionTokenRevoke, TokenID: grand.Record.ID})
+			if len(revs) != 1 || !strings.Contains(revs[0].Reason, "leaked") {
+				t.Errorf("successor's token.revoke records %+v, want one carrying the reason", revs)
+			}
+		})
+	}
+}
+
+// TestRotateDropsWithdrawnScopes: a scope withdrawn from the class since
+// issuance is not passed on to the successor; a token left with none is not
+// rotated (an empty scope list would ask for every scope of the class).
+func TestRotateDropsWithdrawnScopes(t *testing.T) {
+	f := newFixture(t, examplePolicy(t))
+	ctx := context.Background()
+	both := f.issue(policy.IssueRequest{Subject: "svc", Class: "service", Scopes: []string{"orders:read", "orders:write"}})
+	writer := f.issue(policy.IssueRequest{Subject: "svc", Class: "service", Scopes: []string{"orders:write"}})
+	data, err := os.ReadFile(filepath.Join("..", "..", "deploy", "policy.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	narrowed := strings.Replace(string(data), "scopes: [orders:read, orders:write, inventory:read]", "scopes: [orders:read, inventory:read]", 1)
+	if f.pol, err = policy.Load("narrowed.yaml", []byte(narrowed)); err != nil {
+		t.Fatal(err)
+	}
+	succ, err := f.iss.Rotate(ctx, both.Record.ID, actor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.verify(succ.Token).Scope; got != "orders:read" {
+		t.Errorf("successor scope claim %q, want orders:read", got)
+	}
+	_, err = f.iss.Rotate(ctx, writer.Record.ID, actor)
+	if ie := asIssueError(t, err); !strings.Contains(ie.Msg, "no scope") {
+		t.Errorf("refusal %q", ie.Msg)
+	}
+}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/agent/audit"
 	"github.com/tokenwarden/tokenwarden/agent/issuer"
+	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/agent/store/bolt"
 	"github.com/tokenwarden/tokenwarden/policy"
@@ -623,5 +624,55 @@ func TestRunTicksUntilCancelled(t *testing.T) {
 func TestNewRequiresDependencies(t *testing.T) {
 	if _, err := New(Config{}); err == nil {
 		t.Fatal("New accepted an empty Config")
+	}
+}
+
+// TestScheduledRotationCarriesAPendingRevocation is the attack of a token
+// with a revocation scheduled past its rotate_after: the schedule rotates
+// it (and delivers the successor), but the successor is revoked when the
+// predecessor's revocation takes effect, and so is the successor's own
+// successor at the next rotation.
+func TestScheduledRotationCarriesAPendingRevocation(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := t.Context()
+	pred := f.issue("ci-deploy", 0)
+	effective := t0.Add(16 * time.Hour)
+	if _, _, err := f.issuer.Revoke(ctx, policy.Revocation{
+		Kind: policy.RevokeToken, Target: pred.Record.ID, Reason: "contract ends", Actor: "admin-jti", EffectiveAt: effective,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// revokedFromEffective: the stored rules revoke token id from the
+	// predecessor's effective_at, and not a second before.
+	revokedFromEffective := func(id string) bool {
+		t.Helper()
+		set := revocation.NewSet()
+		rules, err := f.store.Revocations(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rules {
+			set.Add(r)
+		}
+		rec := f.record(id)
+		tok := &policy.Token{Claims: policy.Claims{ID: rec.ID, Subject: rec.Subject, IssuedAt: rec.IssuedAt.Unix()}, KeyID: rec.KeyID}
+		return !set.Revoked(tok, effective.Add(-time.Second)) && set.Revoked(tok, effective)
+	}
+	id := pred.Record.ID
+	for _, at := range []time.Time{t0.Add(6 * time.Hour), t0.Add(12 * time.Hour)} {
+		if err := f.tickAt(at); err != nil {
+			t.Fatalf("tick at %s: %v", at, err)
+		}
+		succ := f.record(id).Successor
+		if succ == "" {
+			t.Fatalf("token %s not rotated at %s", id, at)
+		}
+		if !revokedFromEffective(succ) {
+			t.Errorf("successor %s (rotated at %s) is not revoked exactly when its predecessor's revocation takes effect", succ, at.Sub(t0))
+		}
+		id = succ
+	}
+	if _, d, _ := f.recv.got(); len(d) != 2 {
+		t.Errorf("%d deliveries, want both successors delivered", len(d))
 	}
 }
