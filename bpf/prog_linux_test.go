@@ -13,6 +13,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/tokenwarden/tokenwarden/policy"
 )
 
 // checkRun compares one BPF_PROG_TEST_RUN with the expected parse result.
@@ -569,6 +571,51 @@ func TestErrorClassification(t *testing.T) {
 			}
 			if !errors.Is(err, tc.err) {
 				t.Errorf("classify lost the cause %v", tc.err)
+			}
+		})
+	}
+}
+
+// TestProgramBorrowedSignature attacks the identity in the real program: a
+// request carrying any bytes around a victim token's signature segment is
+// counted under the victim (ext_authz refuses such a token: see
+// agent/authz TestBorrowedSignatureIsRefused), one with a signature
+// character changed is not, and nothing but the signature moves the count.
+func TestProgramBorrowedSignature(t *testing.T) {
+	s := loadSentry(t, Config{})
+	key, err := policy.NewSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mint := func(sub string) string {
+		tok, err := policy.Mint(key, policy.Claims{ID: policy.NewTokenID(), Subject: sub, IssuedAt: 1, Expires: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	victim, attacker := mint("victim"), mint("attacker")
+	sig := victim[strings.LastIndexByte(victim, '.')+1:]
+	changed := []byte(victim)
+	changed[len(changed)-80] ^= 'A' ^ 'B'
+	for name, tc := range map[string]struct {
+		token  string
+		victim bool
+	}{
+		"victim":                   {victim, true},
+		"attacker_claims":          {attacker[:strings.LastIndexByte(attacker, '.')+1] + sig, true},
+		"garbage":                  {"tw_x.y." + sig, true},
+		"signature_char_changed":   {string(changed), false},
+		"attacker":                 {attacker, false},
+		"victim_claims_attack_sig": {victim[:strings.LastIndexByte(victim, '.')+1] + attacker[strings.LastIndexByte(attacker, '.')+1:], false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got := runFrame(t, s, s.objs.TcxIngress, frame{}.build([]byte(goRequest("Authorization: Bearer "+tc.token))))
+			if len(got.counts) != 1 {
+				t.Fatalf("counted %v, want one identity", got.counts)
+			}
+			if _, underVictim := got.counts[policy.WireHash(victim)]; underVictim != tc.victim {
+				t.Errorf("counted under the victim: %v, want %v", underVictim, tc.victim)
 			}
 		})
 	}

@@ -60,7 +60,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
  * arithmetic. Real offsets stay below MAX_SCAN_LEN + PAD_LEN, so the mask
  * never changes one. */
 #define SCRATCH_MASK (2 * MAX_SCAN_LEN - 1)
-#define SCRATCH_LEN (SCRATCH_MASK + 1 + 8)
+#define SCRATCH_LEN (SCRATCH_MASK + 1 + 64)
 
 /* Every scan step finds a line (at most MAX_HEADER_LINES + 1), moves 64
  * bytes on (at most MAX_SCAN_LEN / 64 + 1 in all) or leaves the OWS, SPACES
@@ -287,6 +287,13 @@ static __always_inline __u64 load64(const __u8 *buf, __u32 off)
 	return *(const __u64 *)(buf + (off & SCRATCH_MASK));
 }
 
+/* The 64 bytes from off, read as eight words at constant offsets from one
+ * masked pointer (SCRATCH_LEN leaves 64 bytes after the mask's range). */
+static __always_inline const __u64 *window(const __u8 *buf, __u32 off)
+{
+	return (const __u64 *)(buf + (off & SCRATCH_MASK));
+}
+
 static __always_inline __u8 load8(const __u8 *buf, __u32 off)
 {
 	return buf[off & SCRATCH_MASK];
@@ -467,18 +474,20 @@ static long scan_step(__u64 index, void *ctx)
 	__u32 pos = sc->pos;
 	__u64 m = 0;
 	__u32 base = 0;
+	const __u64 *win;
 	__u8 *buf;
 	__u8 c;
 
 	if (pos + LOOKAHEAD > sc->n && sc->n < sc->plen)
 		load_more(sc);
 	buf = sc->buf;
+	win = window(buf, pos);
 
 	/* A token that ran to the end of the data ends at the zero padding. */
 	if (sc->state == ST_TOKEN) {
 #pragma unroll
 		for (int k = 0; k < TOKEN_STEP_BYTES / 8; k++) {
-			__u64 w = load64(buf, pos + 8 * k);
+			__u64 w = win[k];
 			__u64 e = token_end_bits(w);
 			__u64 d = dot_bits(w);
 
@@ -503,7 +512,7 @@ static long scan_step(__u64 index, void *ctx)
 	if (sc->state == ST_OWS) {
 #pragma unroll
 		for (int k = 0; k < 8; k++) {
-			__u64 w = load64(buf, pos + 8 * k);
+			__u64 w = win[k];
 			m = bytes_not(w, ' ') & bytes_not(w, '\t');
 			if (m) {
 				pos += 8 * k + first_marked_byte(m);
@@ -521,7 +530,7 @@ static long scan_step(__u64 index, void *ctx)
 	if (sc->state == ST_SPACES) {
 #pragma unroll
 		for (int k = 0; k < 8; k++) {
-			__u64 w = load64(buf, pos + 8 * k);
+			__u64 w = win[k];
 			m = bytes_not(w, ' ') & bytes_not(w, '\t');
 			if (m) {
 				pos += 8 * k + first_marked_byte(m);
@@ -537,7 +546,7 @@ static long scan_step(__u64 index, void *ctx)
 	/* ST_SEEK. Bytes past the data are zero, so never a '\n'. */
 #pragma unroll
 	for (int k = 0; k < 8; k++) {
-		m = newline_bits(load64(buf, pos + 8 * k));
+		m = newline_bits(win[k]);
 		if (m) {
 			base = pos + 8 * k;
 			goto line;
