@@ -10,8 +10,16 @@ import (
 	"testing"
 )
 
-// benchToken is a 200-byte token of the size tokenwarden issues.
-var benchToken = "tw_" + strings.Repeat("eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0", 6)[:197]
+// benchToken is a 200-byte token shaped like the ones tokenwarden issues:
+// header, claims and an 86-character signature segment.
+var benchToken = jws(40, 69)
+
+// benchTokenOf returns a token of n bytes in the same shape: a third of
+// what is not prefix, dots or signature is header, the rest claims.
+func benchTokenOf(n int) string {
+	rest := n - len("tw_..") - 86
+	return jws(rest/3, rest-rest/3)
+}
 
 // headerBlock returns a request of about size bytes whose bearer token
 // comes last, after filler headers: the whole block is scanned.
@@ -32,8 +40,10 @@ func headerBlock(size int) string {
 // largest header block measured is 3 KiB; docs/kernel.md extrapolates.
 func BenchmarkProgram(b *testing.B) {
 	s := loadSentry(b, Config{EventBufferBytes: 16 << 20})
-	if len(benchToken) != 200 {
-		b.Fatalf("benchToken is %d bytes", len(benchToken))
+	for _, n := range []int{100, 200, 400, 800, 2048} {
+		if len(benchTokenOf(n)) != n {
+			b.Fatalf("benchTokenOf(%d) is %d bytes", n, len(benchTokenOf(n)))
+		}
 	}
 
 	udp := frame{proto: 17}.build([]byte("\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x06orders\x00\x00\x01\x00\x01"))
@@ -49,7 +59,11 @@ func BenchmarkProgram(b *testing.B) {
 		{"tcp_not_http", frame{}.build([]byte("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + strings.Repeat("\xaa", 300))), false, tcPass},
 		{"tcp_http_response", frame{}.build([]byte("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")), false, tcPass},
 		{"http_no_auth", frame{}.build([]byte(goRequest())), false, tcPass},
+		{"http_token_100B", frame{}.build([]byte(goRequest("Authorization: Bearer " + benchTokenOf(100)))), false, tcPass},
 		{"http_token_200B", frame{}.build([]byte(withToken)), false, tcPass},
+		{"http_token_400B", frame{}.build([]byte(goRequest("Authorization: Bearer " + benchTokenOf(400)))), false, tcPass},
+		{"http_token_800B", frame{}.build([]byte(goRequest("Authorization: Bearer " + benchTokenOf(800)))), false, tcPass},
+		{"http_token_2KiB", frame{}.build([]byte(goRequest("Authorization: Bearer " + benchTokenOf(2048)))), false, tcPass},
 		{"http_header_1KiB", frame{}.build([]byte(headerBlock(1 << 10))), false, tcPass},
 		{"http_header_2KiB", frame{}.build([]byte(headerBlock(2 << 10))), false, tcPass},
 		{"http_header_3KiB", frame{}.build([]byte(headerBlock(3 << 10))), false, tcPass},
@@ -61,7 +75,7 @@ func BenchmarkProgram(b *testing.B) {
 		{"http_worst_case_tokens", frame{}.build([]byte("GET / HTTP/1.1\r\n" + strings.Repeat("authorization:bearer x\n", MaxHeaderLines+1))), false, tcPass},
 		{"http_revoked", frame{}.build([]byte(withToken)), true, tcDrop},
 	}
-	carriesToken := map[string]bool{"http_token_200B": true, "http_header_1KiB": true, "http_header_2KiB": true, "http_header_3KiB": true, "http_revoked": true}
+	carriesToken := map[string]bool{"http_token_100B": true, "http_token_200B": true, "http_token_400B": true, "http_token_800B": true, "http_token_2KiB": true, "http_header_1KiB": true, "http_header_2KiB": true, "http_header_3KiB": true, "http_revoked": true}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
 			if c.revoke {

@@ -128,7 +128,7 @@ func TestAttachCgroup(t *testing.T) {
 	url := "http://" + strings.TrimSpace(addr) + "/"
 	events := collectEvents(t, s)
 
-	const alice, mallory = "tw_cg_alice.x.y", "tw_cg_mallory.x.y"
+	const alice, mallory = "tw_cg.x.alice", "tw_cg.x.mallory"
 	c := &http.Client{Timeout: 5 * time.Second}
 	defer c.CloseIdleConnections()
 	for i := range 4 {

@@ -312,7 +312,7 @@ func TestAttachLoopback(t *testing.T) {
 				t.Fatal(err)
 			}
 			ts := startTokenServer(t, ln)
-			token := "tw_" + network + ".eyJ.sig"
+			token := "tw_eyJ.eyJ.sig-" + network
 			filler := func(n int) string { return "X-Filler: " + strings.Repeat("f", n) + "\r\n" }
 
 			tests := []struct {
@@ -359,6 +359,30 @@ func TestAttachLoopback(t *testing.T) {
 				})
 			}
 
+			// Tokens up to the longest the agent issues, and past it:
+			// the kernel agrees with the Go parser's table.
+			for _, pc := range longPayloadCases {
+				t.Run(pc.name, func(t *testing.T) {
+					readCounts(t, s) // reset the deltas
+					before, err := s.Stats()
+					if err != nil {
+						t.Fatal(err)
+					}
+					d := sendPayload(t, ns, s, network, ts.addr, pc.payload, before)
+					want := Stats{Requests: 1, Tokens: uint64(btoi(pc.token != "")), Truncated: uint64(btoi(pc.truncated)), Incomplete: uint64(btoi(pc.incomplete))}
+					if d.Requests != want.Requests || d.Tokens != want.Tokens || d.Truncated != want.Truncated || d.Incomplete != want.Incomplete || d.Unparsed != 0 {
+						t.Errorf("stats grew by %+v, want %+v", d, want)
+					}
+					counts := readCounts(t, s)
+					if pc.token != "" && (counts[HashToken(pc.token)].Requests != 1 || len(counts) != 1) {
+						t.Errorf("counts %+v, want 1 request for the token", counts)
+					}
+					if pc.token == "" && len(counts) != 0 {
+						t.Errorf("counts %+v, want none", counts)
+					}
+				})
+			}
+
 			t.Run("revoked", func(t *testing.T) {
 				if err := s.Revoke(HashToken(token)); err != nil {
 					t.Fatal(err)
@@ -382,6 +406,11 @@ func TestAttachLoopback(t *testing.T) {
 // rawRequest writes request in one write on a new connection made in ns and
 // waits for the response (or for the server to close).
 func rawRequest(ns *netns, network, addr, request string) error {
+	return rawRequestTimeout(ns, network, addr, request, 3*time.Second)
+}
+
+// rawRequestTimeout is rawRequest that gives up after timeout.
+func rawRequestTimeout(ns *netns, network, addr, request string, timeout time.Duration) error {
 	var conn net.Conn
 	if err := ns.do(func() (err error) {
 		conn, err = net.DialTimeout(network, addr, 2*time.Second)
@@ -391,7 +420,7 @@ func rawRequest(ns *netns, network, addr, request string) error {
 	}
 	defer conn.Close()
 	_ = conn.(*net.TCPConn).SetLinger(0)
-	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(timeout))
 	if _, err := conn.Write([]byte(request)); err != nil {
 		return err
 	}
@@ -404,6 +433,36 @@ func rawRequest(ns *netns, network, addr, request string) error {
 		return fmt.Errorf("response %q", buf[:n])
 	}
 	return nil
+}
+
+// sendPayload writes payload in one write on a new connection made in ns
+// (one segment on lo), waits until the kernel has seen it as a request, and
+// returns how the global counters grew since before.
+func sendPayload(t *testing.T, ns *netns, s *Sentry, network, addr, payload string, before Stats) Stats {
+	t.Helper()
+	var conn net.Conn
+	if err := ns.do(func() (err error) {
+		conn, err = net.DialTimeout(network, addr, 2*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetLinger(0)
+	if _, err := conn.Write([]byte(payload)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		after, err := s.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := statsDelta(before, after); d.Requests > 0 || time.Now().After(deadline) {
+			return d
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // drainEvents discards events already queued (retransmissions of a dropped

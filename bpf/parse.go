@@ -1,19 +1,26 @@
 package bpf
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/tokenwarden/tokenwarden/policy"
+)
 
 // The Go twin of the scan in tokenmeter.c. The kernel program and this file
 // must apply the same rules byte for byte: FuzzParseAgreement runs both on
 // the same packets and fails on any difference.
 
 const (
-	// MaxTokenLen is the longest bearer token the kernel hashes. A longer
-	// token is counted in Stats.Truncated and neither metered nor dropped.
-	MaxTokenLen = 1024
+	// MaxTokenLen is the longest bearer token the kernel meters: every
+	// token the agent can issue or accept (policy.MaxTokenBytes). A
+	// longer token is counted in Stats.Truncated and neither metered nor
+	// dropped.
+	MaxTokenLen = policy.MaxTokenBytes
 
 	// MaxScanLen is how many bytes of a packet's TCP payload are searched
-	// for the Authorization header. Bytes past it are not looked at.
-	MaxScanLen = 8192
+	// for the Authorization header. Bytes past it are not looked at. It
+	// leaves room for 8 KiB of headers before a token of MaxTokenLen.
+	MaxScanLen = 16 << 10
 
 	// MaxHeaderLines is how many lines after the request line are
 	// examined. It bounds the kernel's work on a packet made of short
@@ -25,24 +32,11 @@ const (
 	maxMethodLen = 16
 )
 
-const (
-	fnv64Offset = 14695981039346656037
-	fnv64Prime  = 1099511628211
-)
-
-// HashToken returns the 64-bit FNV-1a hash of a bearer token, the key the
-// kernel counts and revokes by. It equals hash/fnv.New64a over the token.
+// HashToken returns a bearer token's wire identity, the key the kernel
+// counts and revokes by: policy.WireHash, the first 64 bits of the token's
+// signature.
 func HashToken(token string) uint64 {
-	return fnv1a(token)
-}
-
-func fnv1a[T string | []byte](b T) uint64 {
-	h := uint64(fnv64Offset)
-	for i := 0; i < len(b); i++ {
-		h ^= uint64(b[i])
-		h *= fnv64Prime
-	}
-	return h
+	return policy.WireHash(token)
 }
 
 // isTchar reports whether c is an RFC 9110 tchar: "!" / "#" / "$" / "%" /
@@ -83,18 +77,13 @@ func isRequestLine(p []byte) bool {
 	return n > 0 && n <= maxMethodLen && n+1 < len(p) && p[n] == ' ' && isTargetStart(p[n+1])
 }
 
-// isTokenByte reports whether c belongs to the RFC 6750 b64token alphabet:
-// ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" / "=".
+// isTokenByte reports whether c can be part of a token: visible ASCII,
+// 0x21..0x7e. SP, HTAB, CR, LF, other control bytes, DEL and bytes >= 0x80
+// end a token. Wider than RFC 6750's b64token (which a token ext_authz
+// accepts never leaves), so that one comparison pair per byte, eight bytes
+// at a time, finds the end.
 func isTokenByte(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	switch c {
-	case '-', '.', '_', '~', '+', '/', '=':
-		return true
-	}
-	return false
+	return 0x21 <= c && c <= 0x7e
 }
 
 // hasPrefixFold reports whether b starts with lower, comparing ASCII letters
@@ -125,9 +114,9 @@ type parseResult struct {
 	hash       uint64
 }
 
-// scanResult is parseResult plus the hashes of every complete bearer token
-// in the header block (the first one's too, if found), in order: the kernel
-// drops the request if any of them is revoked.
+// scanResult is parseResult plus the identities of every complete bearer
+// token in the header block (the first one's too, if found), in order: the
+// kernel drops the request if any of them is revoked.
 type scanResult struct {
 	parseResult
 	hashes []uint64
@@ -143,15 +132,17 @@ type scanResult struct {
 //     first empty line ("\r\n" or "\n") ends the header block.
 //   - A bearer token is on a header line that starts with "authorization:"
 //     (any case), optional SP/HTAB, "bearer" (any case), one or more SP/HTAB,
-//     and at least one b64token byte. The token is the run of b64token
-//     bytes; the first other byte ends it. Every such line is looked at; the
-//     first token is the one reported (and counted by the kernel), and the
-//     kernel drops the request if any complete token's hash is revoked.
-//   - A token of more than MaxTokenLen bytes is truncated: not found. A token
-//     that runs to the end of the searched bytes (its header continues in a
-//     later segment) is not found either.
+//     and at least one visible ASCII byte. The token is the run of visible
+//     ASCII bytes (0x21..0x7e); the first other byte ends it. Every such
+//     line is looked at; the first token is the one reported (and counted
+//     by the kernel), and the kernel drops the request if any complete
+//     token's identity is revoked.
+//   - A token that runs to the end of the searched bytes (its header
+//     continues in a later segment) is incomplete: not found. Otherwise a
+//     token of more than MaxTokenLen bytes is truncated: not found either.
 //
-// The hash is HashToken of the token and is valid only if tokenFound.
+// The hash is HashToken of the token, its wire identity, and is valid only
+// if tokenFound.
 func ParseRequest(tcpPayload []byte) (hash uint64, tokenFound, isRequest, truncated bool) {
 	r := parse(tcpPayload)
 	return r.hash, r.tokenFound, r.isRequest, r.truncated
@@ -206,18 +197,18 @@ func scan(p []byte) scanResult {
 			continue
 		}
 
-		k := 0 // token length, looking one byte past MaxTokenLen
-		for j+k < len(p) && k <= MaxTokenLen && isTokenByte(p[j+k]) {
+		k := 0 // token length
+		for j+k < len(p) && isTokenByte(p[j+k]) {
 			k++
 		}
 		switch {
-		case k > MaxTokenLen:
-			r.truncated = r.truncated || first
 		case j+k == len(p):
 			r.incomplete = r.incomplete || first
 			return r // the rest of the data is this token
+		case k > MaxTokenLen:
+			r.truncated = r.truncated || first
 		default:
-			h := fnv1a(p[j : j+k])
+			h := policy.WireHash(string(p[j : j+k]))
 			if first {
 				r.tokenFound = true
 				r.hash = h

@@ -1,14 +1,16 @@
 package bpf
 
 import (
-	"hash/fnv"
+	"fmt"
 	"strings"
 	"testing"
 )
 
 // payloadCase is a TCP payload and what the parser must find in it. The
 // same table drives the Go parser here and the kernel programs in
-// prog_linux_test.go.
+// prog_linux_test.go (payloadCases, through BPF_PROG_TEST_RUN) and
+// netns_linux_test.go (longPayloadCases, too big for a test run, through a
+// real interface).
 type payloadCase struct {
 	name       string
 	payload    string
@@ -63,7 +65,6 @@ var payloadCases = func() []payloadCase {
 		{name: "basic_then_bearer", payload: req("Authorization: Basic dXNlcjpwdw==", "Authorization: Bearer second"), isRequest: true, token: "second"},
 		{name: "empty_bearer_then_bearer", payload: req("Authorization: Bearer ", "Authorization: Bearer second"), isRequest: true, token: "second"},
 		{name: "three_bearer_lines", payload: req("Authorization: Bearer first", "X-A: b", "authorization:\tbearer\tsecond", "Authorization: Bearer third"), isRequest: true, token: "first"},
-		{name: "truncated_then_bearer", payload: req("Authorization: Bearer "+strings.Repeat("t", MaxTokenLen+1), "Authorization: Bearer second"), isRequest: true, truncated: true},
 		{name: "bearer_then_incomplete", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer first\r\nAuthorization: Bearer sec", isRequest: true, token: "first"},
 		{name: "basic_only", payload: req("Authorization: Basic dXNlcjpwdw=="), isRequest: true},
 		{name: "proxy_authorization", payload: req("Proxy-Authorization: Bearer other", "X-Authorization: Bearer other"), isRequest: true},
@@ -89,12 +90,25 @@ var payloadCases = func() []payloadCase {
 
 		// The token's alphabet and end.
 		{name: "full_alphabet", payload: req("Authorization: Bearer AZaz09-._~+/="), isRequest: true, token: "AZaz09-._~+/="},
-		{name: "ends_at_comma", payload: req("Authorization: Bearer abc,def"), isRequest: true, token: "abc"},
+		{name: "visible_ascii", payload: req("Authorization: Bearer !\"#$%&'()*+,-./09:;<=>?@AZ[\\]^_`az{|}~"), isRequest: true, token: "!\"#$%&'()*+,-./09:;<=>?@AZ[\\]^_`az{|}~"},
+		{name: "comma_is_in_token", payload: req("Authorization: Bearer abc,def"), isRequest: true, token: "abc,def"},
 		{name: "ends_at_space", payload: req("Authorization: Bearer abc def"), isRequest: true, token: "abc"},
 		{name: "ends_at_nul", payload: req("Authorization: Bearer ab\x00cd"), isRequest: true, token: "ab"},
+		{name: "ends_at_del", payload: req("Authorization: Bearer ab\x7fcd"), isRequest: true, token: "ab"},
 		{name: "ends_at_utf8", payload: req("Authorization: Bearer t\u00f6k"), isRequest: true, token: "t"},
-		{name: "starts_with_other_byte", payload: req("Authorization: Bearer @abc"), isRequest: true},
+		{name: "starts_with_at", payload: req("Authorization: Bearer @abc"), isRequest: true, token: "@abc"},
+		{name: "starts_with_del", payload: req("Authorization: Bearer \x7fabc"), isRequest: true},
+		{name: "starts_with_utf8", payload: req("Authorization: Bearer \u00f6abc"), isRequest: true},
 		{name: "one_byte_token", payload: req("Authorization: Bearer x"), isRequest: true, token: "x"},
+
+		// The signature segment: what follows the token's last '.'.
+		{name: "jws_shape", payload: req("Authorization: Bearer " + jws(40, 80)), isRequest: true, token: jws(40, 80)},
+		{name: "trailing_dot", payload: req("Authorization: Bearer abc."), isRequest: true, token: "abc."},
+		{name: "only_dots", payload: req("Authorization: Bearer ..."), isRequest: true, token: "..."},
+		{name: "two_dots_one_word", payload: req("Authorization: Bearer a.b.cdefghijklmnop"), isRequest: true, token: "a.b.cdefghijklmnop"},
+		{name: "dot_then_end_same_word", payload: req("Authorization: Bearer abcdefg.hi"), isRequest: true, token: "abcdefg.hi"},
+		{name: "dot_after_end_same_word", payload: req("Authorization: Bearer abc x.y"), isRequest: true, token: "abc"},
+		{name: "dot_in_next_line", payload: req("Authorization: Bearer abcdef", "X-A: .b"), isRequest: true, token: "abcdef"},
 
 		// The line limit.
 		{name: "last_examined_line", payload: "GET / HTTP/1.1\r\n" + strings.Repeat("a\n", MaxHeaderLines-1) + "Authorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
@@ -141,12 +155,18 @@ var payloadCases = func() []payloadCase {
 		{name: "authority_form_ipv6", payload: "CONNECT [::1]:443 HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
 		{name: "authority_form_name", payload: "CONNECT orders:443 HTTP/1.1\r\nAuthorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
 
-		// Long tokens.
-		{name: "token_at_max", payload: req("Authorization: Bearer " + strings.Repeat("a", MaxTokenLen)), isRequest: true, token: strings.Repeat("a", MaxTokenLen)},
-		{name: "token_over_max", payload: req("Authorization: Bearer " + strings.Repeat("a", MaxTokenLen+1)), isRequest: true, truncated: true},
-		{name: "token_far_over_max", payload: req("Authorization: Bearer " + strings.Repeat("b", 3000)), isRequest: true, truncated: true},
-		{name: "token_over_max_at_end", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer " + strings.Repeat("c", MaxTokenLen+1), isRequest: true, truncated: true},
-		{name: "token_at_max_at_end", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer " + strings.Repeat("c", MaxTokenLen), isRequest: true, incomplete: true},
+		// Long tokens (up to what a test run takes; longPayloadCases go
+		// further).
+		{name: "token_1124", payload: req("Authorization: Bearer " + jws(200, 800)), isRequest: true, token: jws(200, 800)},
+		{name: "token_3000", payload: req("Authorization: Bearer " + jws(600, 2200)), isRequest: true, token: jws(600, 2200)},
+		{name: "token_3000_no_dot", payload: req("Authorization: Bearer " + strings.Repeat("b", 3000)), isRequest: true, token: strings.Repeat("b", 3000)},
+		{name: "token_3000_at_end", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer " + jws(600, 2200), isRequest: true, incomplete: true},
+	}
+	// A '.' at every offset from a word boundary, and segments of every
+	// length around the 11 characters that make the identity.
+	for i := 0; i < 16; i++ {
+		t := strings.Repeat("x", i) + "." + "ABCDEFGHIJKLMNOPQ"[:16-i]
+		cases = append(cases, payloadCase{name: fmt.Sprintf("dot_at_%d", i), payload: req("Authorization: Bearer " + t), isRequest: true, token: t})
 	}
 	for _, m := range methods {
 		cases = append(cases, payloadCase{
@@ -159,8 +179,31 @@ var payloadCases = func() []payloadCase {
 	return cases
 }()
 
+// jws is a token shaped like a tokenwarden token: prefix, header and claims
+// segments of the given lengths, and an 86-character signature segment that
+// differs with the lengths.
+func jws(header, claims int) string {
+	sig := fmt.Sprintf("S%04d%04d", header, claims) + strings.Repeat("Zz09-_", 13)[:77]
+	return "tw_" + strings.Repeat("h", header) + "." + strings.Repeat("c", claims) + "." + sig
+}
+
+// longPayloadCases are payloads too big for BPF_PROG_TEST_RUN: tokens up to
+// the largest the agent issues (MaxTokenLen) and past it.
+var longPayloadCases = []payloadCase{
+	{name: "token_at_max", payload: req("Authorization: Bearer " + jws(100, MaxTokenLen-3-100-2-86)), isRequest: true, token: jws(100, MaxTokenLen-3-100-2-86)},
+	{name: "token_at_max_after_7KiB", payload: req("X-Filler: "+strings.Repeat("f", 7<<10), "Authorization: Bearer "+jws(100, MaxTokenLen-3-100-2-86)), isRequest: true, token: jws(100, MaxTokenLen-3-100-2-86)},
+	{name: "token_over_max", payload: req("Authorization: Bearer " + jws(100, MaxTokenLen-3-100-2-86+1)), isRequest: true, truncated: true},
+	{name: "token_far_over_max", payload: req("Authorization: Bearer " + strings.Repeat("b", 12000)), isRequest: true, truncated: true},
+	{name: "truncated_then_bearer", payload: req("Authorization: Bearer "+strings.Repeat("t", MaxTokenLen+1), "Authorization: Bearer second"), isRequest: true, truncated: true},
+	{name: "token_over_max_at_end", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer " + strings.Repeat("c", MaxTokenLen+1), isRequest: true, incomplete: true},
+	{name: "token_at_max_at_end", payload: "GET / HTTP/1.1\r\nAuthorization: Bearer " + strings.Repeat("c", MaxTokenLen), isRequest: true, incomplete: true},
+}
+
 func TestParseRequest(t *testing.T) {
-	for _, c := range payloadCases {
+	if n := len(jws(100, MaxTokenLen-3-100-2-86)); n != MaxTokenLen {
+		t.Fatalf("test bug: the longest token is %d bytes", n)
+	}
+	for _, c := range append(payloadCases[:len(payloadCases):len(payloadCases)], longPayloadCases...) {
 		t.Run(c.name, func(t *testing.T) {
 			hash, found, isRequest, truncated := ParseRequest([]byte(c.payload))
 			if isRequest != c.isRequest {
@@ -249,20 +292,10 @@ func TestParseScanLimit(t *testing.T) {
 	}
 }
 
-func TestHashTokenMatchesHashFNV(t *testing.T) {
-	for _, s := range []string{"", "a", tok, strings.Repeat("xyz", 400), "tw_\x00\xff"} {
-		h := fnv.New64a()
-		h.Write([]byte(s))
-		if got, want := HashToken(s), h.Sum64(); got != want {
-			t.Errorf("HashToken(%q) = %#x, hash/fnv says %#x", s, got, want)
-		}
-	}
-}
-
 // FuzzParseRequest checks invariants of the Go parser alone; the kernel
 // agreement is FuzzParseAgreement.
 func FuzzParseRequest(f *testing.F) {
-	for _, c := range payloadCases {
+	for _, c := range append(payloadCases[:len(payloadCases):len(payloadCases)], longPayloadCases...) {
 		f.Add([]byte(c.payload))
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
@@ -295,11 +328,13 @@ func btoi(b bool) int {
 	return 0
 }
 
-// BenchmarkHashToken200B is the floor under the kernel's per-request cost:
-// FNV-1a is a chain of dependent xor-multiply steps, about 1 ns per byte.
+// BenchmarkHashToken200B is the identity of a 200-byte token in Go: find
+// the last '.', decode 11 characters.
 func BenchmarkHashToken200B(b *testing.B) {
-	token := strings.Repeat("tw_eyJhbGciOiJFZERTQSJ9.", 9)[:200]
-	b.SetBytes(int64(len(token)))
+	token := jws(40, 69)
+	if len(token) != 200 {
+		b.Fatalf("token is %d bytes", len(token))
+	}
 	var sink uint64
 	for b.Loop() {
 		sink += HashToken(token)

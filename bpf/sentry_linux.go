@@ -64,6 +64,11 @@ func Load(cfg Config) (*Sentry, error) {
 	spec.Maps[tokenmeterMapTokenCounts].MaxEntries = cfg.MaxTokens
 	spec.Maps[tokenmeterMapRevoked].MaxEntries = cfg.MaxRevoked
 	spec.Maps[tokenmeterMapEvents].MaxEntries = cfg.EventBufferBytes
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	spec.Maps[tokenmeterMapScratch].MaxEntries = uint32(cpus)
 
 	s := &Sentry{cfg: cfg, prev: make(map[uint64]tokenmeterTokenStats)}
 	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {

@@ -6,8 +6,10 @@
 // For every packet whose TCP payload starts like a request line (a method
 // token, a space, and the start of a request target), the programs find
 // every "Authorization: Bearer <token>" header in the header block of that
-// packet and hash each token with 64-bit FNV-1a. The request is counted per
-// hash of the first one, and dropped if the hash of any of them is in the
+// packet and take each token's wire identity: 64 bits of its signature, the
+// base64url decoding of the first 11 characters of its last '.'-separated
+// segment (policy.WireHash). The request is counted under the identity of
+// the first token, and dropped if the identity of any of them is in the
 // revoked set.
 //
 // The rules are mirrored exactly by ParseRequest in parse.go; the two are
@@ -25,9 +27,11 @@
 //      first MAX_HEADER_LINES line starts, compares "authorization:" 8 bytes
 //      at a time with ASCII case folding. The line limit bounds the work a
 //      packet of short lines can cause.
-//      The same loop hashes each token found 64 bytes per iteration, fully
-//      unrolled (the FNV-1a xor/multiply chain is the floor: ~1 ns/byte),
-//      looks the hash up in the revoked set, and goes on to the next line.
+//      The same loop finds each token's end and its last '.' 8 bytes at a
+//      time (64 per iteration), decodes 11 characters after that '.', looks
+//      the identity up in the revoked set, and goes on to the next line. No
+//      byte of the token is hashed: the cost beyond the scan does not grow
+//      with the token.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -41,8 +45,8 @@
 char __license[] SEC("license") = "Dual MIT/GPL";
 
 /* Keep in sync with parse.go. */
-#define MAX_TOKEN_LEN 1024 /* token bytes hashed; longer tokens are "truncated" */
-#define MAX_SCAN_LEN 8192  /* TCP payload bytes considered per packet */
+#define MAX_TOKEN_LEN 8192  /* policy.MaxTokenBytes; longer tokens are "truncated" */
+#define MAX_SCAN_LEN 16384 /* TCP payload bytes considered per packet */
 #define MAX_HEADER_LINES 128 /* lines after the request line examined */
 
 /* Payload bytes copied per bpf_skb_load_bytes: a first chunk that holds a
@@ -56,21 +60,21 @@ char __license[] SEC("license") = "Dual MIT/GPL";
  * arithmetic. Real offsets stay below MAX_SCAN_LEN + PAD_LEN, so the mask
  * never changes one. */
 #define SCRATCH_MASK (2 * MAX_SCAN_LEN - 1)
-#define SCRATCH_LEN (SCRATCH_MASK + 1 + 8)
+#define SCRATCH_LEN (SCRATCH_MASK + 1 + 64)
 
 /* Every scan step finds a line (at most MAX_HEADER_LINES + 1), moves 64
  * bytes on (at most MAX_SCAN_LEN / 64 + 1 in all) or leaves the OWS, SPACES
- * or HASH state (at most three times per line): 1024 steps are never used
+ * or TOKEN state (at most three times per line): 1024 steps are never used
  * up. */
 #define SCAN_STEPS 1024
-#define HASH_STEP_BYTES 64
+#define TOKEN_STEP_BYTES 64
+/* Characters of the signature segment decoded into the identity: 11
+ * base64url characters carry 66 bits, the first 64 are kept. */
+#define ID_CHARS 11
 /* Request line: a method of at most MAX_METHOD_LEN tchar bytes, SP, and the
  * first byte of the request target. */
 #define MAX_METHOD_LEN 16
 #define REQ_PEEK_LEN 24
-
-#define FNV64_OFFSET 14695981039346656037ULL
-#define FNV64_PRIME 1099511628211ULL
 
 #define PROTO_TCP 6
 #define NEXTHDR_HOP 0
@@ -119,7 +123,7 @@ struct global_stats {
 
 /* Ring buffer record. Explicit layout, no implicit padding: 64 bytes. */
 struct drop_event {
-	__u64 hash;
+	__u64 hash; /* wire identity of the revoked token */
 	__u64 ktime_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
 	__u8 saddr[16]; /* IPv4 in the first 4 bytes, rest zero */
 	__u8 daddr[16];
@@ -167,8 +171,11 @@ struct {
 	__type(value, struct global_stats);
 } stats SEC(".maps");
 
+/* One scratch buffer per CPU, indexed by CPU number: the buffer is over the
+ * 32 KiB a per-CPU array value may hold. Load sets max_entries to the number
+ * of possible CPUs. The programs never interleave on one CPU (see stats). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct scratch);
@@ -177,11 +184,26 @@ struct {
 /* bpf2go -type needs the type in BTF. */
 const struct drop_event *unused_drop_event __attribute__((unused));
 
-/* RFC 6750 b64token: ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" / "=" */
-static const __u8 tokchar[256] = {
-	['A' ... 'Z'] = 1, ['a' ... 'z'] = 1, ['0' ... '9'] = 1,
-	['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['+'] = 1, ['/'] = 1, ['='] = 1,
+/* Value of a base64url character; every other byte counts as 0. */
+static const __u8 b64val[256] = {
+	['A'] = 0,  ['B'] = 1,  ['C'] = 2,  ['D'] = 3,  ['E'] = 4,  ['F'] = 5,  ['G'] = 6,
+	['H'] = 7,  ['I'] = 8,  ['J'] = 9,  ['K'] = 10, ['L'] = 11, ['M'] = 12, ['N'] = 13,
+	['O'] = 14, ['P'] = 15, ['Q'] = 16, ['R'] = 17, ['S'] = 18, ['T'] = 19, ['U'] = 20,
+	['V'] = 21, ['W'] = 22, ['X'] = 23, ['Y'] = 24, ['Z'] = 25, ['a'] = 26, ['b'] = 27,
+	['c'] = 28, ['d'] = 29, ['e'] = 30, ['f'] = 31, ['g'] = 32, ['h'] = 33, ['i'] = 34,
+	['j'] = 35, ['k'] = 36, ['l'] = 37, ['m'] = 38, ['n'] = 39, ['o'] = 40, ['p'] = 41,
+	['q'] = 42, ['r'] = 43, ['s'] = 44, ['t'] = 45, ['u'] = 46, ['v'] = 47, ['w'] = 48,
+	['x'] = 49, ['y'] = 50, ['z'] = 51, ['0'] = 52, ['1'] = 53, ['2'] = 54, ['3'] = 55,
+	['4'] = 56, ['5'] = 57, ['6'] = 58, ['7'] = 59, ['8'] = 60, ['9'] = 61, ['-'] = 62,
+	['_'] = 63,
 };
+
+/* A token is a run of visible ASCII bytes (0x21..0x7e): it ends at SP,
+ * HTAB, CR, LF, any other control byte, DEL or a byte >= 0x80. */
+static __always_inline int is_tokbyte(__u8 c)
+{
+	return (__u8)(c - 0x21) < 0x5e;
+}
 
 /* RFC 9110 tchar: "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
  * "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA. Value 2 marks the bytes a
@@ -217,7 +239,7 @@ enum scan_state {
 	ST_SEEK,   /* looking for the next '\n' from pos */
 	ST_OWS,    /* after "authorization:", skipping SP / HTAB */
 	ST_SPACES, /* after "bearer" and SP / HTAB, skipping SP / HTAB */
-	ST_HASH,   /* hashing the token that starts at tok */
+	ST_TOKEN,  /* finding the end of the token that starts at tok */
 	ST_END,    /* end of headers or of data */
 };
 
@@ -225,7 +247,7 @@ enum scan_state {
 enum tok_result {
 	TOK_NONE,
 	TOK_FOUND,
-	TOK_TRUNCATED,  /* longer than MAX_TOKEN_LEN */
+	TOK_TRUNCATED,  /* longer than MAX_TOKEN_LEN: no token the agent issues */
 	TOK_INCOMPLETE, /* runs into the end of the scanned bytes */
 };
 
@@ -233,17 +255,17 @@ struct scan {
 	struct __sk_buff *skb;
 	struct scratch *scr;
 	__u8 *buf;        /* scr->buf: payload[0:n], then PAD_LEN zeros */
-	__u64 hash;
 	__u32 payload_off; /* offset of the TCP payload from skb->data */
 	__u32 plen;        /* payload bytes in scope, at most MAX_SCAN_LEN */
 	__u32 n;           /* payload bytes copied into buf */
 	__u32 pos;
 	__u32 state;
 	__u32 tok;
+	__u32 seg;         /* start of the token's last '.'-separated segment */
 	__u32 first;       /* enum tok_result of the first token */
-	__u64 first_hash;  /* its hash if TOK_FOUND */
-	__u64 revoked_hash;
-	__u32 revoked;     /* some token's hash is in the revoked set */
+	__u64 first_id;    /* its identity if TOK_FOUND */
+	__u64 revoked_id;
+	__u32 revoked;     /* some token's identity is in the revoked set */
 };
 
 struct pkt {
@@ -263,6 +285,13 @@ enum parse_result {
 static __always_inline __u64 load64(const __u8 *buf, __u32 off)
 {
 	return *(const __u64 *)(buf + (off & SCRATCH_MASK));
+}
+
+/* The 64 bytes from off, read as eight words at constant offsets from one
+ * masked pointer (SCRATCH_LEN leaves 64 bytes after the mask's range). */
+static __always_inline const __u64 *window(const __u8 *buf, __u32 off)
+{
+	return (const __u64 *)(buf + (off & SCRATCH_MASK));
 }
 
 static __always_inline __u8 load8(const __u8 *buf, __u32 off)
@@ -292,6 +321,56 @@ static __always_inline __u64 newline_bits(__u64 w)
 static __always_inline __u32 first_marked_byte(__u64 m)
 {
 	return (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
+}
+
+/* Index of the highest marked byte of m (m != 0, only bit 7 of a byte
+ * set): mark every byte below it too, then count the marks. */
+static __always_inline __u32 last_marked_byte(__u64 m)
+{
+	m |= m >> 8;
+	m |= m >> 16;
+	m |= m >> 32;
+	return (((m >> 7) * BYTES_01) >> 56) - 1;
+}
+
+/* High bit of each byte of w set iff that byte ends a token: below 0x21 or
+ * above 0x7e. Exact per byte: no sum carries into the next byte. */
+static __always_inline __u64 token_end_bits(__u64 w)
+{
+	__u64 a = w & BYTES(0x7f);
+	__u64 ge21 = a + BYTES(0x80 - 0x21);
+	__u64 ge7f = a + BYTES(0x01);
+	return (~ge21 | ge7f | w) & BYTES_80;
+}
+
+/* High bit of each byte of w set iff that byte is '.'. */
+static __always_inline __u64 dot_bits(__u64 w)
+{
+	return ~bytes_not(w, '.') & BYTES_80;
+}
+
+/* The wire identity of a token whose last segment starts at s and whose
+ * end is at end: the first 64 bits of the base64url decoding of the
+ * segment's first ID_CHARS characters, big-endian, characters past the end
+ * counting as 0. For a tokenwarden token, the first 8 bytes of its Ed25519
+ * signature. */
+static __always_inline __u64 wire_id(const __u8 *buf, __u32 s, __u32 end)
+{
+	__u32 len = end - s;
+	__u64 id = 0;
+
+#pragma unroll
+	for (int i = 0; i < ID_CHARS - 1; i++) {
+		__u64 v = b64val[load8(buf, s + i)];
+		if (i >= len)
+			v = 0;
+		id = id << 6 | v;
+	}
+	if (len >= ID_CHARS)
+		id = id << 4 | b64val[load8(buf, s + ID_CHARS - 1)] >> 2;
+	else
+		id <<= 4;
+	return id;
 }
 
 static __always_inline void zero_pad(__u8 *buf, __u32 n)
@@ -339,28 +418,30 @@ static __always_inline int is_bearer_sp(const __u8 *buf, __u32 pos)
 }
 
 /* The token that started at sc->tok ended before pos (the first byte that
- * is not a token byte, or MAX_TOKEN_LEN bytes in). Record it, look its hash
- * up in the revoked set, and go on with the next line. */
-static __always_inline void token_done(struct scan *sc, __u32 pos, __u64 h)
+ * is not a token byte). Record it, look its identity up in the revoked set,
+ * and go on with the next line. */
+static __always_inline void token_done(struct scan *sc, __u32 pos)
 {
+	__u64 id = 0;
 	__u32 res;
 
-	if (pos - sc->tok >= MAX_TOKEN_LEN && pos < sc->n && tokchar[load8(sc->buf, pos)])
-		res = TOK_TRUNCATED;
-	else if (pos >= sc->n)
+	if (pos >= sc->n)
 		res = TOK_INCOMPLETE; /* the rest is in a later segment */
+	else if (pos - sc->tok > MAX_TOKEN_LEN)
+		res = TOK_TRUNCATED;
 	else
 		res = TOK_FOUND;
 
+	if (res == TOK_FOUND)
+		id = wire_id(sc->buf, sc->seg, pos);
 	if (sc->first == TOK_NONE) {
 		sc->first = res;
-		sc->first_hash = h;
+		sc->first_id = id;
 	}
 	if (res == TOK_FOUND && !sc->revoked) {
-		__u64 key = h;
-		if (bpf_map_lookup_elem(&revoked, &key)) {
+		if (bpf_map_lookup_elem(&revoked, &id)) {
 			sc->revoked = 1;
-			sc->revoked_hash = h;
+			sc->revoked_id = id;
 		}
 	}
 	sc->pos = pos;
@@ -380,9 +461,10 @@ static __always_inline void token_done(struct scan *sc, __u32 pos, __u64 h)
  *              expect "bearer ".
  *   ST_SPACES  skip SP/HTAB after "bearer", 64 bytes per step, then
  *              expect a token byte.
- *   ST_HASH    FNV-1a over the next HASH_STEP_BYTES token bytes; at the
- *              token's end (or MAX_TOKEN_LEN bytes in) record it and go
- *              back to ST_SEEK: every Authorization line is looked at.
+ *   ST_TOKEN   look for the token's end and its '.' bytes in the next
+ *              TOKEN_STEP_BYTES bytes, 8 at a time; at the end, record the
+ *              token and go back to ST_SEEK: every Authorization line is
+ *              looked at.
  *
  * Bytes past the data are zero: never '\n', SP, HTAB or a token byte.
  */
@@ -392,33 +474,35 @@ static long scan_step(__u64 index, void *ctx)
 	__u32 pos = sc->pos;
 	__u64 m = 0;
 	__u32 base = 0;
+	const __u64 *win;
 	__u8 *buf;
 	__u8 c;
 
 	if (pos + LOOKAHEAD > sc->n && sc->n < sc->plen)
 		load_more(sc);
 	buf = sc->buf;
+	win = window(buf, pos);
 
 	/* A token that ran to the end of the data ends at the zero padding. */
-	if (sc->state == ST_HASH) {
-		__u64 h = sc->hash;
-		__u32 left = MAX_TOKEN_LEN - (pos - sc->tok);
+	if (sc->state == ST_TOKEN) {
+#pragma unroll
+		for (int k = 0; k < TOKEN_STEP_BYTES / 8; k++) {
+			__u64 w = win[k];
+			__u64 e = token_end_bits(w);
+			__u64 d = dot_bits(w);
 
-#pragma unroll
-		for (int k = 0; k < HASH_STEP_BYTES / 8; k++) {
-			__u64 w = load64(buf, pos + 8 * k);
-#pragma unroll
-			for (int j = 0; j < 8; j++) {
-				__u8 b = w >> (8 * j);
-				if (!tokchar[b] || 8 * k + j == left) {
-					token_done(sc, pos + 8 * k + j, h);
-					return sc->state == ST_END;
-				}
-				h = (h ^ b) * FNV64_PRIME;
+			if (e) {
+				e &= -e;
+				d &= e - 1; /* dots before the end only */
+				if (d)
+					sc->seg = pos + 8 * k + last_marked_byte(d) + 1;
+				token_done(sc, pos + 8 * k + first_marked_byte(e));
+				return sc->state == ST_END;
 			}
+			if (d)
+				sc->seg = pos + 8 * k + last_marked_byte(d) + 1;
 		}
-		sc->hash = h;
-		sc->pos = pos + HASH_STEP_BYTES;
+		sc->pos = pos + TOKEN_STEP_BYTES;
 		return 0;
 	}
 
@@ -428,7 +512,7 @@ static long scan_step(__u64 index, void *ctx)
 	if (sc->state == ST_OWS) {
 #pragma unroll
 		for (int k = 0; k < 8; k++) {
-			__u64 w = load64(buf, pos + 8 * k);
+			__u64 w = win[k];
 			m = bytes_not(w, ' ') & bytes_not(w, '\t');
 			if (m) {
 				pos += 8 * k + first_marked_byte(m);
@@ -446,11 +530,11 @@ static long scan_step(__u64 index, void *ctx)
 	if (sc->state == ST_SPACES) {
 #pragma unroll
 		for (int k = 0; k < 8; k++) {
-			__u64 w = load64(buf, pos + 8 * k);
+			__u64 w = win[k];
 			m = bytes_not(w, ' ') & bytes_not(w, '\t');
 			if (m) {
 				pos += 8 * k + first_marked_byte(m);
-				if (!tokchar[load8(buf, pos)])
+				if (!is_tokbyte(load8(buf, pos)))
 					goto next_line;
 				goto token;
 			}
@@ -462,7 +546,7 @@ static long scan_step(__u64 index, void *ctx)
 	/* ST_SEEK. Bytes past the data are zero, so never a '\n'. */
 #pragma unroll
 	for (int k = 0; k < 8; k++) {
-		m = newline_bits(load64(buf, pos + 8 * k));
+		m = newline_bits(win[k]);
 		if (m) {
 			base = pos + 8 * k;
 			goto line;
@@ -487,7 +571,7 @@ line:
 	pos += 14;
 	/* The usual form: one SP, "Bearer", one SP, the token. */
 	if (load8(buf, pos) == ' ' && is_bearer_sp(buf, pos + 1) &&
-	    tokchar[load8(buf, pos + 8)]) {
+	    is_tokbyte(load8(buf, pos + 8))) {
 		pos += 8;
 		goto token;
 	}
@@ -497,9 +581,9 @@ line:
 
 token:
 	sc->tok = pos;
+	sc->seg = pos;
 	sc->pos = pos;
-	sc->hash = FNV64_OFFSET;
-	sc->state = ST_HASH;
+	sc->state = ST_TOKEN;
 	return 0;
 
 next_line:
@@ -644,9 +728,9 @@ static __always_inline int parse_headers(struct __sk_buff *skb, __u32 l3off, str
 	return PARSE_SKIP;
 }
 
-static __always_inline void count_token(__u64 hash, __u64 bytes, __u64 now, int drop)
+static __always_inline void count_token(__u64 id, __u64 bytes, __u64 now, int drop)
 {
-	struct token_stats *ts = bpf_map_lookup_elem(&token_counts, &hash);
+	struct token_stats *ts = bpf_map_lookup_elem(&token_counts, &id);
 
 	if (!ts) {
 		struct token_stats init = {
@@ -656,10 +740,10 @@ static __always_inline void count_token(__u64 hash, __u64 bytes, __u64 now, int 
 			.drops = drop ? 1 : 0,
 			.first_seen_ns = now,
 		};
-		if (bpf_map_update_elem(&token_counts, &hash, &init, BPF_NOEXIST) == 0)
+		if (bpf_map_update_elem(&token_counts, &id, &init, BPF_NOEXIST) == 0)
 			return;
 		/* Another CPU inserted it first. */
-		ts = bpf_map_lookup_elem(&token_counts, &hash);
+		ts = bpf_map_lookup_elem(&token_counts, &id);
 		if (!ts)
 			return;
 	}
@@ -709,6 +793,7 @@ static __always_inline enum verdict meter(struct __sk_buff *skb, __u32 l3off, __
 	struct pkt p = {};
 	struct scan sc = {};
 	__u64 w[REQ_PEEK_LEN / 8] = {}, now;
+	__u32 cpu;
 	void *data, *data_end;
 	int r;
 
@@ -750,7 +835,8 @@ static __always_inline enum verdict meter(struct __sk_buff *skb, __u32 l3off, __
 		return VERDICT_PASS;
 	st->requests++;
 
-	sc.scr = bpf_map_lookup_elem(&scratch, &zero);
+	cpu = bpf_get_smp_processor_id();
+	sc.scr = bpf_map_lookup_elem(&scratch, &cpu);
 	if (!sc.scr)
 		return VERDICT_PASS;
 	sc.scr->lines = 0;
@@ -773,12 +859,12 @@ static __always_inline enum verdict meter(struct __sk_buff *skb, __u32 l3off, __
 		 * kvm-clock. The request is counted for the first token; it is
 		 * dropped if any token is revoked. */
 		now = bpf_ktime_get_coarse_ns();
-		count_token(sc.first_hash, p.ip_len, now, sc.revoked);
+		count_token(sc.first_id, p.ip_len, now, sc.revoked);
 	}
 	if (!sc.revoked)
 		return VERDICT_PASS;
 	st->drops++;
-	report_drop(skb, st, &p, sc.revoked_hash, hook, l3off);
+	report_drop(skb, st, &p, sc.revoked_id, hook, l3off);
 	return VERDICT_DROP;
 }
 

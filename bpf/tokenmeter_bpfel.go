@@ -42,7 +42,7 @@ type tokenmeterGlobalStats struct {
 
 type tokenmeterScratch struct {
 	_     structs.HostLayout
-	Buf   [16392]uint8
+	Buf   [32832]uint8
 	Lines uint32
 }
 

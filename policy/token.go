@@ -55,7 +55,8 @@ type Token struct {
 	// scope claim that its class still grants under the policy it was
 	// verified against (Claims.Scope keeps the claim as signed).
 	Scopes []string
-	// WireHash is FNV-1a 64 of the token string, as the kernel computes it.
+	// WireHash is the token's wire identity: the first 64 bits of its
+	// signature (see WireHash), as the kernel computes it.
 	WireHash uint64
 
 	// verifiedBy is the Verifier (policy, keys) a Decider verified the
@@ -86,21 +87,53 @@ func NewTokenID() string {
 	return idEncoder.EncodeToString(b[:])
 }
 
-// WireHash is the 64-bit FNV-1a of the token string: what the kernel side
-// computes over the bytes after "Bearer ". It is hash/fnv's New64a, written
-// out so that it does not allocate.
+// WireHash is a token's wire identity: what the kernel side counts and
+// revokes by, the agent's per-token counters and the store's second key. It
+// is the first 64 bits of the token's signature: the base64url decoding of
+// the first 11 characters of the token's last '.'-separated segment (the
+// whole token if it has no '.'), read big-endian; characters past the end
+// of the segment, and bytes outside the base64url alphabet, count as 0.
+//
+// For a token this package minted, that is the first 8 bytes of its Ed25519
+// signature (the encoding of the point R, unique per signed message), so
+// two tokens share an identity only if they carry the same signature bits:
+// a holder who alters the header or claims either keeps the signature (same
+// identity, same revocation) or produces a token Verify refuses. It is not
+// a hash of attacker-chosen bytes, so nobody can aim a crafted token at
+// another token's identity without knowing that token's signature.
+//
+// It costs the same for a token of any length after the last '.' is found:
+// the kernel reads 11 bytes, not the token.
 func WireHash(token string) uint64 {
-	const (
-		offset64 = 14695981039346656037
-		prime64  = 1099511628211
-	)
-	h := uint64(offset64)
-	for i := 0; i < len(token); i++ {
-		h ^= uint64(token[i])
-		h *= prime64
+	seg := token[strings.LastIndexByte(token, '.')+1:]
+	var id uint64
+	for i := 0; i < wireIDChars-1; i++ {
+		var v byte
+		if i < len(seg) {
+			v = b64urlValue[seg[i]]
+		}
+		id = id<<6 | uint64(v)
 	}
-	return h
+	var v byte
+	if len(seg) >= wireIDChars {
+		v = b64urlValue[seg[wireIDChars-1]]
+	}
+	return id<<4 | uint64(v>>2)
 }
+
+// wireIDChars is how many signature characters WireHash decodes: 66 bits,
+// of which the first 64 are kept.
+const wireIDChars = 11
+
+// b64urlValue maps a base64url character to its value and every other byte
+// to 0, exactly as the kernel program's table does.
+var b64urlValue = func() (t [256]byte) {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	for i := 0; i < len(alphabet); i++ {
+		t[alphabet[i]] = byte(i)
+	}
+	return t
+}()
 
 // LeakHash is sha256 of the token string: what the store keeps so a leaked
 // token can be looked up without the token ever being stored.
@@ -169,7 +202,13 @@ func Mint(key SigningKey, c Claims) (string, error) {
 	}
 	input := b64.EncodeToString(h) + "." + b64.EncodeToString(body)
 	sig := ed25519.Sign(key.Private, []byte(input))
-	return TokenPrefix + input + "." + b64.EncodeToString(sig), nil
+	tok := TokenPrefix + input + "." + b64.EncodeToString(sig)
+	if len(tok) > MaxTokenBytes {
+		// Verify would refuse it, and the kernel side meters tokens up
+		// to this size (docs/kernel.md).
+		return "", refuse("the token would be %d bytes, over the %d-byte limit that verification and the kernel side accept: ask for fewer scopes or a shorter subject or tenant", len(tok), MaxTokenBytes)
+	}
+	return tok, nil
 }
 
 // VerifyError is a token rejection with its reason code.

@@ -5,8 +5,9 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base32"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
-	"hash/fnv"
 	"math"
 	"math/rand/v2"
 	"reflect"
@@ -198,7 +199,7 @@ func TestVerifySecurity(t *testing.T) {
 		"missing tw_ prefix":                         {token: strings.TrimPrefix(good, policy.TokenPrefix), want: policy.ReasonMalformedToken},
 		"upper-case prefix":                          {token: "TW_" + strings.TrimPrefix(good, policy.TokenPrefix), want: policy.ReasonMalformedToken},
 		"Bearer kept in the token":                   {token: "Bearer " + good, want: policy.ReasonMalformedToken},
-		"over 8 KiB":                                 {token: mint(t, testKey, bigSubject), want: policy.ReasonMalformedToken},
+		"over 8 KiB":                                 {token: signRaw(testKey, edHeader, claimsJSON(t, bigSubject)), want: policy.ReasonMalformedToken},
 		"two segments":                               {token: policy.TokenPrefix + hdr + "." + body, want: policy.ReasonMalformedToken},
 		"extra segment":                              {token: good + "." + sig, want: policy.ReasonMalformedToken},
 		"extra empty segment":                        {token: good + ".", want: policy.ReasonMalformedToken},
@@ -447,28 +448,86 @@ func TestTokenIDKey(t *testing.T) {
 	}
 }
 
+// TestWireHash pins the wire identity: the first 64 bits of the token's
+// signature, read from the characters after the last '.'.
 func TestWireHash(t *testing.T) {
-	tests := map[string]string{
-		"empty":  "",
-		"one":    "a",
-		"token":  mint(t, testKey, claims()),
-		"binary": "\x00\xff\x80tw_",
-		"long":   strings.Repeat("0123456789", 1000),
+	tok := mint(t, testKey, claims())
+	sig, err := base64.RawURLEncoding.DecodeString(tok[strings.LastIndexByte(tok, '.')+1:])
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		t.Fatalf("signature segment: %d bytes, %v", len(sig), err)
 	}
-	for name, s := range tests {
+	tests := map[string]struct {
+		in   string
+		want uint64
+	}{
+		"minted token: first 8 signature bytes":   {tok, binary.BigEndian.Uint64(sig)},
+		"empty":                                   {"", 0},
+		"no dot: the whole string":                {"B", 1 << 58},
+		"short segment: missing characters are 0": {"x.AB", 1 << 52},
+		"trailing dot":                            {"tw_a.b.", 0},
+		"eleventh character's top 4 bits":         {"a.b.AAAAAAAAAAE", 1},
+		"eleventh character's low 2 bits dropped": {"a.b.AAAAAAAAAAD", 0},
+		"only 11 characters count":                {"a.b.AAAAAAAAAAA_____", 0},
+		"last character values":                   {"_-__________", ^uint64(0) &^ (1 << 52)},
+		"bytes outside base64url count as 0":      {"a.~+/=\x00\xff!AAAAA", 0},
+	}
+	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
-			h := fnv.New64a()
-			h.Write([]byte(s))
-			if got, want := policy.WireHash(s), h.Sum64(); got != want {
-				t.Errorf("WireHash = %#x, hash/fnv New64a = %#x", got, want)
+			if got := policy.WireHash(tt.in); got != tt.want {
+				t.Errorf("WireHash(%q) = %#016x, want %#016x", tt.in, got, tt.want)
 			}
 		})
 	}
-	if n := testing.AllocsPerRun(100, func() { policy.WireHash("tw_abc") }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { policy.WireHash(tok) }); n != 0 {
 		t.Errorf("WireHash allocates %v times", n)
 	}
 	if policy.LeakHash("x") != sha256.Sum256([]byte("x")) {
 		t.Error("LeakHash is not sha256")
+	}
+}
+
+// TestWireHashIsTheSignature attacks the identity: header and claims altered
+// around a victim's signature keep the victim's identity (and Verify refuses
+// the result), while any token minted by the key, and any change to the
+// first 64 signature bits, has an identity of its own.
+func TestWireHashIsTheSignature(t *testing.T) {
+	v := prodVerifier(t)
+	victim := mint(t, testKey, claims())
+	dot := strings.LastIndexByte(victim, '.')
+	victimSig := victim[dot+1:]
+
+	forged := []string{
+		policy.TokenPrefix + b64.EncodeToString([]byte(`{"alg":"EdDSA"}`)) + ".e30." + victimSig,
+		"tw_garbage." + victimSig,
+		victim[:10] + "x" + victim[11:],
+	}
+	for _, f := range forged {
+		if policy.WireHash(f) != policy.WireHash(victim) {
+			t.Errorf("%q: a token carrying the victim's signature has another identity", f)
+		}
+		if _, verr := v.Verify(f, testNow); verr == nil {
+			t.Errorf("%q: Verify accepted a token with a borrowed signature", f)
+		}
+	}
+	// Flip each of the first 64 signature bits in turn: each gives
+	// another identity.
+	for bit := 0; bit < 64; bit++ {
+		raw, _ := base64.RawURLEncoding.DecodeString(victimSig)
+		raw[bit/8] ^= 0x80 >> (bit % 8)
+		if policy.WireHash(victim[:dot+1]+base64.RawURLEncoding.EncodeToString(raw)) == policy.WireHash(victim) {
+			t.Errorf("flipping signature bit %d keeps the identity", bit)
+		}
+	}
+	// 2,000 tokens minted for the same subject: 2,000 identities.
+	seen := make(map[uint64]bool)
+	for i := 0; i < 2000; i++ {
+		c := claims()
+		c.ID = policy.NewTokenID()
+		id := policy.WireHash(mint(t, testKey, c))
+		if seen[id] {
+			t.Fatalf("token %d repeats an identity", i)
+		}
+		seen[id] = true
 	}
 }
 

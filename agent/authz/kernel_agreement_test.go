@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/tokenwarden/tokenwarden/bpf"
@@ -53,5 +54,57 @@ func TestAllowedTokensAreSeenByTheKernel(t *testing.T) {
 	}
 	if allowed < 5 {
 		t.Errorf("only %d of the plain spellings allowed", allowed)
+	}
+}
+
+// TestBorrowedSignatureIsRefused attacks the wire identity, which keys the
+// kernel's counters and revoked set: a client builds tokens around a victim
+// token's signature segment to have its requests counted under the victim
+// (and the victim revoked by the anomaly detector), or around its own
+// signature to dodge a revocation. Every such token is refused by ext_authz;
+// the kernel counts it under the victim only when it carries the victim's
+// signature bits, and no byte outside the signature moves the identity.
+func TestBorrowedSignatureIsRefused(t *testing.T) {
+	f := newFixture(t)
+	victim, _ := f.mint(t, policy.IssueRequest{Subject: "victim", Scopes: []string{"orders:read"}}, fixedNow)
+	attacker, _ := f.mint(t, policy.IssueRequest{Subject: "attacker", Scopes: []string{"orders:read"}}, fixedNow)
+	vDot, aDot := strings.LastIndexByte(victim, '.'), strings.LastIndexByte(attacker, '.')
+	victimSig := victim[vDot+1:]
+	flipped := []byte(victimSig)
+	flipped[3] ^= 'A' ^ 'B' // one signature character (6 bits) changed
+	s := f.server(t, Config{})
+
+	for _, tc := range []struct {
+		name  string
+		token string
+		under string // whose identity the kernel counts it under, if anyone's
+	}{
+		{"attacker's header and claims, victim's signature", attacker[:aDot+1] + victimSig, victim},
+		{"garbage claims, victim's signature", "tw_eyJhbGciOiJFZERTQSJ9.e30." + victimSig, victim},
+		{"victim's signature alone", victimSig, victim},
+		{"victim's signature, extra characters", victim + "AAAA", victim},
+		{"victim's token, one signature character changed", victim[:vDot+1] + string(flipped), ""},
+		// Dodging a revocation of one's own token by changing the claims
+		// does not work either: the identity stays the attacker's.
+		{"victim's header and claims, attacker's signature", victim[:vDot+1] + attacker[aDot+1:], attacker},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := s.Check(context.Background(), checkRequest("GET", "orders", "/orders/1", map[string]string{"authorization": "Bearer " + tc.token}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.GetOkResponse() != nil {
+				t.Fatal("ext_authz allowed a token built around a borrowed signature")
+			}
+			hash, found, _, _ := bpf.ParseRequest([]byte("GET /orders/1 HTTP/1.1\r\nHost: orders\r\nAuthorization: Bearer " + tc.token + "\r\n\r\n"))
+			if !found {
+				t.Fatal("the kernel would not count the request at all")
+			}
+			for who, tok := range map[string]string{"victim": victim, "attacker": attacker} {
+				if got, want := hash == policy.WireHash(tok), tok == tc.under; got != want {
+					t.Errorf("counted under the %s: %v, want %v", who, got, want)
+				}
+			}
+		})
 	}
 }

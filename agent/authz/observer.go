@@ -23,7 +23,8 @@ type Event struct {
 	// unknown): Envoy's source socket address, nginx's X-Real-IP, the last
 	// X-Forwarded-For hop, or the peer of the HTTP connection.
 	Source string
-	// WireHash is the FNV-1a 64 hash of the presented token, as the kernel
+	// WireHash is the wire identity of the presented token
+	// (policy.WireHash: the first 64 bits of its signature), as the kernel
 	// side computes it; 0 when the request carried none. With
 	// Decision.TokenID it maps kernel counters to token ids.
 	WireHash uint64

@@ -6,8 +6,9 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
-	"hash/fnv"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -245,10 +246,15 @@ func (f *fixture) assertNotOnDisk(secrets ...string) {
 	}
 }
 
-func fnv64a(s string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(s))
-	return h.Sum64()
+// signatureID is a token's wire identity computed apart from
+// policy.WireHash: the first 8 bytes of its Ed25519 signature, big-endian.
+func signatureID(t *testing.T, tok string) uint64 {
+	t.Helper()
+	sig, err := base64.RawURLEncoding.DecodeString(tok[strings.LastIndexByte(tok, '.')+1:])
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		t.Fatalf("signature segment: %d bytes, %v", len(sig), err)
+	}
+	return binary.BigEndian.Uint64(sig)
 }
 
 func asIssueError(t *testing.T, err error) *policy.IssueError {
@@ -295,7 +301,7 @@ func TestIssueStoresHashesNeverTheToken(t *testing.T) {
 			want := store.TokenRecord{
 				ID: pt.ID, Subject: tc.req.Subject, Class: tc.req.Class, Env: testEnv, Tenant: tc.req.Tenant,
 				Scopes: tc.wantScopes, KeyID: pt.KeyID, IssuedAt: t0, ExpiresAt: t0.Add(tc.wantTTL),
-				LeakHash: sha256.Sum256([]byte(tok)), WireHash: fnv64a(tok), Status: store.TokenActive, Actor: actor,
+				LeakHash: sha256.Sum256([]byte(tok)), WireHash: signatureID(t, tok), Status: store.TokenActive, Actor: actor,
 			}
 			for what, got := range map[string]store.TokenRecord{"stored": rec, "returned": out.Record} {
 				if !recordsEqual(got, want) {

@@ -52,17 +52,23 @@ const (
 // TokenRecord is what is kept of an issued token: its claims and the hashes
 // it is known by. The token string is never stored.
 type TokenRecord struct {
-	ID        string      `json:"id"`
-	Subject   string      `json:"subject"`
-	Class     string      `json:"class"`
-	Env       string      `json:"env"`
-	Tenant    string      `json:"tenant,omitempty"`
-	Scopes    []string    `json:"scopes"`
-	KeyID     string      `json:"kid"`
-	IssuedAt  time.Time   `json:"issued_at"`
-	ExpiresAt time.Time   `json:"expires_at"`
-	LeakHash  [32]byte    `json:"leak_hash"`           // sha256 of the token string
-	WireHash  uint64      `json:"wire_hash"`           // FNV-1a 64 of the token string
+	ID        string    `json:"id"`
+	Subject   string    `json:"subject"`
+	Class     string    `json:"class"`
+	Env       string    `json:"env"`
+	Tenant    string    `json:"tenant,omitempty"`
+	Scopes    []string  `json:"scopes"`
+	KeyID     string    `json:"kid"`
+	IssuedAt  time.Time `json:"issued_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	LeakHash  [32]byte  `json:"leak_hash"` // sha256 of the token string
+	// WireHash is policy.WireHash of the token: the first 64 bits of its
+	// signature. Stored as wire_id: records written before the identity
+	// was the signature hold FNV-1a of the whole token under wire_hash,
+	// which cannot be re-derived (the token is not stored), so they read
+	// as 0 (unknown) and the agent learns the identity at the token's
+	// first check.
+	WireHash  uint64      `json:"wire_id"`
 	Rotated   string      `json:"rotated,omitempty"`   // predecessor jti
 	Successor string      `json:"successor,omitempty"` // successor jti
 	Status    TokenStatus `json:"status"`
