@@ -47,7 +47,7 @@ func TestUseRecorder(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			log := &memLog{}
 			now := time.Unix(1_800_000_000, 0)
-			u := NewUseRecorder(UseConfig{Log: log, Allows: tc.allows, Interval: time.Hour, DenyPerSecond: 20, Now: func() time.Time { return now }})
+			u := NewUseRecorder(UseConfig{Log: log, Allows: tc.allows, Interval: time.Hour, DenyPerSecond: 20, DenyPerClient: 100, Now: func() time.Time { return now }})
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
 			go func() { u.Run(ctx); close(done) }()
@@ -80,8 +80,8 @@ func TestUseRecorderNeverBlocks(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		u.Allow("tok", "s", "", "r", "")
 	}
-	if u.Dropped() != 6 {
-		t.Fatalf("dropped %d, want 6", u.Dropped())
+	if d := u.Stats().Dropped; d != 6 {
+		t.Fatalf("dropped %d, want 6", d)
 	}
 }
 

@@ -247,12 +247,10 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 	if _, _, err := i.revoke(ctx, rule, false); err != nil {
 		return Issued{}, err
 	}
-	if _, err := i.cfg.Audit.Append(audit.Record{
+	i.auditDone(audit.Record{
 		Action: "token.rotate", Actor: actor, TokenID: pred.ID, Subject: pred.Subject, Tenant: pred.Tenant,
 		Details: jsonDetails(map[string]any{"successor": succ.Record.ID, "retired_at": rule.EffectiveAt.UTC()}),
-	}); err != nil {
-		return Issued{}, err
-	}
+	})
 	return succ, nil
 }
 
@@ -357,9 +355,7 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 	case policy.RevokeTenant:
 		ar.Tenant = r.Target
 	}
-	if _, err := i.cfg.Audit.Append(ar); err != nil {
-		return r, len(covered), fmt.Errorf("audit revocation %s: %w", r.ID, err)
-	}
+	i.auditDone(ar)
 	return r, len(covered), nil
 }
 
@@ -404,11 +400,23 @@ func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error
 	}
 	keys = append(keys, nk)
 	i.keys, i.active = keys, sk
-	if _, err := i.cfg.Audit.Append(audit.Record{Action: "key.rotate", Actor: actor, Details: jsonDetails(map[string]any{"kid": nk.ID})}); err != nil {
-		return store.Key{}, err
-	}
+	i.auditDone(audit.Record{Action: "key.rotate", Actor: actor, Details: jsonDetails(map[string]any{"kid": nk.ID})})
 	nk.Sealed = nil
 	return nk, nil
+}
+
+// auditDone audits an action that has already taken effect (stored, and
+// for a revocation enforced). Its audit record comes last on purpose: a
+// revocation must never fail, nor be reported failed, because the audit
+// log cannot grow (a full disk, a flood). A record that cannot be written
+// is logged here and counted by the audit log (the
+// tokenwarden_audit_records_lost_total metric, alerted on); the action
+// stands.
+func (i *Issuer) auditDone(r audit.Record) {
+	if _, err := i.cfg.Audit.Append(r); err != nil {
+		i.cfg.Logger.Error("action taken but not audited: the audit log refused its record",
+			"action", r.Action, "actor", r.Actor, "token_id", r.TokenID, "err", err)
+	}
 }
 
 // revokedBy returns a rule among rules that revokes the token of rec at now.
