@@ -339,6 +339,9 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request, c caller, req Revok
 	if strings.TrimSpace(req.Reason) == "" {
 		return badRequest("reason is required: say why, e.g. \"leaked in CI logs\"")
 	}
+	if len(req.Reason) > audit.MaxReasonBytes {
+		return badRequest("reason: at most %d bytes", audit.MaxReasonBytes)
+	}
 	rule, covered, err := a.cfg.Issuer.Revoke(r.Context(), policy.Revocation{
 		Kind: req.Kind, Target: req.Target, Reason: req.Reason, Actor: c.tokenID, EffectiveAt: req.EffectiveAt,
 	})

@@ -1520,3 +1520,75 @@ func TestNewValidatesConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestRevocationAuditEvasion is the evasion attack on the admin API: a
+// revocation whose reason (or a leak report whose source) holds a token
+// string, and a revocation while the audit log cannot write. Each is
+// enforced, answered 201 (never 500 for an action that took effect), and,
+// where the log can write, audited with the token redacted.
+func TestRevocationAuditEvasion(t *testing.T) {
+	tests := map[string]struct {
+		revoke     func(s *server, victim issuer.Issued) response
+		logBroken  bool
+		wantReason string // in the audit record; "" when it cannot be written
+	}{
+		"a token in the reason": {
+			revoke: func(s *server, v issuer.Issued) response {
+				return s.as(http.MethodPost, "/v1/tokens/"+v.Record.ID+"/revoke", map[string]string{"reason": "leaked: " + v.Token})
+			},
+			wantReason: "leaked: [redacted token]",
+		},
+		"a token in a rule's reason": {
+			revoke: func(s *server, v issuer.Issued) response {
+				return s.as(http.MethodPost, "/v1/revocations", map[string]string{"kind": "subject", "target": v.Record.Subject, "reason": v.Token + " in CI logs"})
+			},
+			wantReason: "[redacted token] in CI logs",
+		},
+		"a token in a leak report's source": {
+			revoke: func(s *server, v issuer.Issued) response {
+				sum := sha256.Sum256([]byte(v.Token))
+				return s.as(http.MethodPost, "/v1/leaks", map[string]string{"sha256": hex.EncodeToString(sum[:]), "source": "paste " + v.Token[:120]})
+			},
+			wantReason: "leak: found in paste [redacted token]",
+		},
+		"the audit log cannot write": {
+			revoke: func(s *server, v issuer.Issued) response {
+				return s.as(http.MethodPost, "/v1/tokens/"+v.Record.ID+"/revoke", map[string]string{"reason": "compromised"})
+			},
+			logBroken: true,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			s := newServer(t)
+			victim := s.issue(policy.IssueRequest{Subject: "orders-api", Class: "service"})
+			if tc.logBroken {
+				s.log.Close() // every Append now fails, as on a full disk
+			}
+			wantStatus(t, tc.revoke(s, victim), http.StatusCreated)
+			s.sync()
+			if !s.set.Revoked(s.verify(victim.Token), s.clock.Now()) {
+				t.Fatal("the revocation is not enforced")
+			}
+			if tc.logBroken {
+				if st := s.log.Stats(); st.AppendsFailed == 0 {
+					t.Errorf("the unaudited revocation was not counted: %+v", st)
+				}
+				return
+			}
+			raw, err := os.ReadFile(filepath.Join(s.auditDir, "audit.log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Contains(raw, []byte("tw_eyJ")) {
+				t.Fatal("a token string reached the audit log")
+			}
+			var reasons []string
+			audit.Read(s.auditDir, audit.Filter{Action: "revocation.create"}, func(r audit.Record) error { reasons = append(reasons, r.Reason); return nil })
+			audit.Read(s.auditDir, audit.Filter{Action: "token.revoke"}, func(r audit.Record) error { reasons = append(reasons, r.Reason); return nil })
+			if !slices.Contains(reasons, tc.wantReason) {
+				t.Errorf("revocation records' reasons = %q, want %q among them", reasons, tc.wantReason)
+			}
+		})
+	}
+}

@@ -32,6 +32,15 @@ const RedactedToken = "[redacted token]"
 // all of a token, or of anything shaped like one.
 var tokenText = regexp.MustCompile(`tw_eyJ[A-Za-z0-9_\-.]*`)
 
+// Redact replaces token-shaped text in s with RedactedToken, for free text
+// that is kept outside the log as well (a revocation rule's reason).
+func Redact(s string) string {
+	if !strings.Contains(s, string(tokenMarker)) {
+		return s
+	}
+	return tokenText.ReplaceAllLiteralString(s, RedactedToken)
+}
+
 // detailsPrefixBytes is how much of oversized Details a record keeps.
 const detailsPrefixBytes = 1 << 10
 

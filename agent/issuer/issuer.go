@@ -266,6 +266,10 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 		// without an actor, which would leave a rule in force unaudited.
 		return r, 0, &policy.IssueError{Msg: fmt.Sprintf("revocation needs an actor: the admin token's jti, or %q", ActorSystem)}
 	}
+	// A reason is free text: a token pasted into it (the leaked one, say)
+	// would be stored, answered and audited. It is redacted here, once, so
+	// the rule, the API's answer and the audit record all say the same.
+	r.Reason = audit.Redact(r.Reason)
 	now := i.cfg.Now()
 	p := i.cfg.Policy()
 	r.ID = policy.NewRevocationID()
