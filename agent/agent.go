@@ -7,6 +7,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -76,7 +77,7 @@ type Config struct {
 	EtcdPrefix    string
 
 	// NodeName names this node's audit chain head in the store (default:
-	// the host name). Nodes sharing a store need distinct names.
+	// DefaultNodeName). Nodes sharing a store need distinct names.
 	NodeName string
 	// AuditMaxBytes is the audit log's size budget (default
 	// audit.DefaultMaxTotalBytes); the oldest files go beyond it.
@@ -303,11 +304,11 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 // it against the chain head this node last recorded in the store.
 func (a *Agent) openAudit(ctx context.Context, kek []byte) error {
 	if a.cfg.NodeName == "" {
-		host, err := os.Hostname()
+		name, err := DefaultNodeName(a.cfg.DataDir)
 		if err != nil {
-			return fmt.Errorf("node name: %w; pass --node-name", err)
+			return err
 		}
-		a.cfg.NodeName = host
+		a.cfg.NodeName = name
 	}
 	key, err := audit.LoadKey(ctx, a.store, kek, a.cfg.Now())
 	if err != nil {
@@ -324,6 +325,21 @@ func (a *Agent) openAudit(ctx context.Context, kek []byte) error {
 		a.log.Error("audit log does not reach the head recorded in the store", "node", a.cfg.NodeName, "err", err)
 	}
 	return nil
+}
+
+// DefaultNodeName names the audit chain of the agent using dataDir when no
+// node name is given: the host name and a digest of the data dir's absolute
+// path, so two agents on one host (tests, a mesh on a laptop) keep apart.
+func DefaultNodeName(dataDir string) (string, error) {
+	host, err := os.Hostname()
+	if err == nil {
+		dataDir, err = filepath.Abs(dataDir)
+	}
+	if err != nil {
+		return "", fmt.Errorf("node name: %w; pass --node-name", err)
+	}
+	sum := sha256.Sum256([]byte(dataDir))
+	return fmt.Sprintf("%s-%x", host, sum[:4]), nil
 }
 
 func envNames(p *policy.Policy) []string {

@@ -179,7 +179,10 @@ holds the store's file).`,
 				return fmt.Errorf("no audit log at %s: pass the agent's --data-dir (env %s)", dir, envDataDir)
 			}
 			if node == "" {
-				node, _ = os.Hostname()
+				var err error
+				if node, err = agent.DefaultNodeName(dataDir); err != nil {
+					return err
+				}
 			}
 			opts, err := auditVerifyOptions(cmd.Context(), dataDir, backend, endpoints, prefix, node)
 			if err != nil {
@@ -201,7 +204,7 @@ holds the store's file).`,
 	f.StringVar(&backend, "store", agent.StoreBolt, "the agent's store: bolt (in --data-dir) or etcd")
 	f.StringSliceVar(&endpoints, "etcd-endpoints", nil, "etcd client URLs for --store=etcd")
 	f.StringVar(&prefix, "etcd-prefix", "/tokenwarden/", "key prefix in etcd")
-	f.StringVar(&node, "node-name", "", "the node whose recorded head to check (default: this host's name)")
+	f.StringVar(&node, "node-name", "", "the node whose recorded head to check: the agent's --node-name (default: as the agent defaults it for --data-dir)")
 	return cmd
 }
 
