@@ -772,9 +772,15 @@ func FuzzVerify(f *testing.F) {
 	f.Add([]byte(""))
 	f.Add([]byte("\n"))
 	f.Add([]byte(`{"seq":1}` + "\n"))
+	f.Add(encodeFuzzChain(5, 3))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var c chain
 		err := c.verifyFile(chainFile{path: activeName}, bytes.NewReader(data))
+		if err == nil {
+			if ferr := c.finish(); ferr != nil {
+				err = ferr
+			}
+		}
 		if err != nil {
 			var ve *VerifyError
 			if !errors.As(err, &ve) {
@@ -785,10 +791,28 @@ func FuzzVerify(f *testing.F) {
 		if lines := uint64(bytes.Count(data, []byte("\n"))); c.report.Records != lines {
 			t.Fatalf("accepted %d records from %d lines", c.report.Records, lines)
 		}
-		if c.report.Records > 0 && c.report.LastSeq != c.report.Records {
-			t.Fatalf("accepted a chain of %d records ending at seq %d", c.report.Records, c.report.LastSeq)
+		rep := c.report
+		if rep.Records > 0 && rep.LastSeq != rep.FirstSeq+rep.Records-1 {
+			t.Fatalf("accepted a chain of %d records from seq %d ending at seq %d", rep.Records, rep.FirstSeq, rep.LastSeq)
+		}
+		if rep.Records > 0 && rep.FirstSeq != 1 && rep.PrunedBefore != rep.FirstSeq {
+			t.Fatalf("accepted a chain starting at seq %d that no audit.prune accounts for", rep.FirstSeq)
 		}
 	})
+}
+
+// encodeFuzzChain is n records chained from seq first (unkeyed).
+func encodeFuzzChain(first uint64, n int) []byte {
+	var out []byte
+	prev := ""
+	for i := range n {
+		r := Record{Seq: first + uint64(i), Time: time.Unix(1, 0).UTC(), Action: ActionAuditPrune, Actor: ActorSystem, Prev: prev,
+			Details: json.RawMessage(fmt.Sprintf(`{"kept_from_seq":%d}`, first))}
+		line, _ := encode(&r, nil)
+		out = append(append(out, line...), '\n')
+		prev = r.Hash
+	}
+	return out
 }
 
 // FuzzRecordRoundTrip checks that whatever Append can encode, the reader
