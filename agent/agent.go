@@ -284,7 +284,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a.admin, err = admin.New(admin.Config{
-		Issuer: a.issuer, Rotator: a.rotation, Store: est, Audit: a.audit, AuditDir: filepath.Join(cfg.DataDir, auditDir),
+		Issuer: a.issuer, Rotator: a.rotation, Store: est, Audit: a.audit, AuditDir: filepath.Join(cfg.DataDir, auditDir), NodeName: a.cfg.NodeName,
 		Decider: a.decider, Revocations: a.revoked, Ready: a.readiness, Now: cfg.Now, Logger: cfg.Logger,
 	})
 	if err != nil {

@@ -27,7 +27,7 @@ import (
 
 func newAuditCommand(af *adminFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Read, follow and verify the audit log"}
-	cmd.AddCommand(newAuditTailCommand(af), newAuditVerifyCommand())
+	cmd.AddCommand(newAuditTailCommand(af), newAuditVerifyCommand(af))
 	return cmd
 }
 
@@ -159,9 +159,10 @@ func printable(s string) string {
 	return b.String()
 }
 
-func newAuditVerifyCommand() *cobra.Command {
+func newAuditVerifyCommand(af *adminFlags) *cobra.Command {
 	var dataDir, backend, prefix, node string
 	var endpoints []string
+	var online bool
 	cmd := &cobra.Command{
 		Use:   "verify [--data-dir DIR] [--store bolt|etcd ...] [--node-name NAME]",
 		Short: "Check the audit log's keyed hash chain across all its files against the head recorded in the store; names the first bad line",
@@ -170,10 +171,16 @@ store's audit key, the links between records, and that the log holds and
 reaches the chain head this node last recorded in the store. It then says
 what it proved and what it could not: unkeyed legacy records, records after
 the last recorded head (a cut tail there cannot be detected), or everything
-keyed when the store could not be read (with bolt, stop the agent first: it
-holds the store's file).`,
+keyed when the store could not be read (with bolt, the running agent holds
+the store's file: use --online, or stop the agent first).
+
+--online asks the running agent (admin API) to verify its own log with its
+key and recorded head.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if online {
+				return verifyOnline(cmd, af)
+			}
 			dir := filepath.Join(dataDir, "audit")
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return fmt.Errorf("no audit log at %s: pass the agent's --data-dir (env %s)", dir, envDataDir)
@@ -204,8 +211,39 @@ holds the store's file).`,
 	f.StringVar(&backend, "store", agent.StoreBolt, "the agent's store: bolt (in --data-dir) or etcd")
 	f.StringSliceVar(&endpoints, "etcd-endpoints", nil, "etcd client URLs for --store=etcd")
 	f.StringVar(&prefix, "etcd-prefix", "/tokenwarden/", "key prefix in etcd")
+	f.BoolVar(&online, "online", false, "ask the running agent to verify its log (admin API, --server)")
 	f.StringVar(&node, "node-name", "", "the node whose recorded head to check: the agent's --node-name (default: as the agent defaults it for --data-dir)")
 	return cmd
+}
+
+// verifyOnline asks the agent to verify its own log.
+func verifyOnline(cmd *cobra.Command, af *adminFlags) error {
+	c, err := af.client(cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	var resp struct {
+		OK      bool   `json:"ok"`
+		Summary string `json:"summary"`
+		Error   string `json:"error"`
+	}
+	if err := c.do(cmd.Context(), "GET", "/v1/audit/verify", nil, &resp); err != nil {
+		return err
+	}
+	if resp.Error != "" {
+		return &exitErr{code: exitError, err: fmt.Errorf("the agent's audit log is NOT intact: %s", printable(resp.Error))}
+	}
+	out := cmd.OutOrStdout()
+	for i, line := range strings.Split(resp.Summary, "\n") {
+		if i == 0 {
+			line = "ok: " + line
+		}
+		fmt.Fprintln(out, printable(line))
+	}
+	if !resp.OK {
+		return &exitErr{code: exitError, err: errors.New("the agent found records missing from its audit log (audit.gap)")}
+	}
+	return nil
 }
 
 // auditVerifyOptions reads the audit key (unsealed with the KEK in dataDir)

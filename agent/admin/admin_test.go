@@ -494,7 +494,7 @@ func TestEveryEndpointNeedsAuthentication(t *testing.T) {
 	for _, ep := range []string{
 		"POST /v1/tokens", "GET /v1/tokens", "GET /v1/tokens/x", "POST /v1/tokens/x/revoke",
 		"POST /v1/tokens/x/rotate", "POST /v1/revocations", "GET /v1/revocations", "POST /v1/leaks",
-		"GET /v1/keys", "POST /v1/keys/rotate", "GET /v1/audit", "GET /v1/audit/stream",
+		"GET /v1/keys", "POST /v1/keys/rotate", "GET /v1/audit", "GET /v1/audit/stream", "GET /v1/audit/verify",
 	} {
 		method, path, _ := strings.Cut(ep, " ")
 		r := s.call(method, path, "", `{}`)
@@ -1590,5 +1590,48 @@ func TestRevocationAuditEvasion(t *testing.T) {
 				t.Errorf("revocation records' reasons = %q, want %q among them", reasons, tc.wantReason)
 			}
 		})
+	}
+}
+
+// TestAuditVerify: the running agent verifies its own log against the head
+// recorded in the store, and reports a log cut behind that head.
+func TestAuditVerify(t *testing.T) {
+	s := newServer(t)
+	s.issue(policy.IssueRequest{Subject: "orders-api", Class: "service"})
+	var resp admin.AuditVerifyResponse
+	r := s.as(http.MethodGet, "/v1/audit/verify", nil)
+	wantStatus(t, r, http.StatusOK)
+	if err := json.Unmarshal(r.body, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if !resp.OK || resp.Report.Records == 0 || !strings.Contains(resp.Summary, "no head recorded in the store was checked") {
+		t.Fatalf("verify of an intact log = %+v", resp)
+	}
+	// The store says the chain went further than the log does: a cut tail.
+	head := store.AuditHead{Node: "", Seq: resp.Report.LastSeq + 5, Hash: strings.Repeat("0", 64), File: "audit.log", Time: t0}
+	if err := s.st.PutAuditHead(context.Background(), head); err == nil {
+		t.Fatal("PutAuditHead accepted an empty node")
+	}
+	head.Node = "node-a"
+	if err := s.st.PutAuditHead(context.Background(), head); err != nil {
+		t.Fatal(err)
+	}
+	api, err := admin.New(admin.Config{
+		Issuer: s.iss, Store: s.st, Audit: s.log, AuditDir: s.auditDir, NodeName: "node-a", Decider: s.decider,
+		Revocations: s.set, Now: s.clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodGet, "/v1/audit/verify", nil)
+	req.Header.Set("Authorization", "Bearer "+s.admin)
+	rec := httptest.NewRecorder()
+	api.ServeHTTP(rec, req)
+	resp = admin.AuditVerifyResponse{}
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil || rec.Code != http.StatusOK {
+		t.Fatalf("status %d, %v: %s", rec.Code, err, rec.Body)
+	}
+	if resp.OK || !strings.Contains(resp.Error, "the tail was cut, or the log deleted") {
+		t.Errorf("verify of a cut log = %+v", resp)
 	}
 }

@@ -189,3 +189,18 @@ func (l *Log) RecordHeads(ctx context.Context, hs HeadStore, node string, interv
 		}
 	}
 }
+
+// VerifyAgainst verifies the log in place with the log's own key and the
+// head node last recorded in hs: what `tokenwarden audit verify` does
+// offline, for a running agent whose store file it holds.
+func (l *Log) VerifyAgainst(ctx context.Context, hs HeadStore, node string) (Report, error) {
+	opts := VerifyOptions{Key: l.key}
+	h, err := hs.AuditHead(ctx, node)
+	switch {
+	case err == nil:
+		opts.Head = &h
+	case !errors.Is(err, store.ErrNotFound):
+		return Report{}, fmt.Errorf("audit: read the recorded head: %w", err)
+	}
+	return Verify(l.dir, opts)
+}
