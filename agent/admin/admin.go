@@ -38,7 +38,7 @@ type Config struct {
 	Store       store.Store
 	Audit       *audit.Log
 	AuditDir    string
-	NodeName    string // whose recorded audit chain head GET /v1/audit/verify checks
+	NodeName    string                   // whose recorded audit chain head GET /v1/audit/verify checks
 	Decider     *policy.Decider          // policy, keys and environment in force
 	Revocations policy.RevocationChecker // the live revocation set
 	Ready       func() error             // nil error when the agent is ready
