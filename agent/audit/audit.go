@@ -3,7 +3,12 @@
 //
 // Each record carries the hash of the one before it, so an edited, inserted,
 // reordered or deleted record breaks the chain where it happened; Verify
-// finds the break and names the file and line.
+// finds the break and names the file and line. With a Key (the store's audit
+// key) the hashes are HMACs, so the chain cannot be rewritten without it,
+// and the chain's head, recorded in the store, shows a cut tail or a
+// deleted log. Every field is bounded and token-shaped text redacted before
+// a record is written, and the log keeps within a size budget and leaves
+// free space on its filesystem for the store.
 package audit
 
 import (
