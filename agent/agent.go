@@ -7,6 +7,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -78,6 +79,13 @@ type Config struct {
 	StoreBackend  string
 	EtcdEndpoints []string
 	EtcdPrefix    string
+
+	// NodeName names this node's audit chain head in the store (default:
+	// DefaultNodeName). Nodes sharing a store need distinct names.
+	NodeName string
+	// AuditMaxBytes is the audit log's size budget (default
+	// audit.DefaultMaxTotalBytes); the oldest files go beyond it.
+	AuditMaxBytes int64
 
 	CacheSize int // verified tokens remembered
 	TopTokens int // per-token metric series kept (busiest tokens)
@@ -225,11 +233,9 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	a.store = st
 	a.closers = append(a.closers, st.Close)
 
-	a.audit, err = audit.Open(audit.Config{Dir: filepath.Join(cfg.DataDir, auditDir), Now: cfg.Now, Logger: cfg.Logger})
-	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
+	if err := a.openAudit(ctx, kek); err != nil {
+		return nil, err
 	}
-	a.closers = append(a.closers, a.audit.Close)
 
 	a.revoked = revocation.NewSet()
 	a.tokens = newTokenIndex()
@@ -258,6 +264,9 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	a.use = audit.NewUseRecorder(audit.UseConfig{
 		Log: a.audit, Allows: p.Doc.Audit.Allows, Interval: p.Doc.Audit.SummaryInterval.D(), Now: cfg.Now, Logger: cfg.Logger,
 	})
+	if err := audit.RegisterMetrics(a.registry, a.audit, a.use); err != nil {
+		return nil, err
+	}
 	if a.kernel, err = a.startKernel(); err != nil {
 		return nil, err
 	}
@@ -279,7 +288,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a.admin, err = admin.New(admin.Config{
-		Issuer: a.issuer, Rotator: a.rotation, Store: est, Audit: a.audit, AuditDir: filepath.Join(cfg.DataDir, auditDir),
+		Issuer: a.issuer, Rotator: a.rotation, Store: est, Audit: a.audit, AuditDir: filepath.Join(cfg.DataDir, auditDir), NodeName: a.cfg.NodeName,
 		Decider: a.decider, Revocations: a.revoked, Ready: a.readiness, Now: cfg.Now, Logger: cfg.Logger,
 	})
 	if err != nil {
@@ -293,6 +302,48 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		func(p *policy.Policy) { a.use.SetAllows(p.Doc.Audit.Allows) },
 	)
 	return a, nil
+}
+
+// openAudit opens the audit log keyed with the store's audit key and checks
+// it against the chain head this node last recorded in the store.
+func (a *Agent) openAudit(ctx context.Context, kek []byte) error {
+	if a.cfg.NodeName == "" {
+		name, err := DefaultNodeName(a.cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		a.cfg.NodeName = name
+	}
+	key, err := audit.LoadKey(ctx, a.store, kek, a.cfg.Now())
+	if err != nil {
+		return err
+	}
+	a.audit, err = audit.Open(audit.Config{
+		Dir: filepath.Join(a.cfg.DataDir, auditDir), Key: key, MaxTotalBytes: a.cfg.AuditMaxBytes, Now: a.cfg.Now, Logger: a.cfg.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("open audit log: %w", err)
+	}
+	a.closers = append(a.closers, a.audit.Close)
+	if err := a.audit.CheckHead(ctx, a.store, a.cfg.NodeName); err != nil {
+		a.log.Error("audit log does not reach the head recorded in the store", "node", a.cfg.NodeName, "err", err)
+	}
+	return nil
+}
+
+// DefaultNodeName names the audit chain of the agent using dataDir when no
+// node name is given: the host name and a digest of the data dir's absolute
+// path, so two agents on one host (tests, a mesh on a laptop) keep apart.
+func DefaultNodeName(dataDir string) (string, error) {
+	host, err := os.Hostname()
+	if err == nil {
+		dataDir, err = filepath.Abs(dataDir)
+	}
+	if err != nil {
+		return "", fmt.Errorf("node name: %w; pass --node-name", err)
+	}
+	sum := sha256.Sum256([]byte(dataDir))
+	return fmt.Sprintf("%s-%x", host, sum[:4]), nil
 }
 
 func envNames(p *policy.Policy) []string {
@@ -614,6 +665,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	useCtx, stopUse := context.WithCancel(context.WithoutCancel(ctx))
 	useDone := make(chan struct{})
 	go func() { a.use.Run(useCtx); close(useDone) }()
+	// The chain head is recorded in the store until the last record is
+	// written, and once more after it.
+	headCtx, stopHeads := context.WithCancel(context.WithoutCancel(ctx))
+	headsDone := make(chan struct{})
+	go func() {
+		a.audit.RecordHeads(headCtx, a.store, a.cfg.NodeName, audit.DefaultHeadInterval)
+		close(headsDone)
+	}()
 
 	errc := make(chan error, len(tasks))
 	var wg sync.WaitGroup
@@ -656,6 +715,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	stopUse()
 	<-useDone
+	stopHeads()
+	<-headsDone
 	a.log.Info("stopped")
 	return runErr
 }

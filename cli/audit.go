@@ -3,7 +3,9 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -16,12 +18,16 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tokenwarden/tokenwarden/agent"
 	"github.com/tokenwarden/tokenwarden/agent/audit"
+	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/agent/store/bolt"
+	etcdstore "github.com/tokenwarden/tokenwarden/agent/store/etcd"
 )
 
 func newAuditCommand(af *adminFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Read, follow and verify the audit log"}
-	cmd.AddCommand(newAuditTailCommand(af), newAuditVerifyCommand())
+	cmd.AddCommand(newAuditTailCommand(af), newAuditVerifyCommand(af))
 	return cmd
 }
 
@@ -153,26 +159,137 @@ func printable(s string) string {
 	return b.String()
 }
 
-func newAuditVerifyCommand() *cobra.Command {
-	var dataDir string
+func newAuditVerifyCommand(af *adminFlags) *cobra.Command {
+	var dataDir, backend, prefix, node string
+	var endpoints []string
+	var online bool
 	cmd := &cobra.Command{
-		Use:   "verify [--data-dir DIR]",
-		Short: "Check the audit log's hash chain across all its files; names the first bad line",
-		Args:  cobra.NoArgs,
+		Use:   "verify [--data-dir DIR] [--store bolt|etcd ...] [--node-name NAME]",
+		Short: "Check the audit log's keyed hash chain across all its files against the head recorded in the store; names the first bad line",
+		Long: `Walks every file of the audit log and checks each record's HMAC under the
+store's audit key, the links between records, and that the log holds and
+reaches the chain head this node last recorded in the store. It then says
+what it proved and what it could not: unkeyed legacy records, records after
+the last recorded head (a cut tail there cannot be detected), or everything
+keyed when the store could not be read (with bolt, the running agent holds
+the store's file: use --online, or stop the agent first).
+
+--online asks the running agent (admin API) to verify its own log with its
+key and recorded head.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if online {
+				return verifyOnline(cmd, af)
+			}
 			dir := filepath.Join(dataDir, "audit")
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return fmt.Errorf("no audit log at %s: pass the agent's --data-dir (env %s)", dir, envDataDir)
 			}
-			rep, err := audit.Verify(dir)
+			if node == "" {
+				var err error
+				if node, err = agent.DefaultNodeName(dataDir); err != nil {
+					return err
+				}
+			}
+			opts, err := auditVerifyOptions(cmd.Context(), dataDir, backend, endpoints, prefix, node)
+			if err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v\nverifying without the audit key and the recorded head: keyed records are checked for order and links only, and a cut tail cannot be detected\n", err)
+			}
+			rep, err := audit.Verify(dir, opts)
 			if err != nil {
 				return &exitErr{code: exitError, err: fmt.Errorf("audit log %s is NOT intact: %w", dir, err)}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "ok: %d records (#%d to #%d) in %d file(s); chain head %s\n",
-				rep.Records, rep.FirstSeq, rep.LastSeq, rep.Files, rep.LastHash)
+			fmt.Fprintf(cmd.OutOrStdout(), "ok: %s\n", rep.Summary())
+			if rep.Gaps > 0 {
+				return &exitErr{code: exitError, err: fmt.Errorf("audit log %s: the agent found records missing (audit.gap at #%d)", dir, rep.GapSeq)}
+			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&dataDir, "data-dir", defaultDataDir(), "the agent's data directory (env "+envDataDir+")")
+	f := cmd.Flags()
+	f.StringVar(&dataDir, "data-dir", defaultDataDir(), "the agent's data directory (env "+envDataDir+")")
+	f.StringVar(&backend, "store", agent.StoreBolt, "the agent's store: bolt (in --data-dir) or etcd")
+	f.StringSliceVar(&endpoints, "etcd-endpoints", nil, "etcd client URLs for --store=etcd")
+	f.StringVar(&prefix, "etcd-prefix", "/tokenwarden/", "key prefix in etcd")
+	f.BoolVar(&online, "online", false, "ask the running agent to verify its log (admin API, --server)")
+	f.StringVar(&node, "node-name", "", "the node whose recorded head to check: the agent's --node-name (default: as the agent defaults it for --data-dir)")
 	return cmd
+}
+
+// verifyOnline asks the agent to verify its own log.
+func verifyOnline(cmd *cobra.Command, af *adminFlags) error {
+	c, err := af.client(cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	var resp struct {
+		OK      bool   `json:"ok"`
+		Summary string `json:"summary"`
+		Error   string `json:"error"`
+	}
+	if err := c.do(cmd.Context(), "GET", "/v1/audit/verify", nil, &resp); err != nil {
+		return err
+	}
+	if resp.Error != "" {
+		return &exitErr{code: exitError, err: fmt.Errorf("the agent's audit log is NOT intact: %s", printable(resp.Error))}
+	}
+	out := cmd.OutOrStdout()
+	for i, line := range strings.Split(resp.Summary, "\n") {
+		if i == 0 {
+			line = "ok: " + line
+		}
+		fmt.Fprintln(out, printable(line))
+	}
+	if !resp.OK {
+		return &exitErr{code: exitError, err: errors.New("the agent found records missing from its audit log (audit.gap)")}
+	}
+	return nil
+}
+
+// auditVerifyOptions reads the audit key (unsealed with the KEK in dataDir)
+// and node's recorded head from the store.
+func auditVerifyOptions(ctx context.Context, dataDir, backend string, endpoints []string, prefix, node string) (audit.VerifyOptions, error) {
+	// Read only: verifying must not create a key or a store that are missing.
+	for _, name := range []string{"kek", bolt.FileName} {
+		if _, err := os.Stat(filepath.Join(dataDir, name)); err != nil && (name == "kek" || backend == agent.StoreBolt) {
+			return audit.VerifyOptions{}, err
+		}
+	}
+	kek, err := store.LoadOrCreateKEK(filepath.Join(dataDir, "kek"))
+	if err != nil {
+		return audit.VerifyOptions{}, err
+	}
+	var st store.Store
+	switch backend {
+	case agent.StoreBolt:
+		st, err = bolt.Open(filepath.Join(dataDir, bolt.FileName), bolt.WithLockTimeout(time.Second))
+	case agent.StoreEtcd:
+		st, err = etcdstore.Open(ctx, etcdstore.Config{Endpoints: endpoints, Prefix: prefix})
+	default:
+		err = fmt.Errorf("--store %q: want bolt or etcd", backend)
+	}
+	if err != nil {
+		return audit.VerifyOptions{}, err
+	}
+	defer st.Close()
+	sk, err := st.AuditKey(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		return audit.VerifyOptions{}, errors.New("the store holds no audit key: the log was never keyed")
+	}
+	if err != nil {
+		return audit.VerifyOptions{}, err
+	}
+	secret, err := store.UnsealAuditSecret(kek, sk)
+	if err != nil {
+		return audit.VerifyOptions{}, err
+	}
+	opts := audit.VerifyOptions{Key: &audit.Key{ID: sk.ID, Secret: secret}}
+	h, err := st.AuditHead(ctx, node)
+	switch {
+	case err == nil:
+		opts.Head = &h
+	case !errors.Is(err, store.ErrNotFound):
+		return opts, fmt.Errorf("read the recorded head of %s: %w", node, err)
+	}
+	return opts, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tokenwarden/tokenwarden/agent"
+	"github.com/tokenwarden/tokenwarden/agent/audit"
 )
 
 func newServeCommand() *cobra.Command {
@@ -79,6 +80,8 @@ drain, the audit log is flushed); a second one ends the process at once.`,
 	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "etcd client URLs for --store=etcd (comma-separated)")
 	f.StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/tokenwarden/", "key prefix in etcd; agents of one mesh share it")
 	f.IntVar(&cfg.CacheSize, "cache-size", 100_000, "verified tokens remembered (LRU)")
+	f.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name, under which its audit chain head is recorded in the store; distinct per node sharing a store (env NODE_NAME; default: the host name and a digest of --data-dir)")
+	f.Int64Var(&cfg.AuditMaxBytes, "audit-max-bytes", audit.DefaultMaxTotalBytes, "the audit log's size budget in bytes, all files together; the oldest files are removed beyond it (recorded as audit.prune)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	cmd.MarkFlagRequired("policy")

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/audit"
@@ -41,6 +42,7 @@ type Config struct {
 	Store       store.Store
 	Audit       *audit.Log
 	AuditDir    string
+	NodeName    string                   // whose recorded audit chain head GET /v1/audit/verify checks
 	Decider     *policy.Decider          // policy, keys and environment in force
 	Revocations policy.RevocationChecker // the live revocation set
 	Ready       func() error             // nil error when the agent is ready
@@ -57,6 +59,9 @@ type Rotator interface {
 type API struct {
 	cfg Config
 	mux *http.ServeMux
+	// verifying lets one audit verification run at a time: each walks the
+	// whole log.
+	verifying sync.Mutex
 }
 
 // New builds the API.
@@ -99,6 +104,7 @@ func New(cfg Config) (*API, error) {
 	a.handle("POST /v1/keys/rotate", a.rotateKeys)
 	a.handle("GET /v1/audit", a.auditTail)
 	a.handle("GET /v1/audit/stream", a.auditStream)
+	a.handle("GET /v1/audit/verify", a.auditVerify)
 	return a, nil
 }
 
@@ -343,6 +349,9 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request, c caller, req Revok
 	if strings.TrimSpace(req.Reason) == "" {
 		return badRequest("reason is required: say why, e.g. \"leaked in CI logs\"")
 	}
+	if len(req.Reason) > audit.MaxReasonBytes {
+		return badRequest("reason: at most %d bytes", audit.MaxReasonBytes)
+	}
 	rule, covered, err := a.cfg.Issuer.Revoke(r.Context(), policy.Revocation{
 		Kind: req.Kind, Target: req.Target, Reason: req.Reason, Actor: c.tokenID, EffectiveAt: req.EffectiveAt,
 	})
@@ -464,6 +473,34 @@ func (a *API) auditTail(w http.ResponseWriter, r *http.Request, c caller) error 
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"records": recs})
+	return nil
+}
+
+// AuditVerifyResponse is the answer to GET /v1/audit/verify.
+type AuditVerifyResponse struct {
+	OK      bool         `json:"ok"`
+	Summary string       `json:"summary"`         // what was proved and what could not be
+	Error   string       `json:"error,omitempty"` // where the chain breaks
+	Report  audit.Report `json:"report"`
+}
+
+// auditVerify verifies this node's audit log with the agent's audit key
+// against the head it recorded in the store.
+func (a *API) auditVerify(w http.ResponseWriter, r *http.Request, c caller) error {
+	if !a.verifying.TryLock() {
+		return &apiError{status: http.StatusTooManyRequests, code: "busy", msg: "an audit verification is already running; try again when it ends"}
+	}
+	defer a.verifying.Unlock()
+	rep, err := a.cfg.Audit.VerifyAgainst(r.Context(), a.cfg.Store, a.cfg.NodeName)
+	var broken *audit.VerifyError
+	if err != nil && !errors.As(err, &broken) {
+		return err
+	}
+	resp := AuditVerifyResponse{OK: err == nil && rep.Gaps == 0, Summary: rep.Summary(), Report: rep}
+	if err != nil {
+		resp.Error = err.Error()
+	}
+	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
 

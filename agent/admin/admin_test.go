@@ -494,7 +494,7 @@ func TestEveryEndpointNeedsAuthentication(t *testing.T) {
 	for _, ep := range []string{
 		"POST /v1/tokens", "GET /v1/tokens", "GET /v1/tokens/x", "POST /v1/tokens/x/revoke",
 		"POST /v1/tokens/x/rotate", "POST /v1/revocations", "GET /v1/revocations", "POST /v1/leaks",
-		"GET /v1/keys", "POST /v1/keys/rotate", "GET /v1/audit", "GET /v1/audit/stream",
+		"GET /v1/keys", "POST /v1/keys/rotate", "GET /v1/audit", "GET /v1/audit/stream", "GET /v1/audit/verify",
 	} {
 		method, path, _ := strings.Cut(ep, " ")
 		r := s.call(method, path, "", `{}`)
@@ -1518,5 +1518,120 @@ func TestNewValidatesConfig(t *testing.T) {
 				t.Errorf("New: %v", err)
 			}
 		})
+	}
+}
+
+// TestRevocationAuditEvasion is the evasion attack on the admin API: a
+// revocation whose reason (or a leak report whose source) holds a token
+// string, and a revocation while the audit log cannot write. Each is
+// enforced, answered 201 (never 500 for an action that took effect), and,
+// where the log can write, audited with the token redacted.
+func TestRevocationAuditEvasion(t *testing.T) {
+	tests := map[string]struct {
+		revoke     func(s *server, victim issuer.Issued) response
+		logBroken  bool
+		wantReason string // in the audit record; "" when it cannot be written
+	}{
+		"a token in the reason": {
+			revoke: func(s *server, v issuer.Issued) response {
+				return s.as(http.MethodPost, "/v1/tokens/"+v.Record.ID+"/revoke", map[string]string{"reason": "leaked: " + v.Token})
+			},
+			wantReason: "leaked: [redacted token]",
+		},
+		"a token in a rule's reason": {
+			revoke: func(s *server, v issuer.Issued) response {
+				return s.as(http.MethodPost, "/v1/revocations", map[string]string{"kind": "subject", "target": v.Record.Subject, "reason": v.Token + " in CI logs"})
+			},
+			wantReason: "[redacted token] in CI logs",
+		},
+		"a token in a leak report's source": {
+			revoke: func(s *server, v issuer.Issued) response {
+				sum := sha256.Sum256([]byte(v.Token))
+				return s.as(http.MethodPost, "/v1/leaks", map[string]string{"sha256": hex.EncodeToString(sum[:]), "source": "paste " + v.Token[:120]})
+			},
+			wantReason: "leak: found in paste [redacted token]",
+		},
+		"the audit log cannot write": {
+			revoke: func(s *server, v issuer.Issued) response {
+				return s.as(http.MethodPost, "/v1/tokens/"+v.Record.ID+"/revoke", map[string]string{"reason": "compromised"})
+			},
+			logBroken: true,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			s := newServer(t)
+			victim := s.issue(policy.IssueRequest{Subject: "orders-api", Class: "service"})
+			if tc.logBroken {
+				s.log.Close() // every Append now fails, as on a full disk
+			}
+			wantStatus(t, tc.revoke(s, victim), http.StatusCreated)
+			s.sync()
+			if !s.set.Revoked(s.verify(victim.Token), s.clock.Now()) {
+				t.Fatal("the revocation is not enforced")
+			}
+			if tc.logBroken {
+				if st := s.log.Stats(); st.AppendsFailed == 0 {
+					t.Errorf("the unaudited revocation was not counted: %+v", st)
+				}
+				return
+			}
+			raw, err := os.ReadFile(filepath.Join(s.auditDir, "audit.log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Contains(raw, []byte("tw_eyJ")) {
+				t.Fatal("a token string reached the audit log")
+			}
+			var reasons []string
+			audit.Read(s.auditDir, audit.Filter{Action: "revocation.create"}, func(r audit.Record) error { reasons = append(reasons, r.Reason); return nil })
+			audit.Read(s.auditDir, audit.Filter{Action: "token.revoke"}, func(r audit.Record) error { reasons = append(reasons, r.Reason); return nil })
+			if !slices.Contains(reasons, tc.wantReason) {
+				t.Errorf("revocation records' reasons = %q, want %q among them", reasons, tc.wantReason)
+			}
+		})
+	}
+}
+
+// TestAuditVerify: the running agent verifies its own log against the head
+// recorded in the store, and reports a log cut behind that head.
+func TestAuditVerify(t *testing.T) {
+	s := newServer(t)
+	s.issue(policy.IssueRequest{Subject: "orders-api", Class: "service"})
+	var resp admin.AuditVerifyResponse
+	r := s.as(http.MethodGet, "/v1/audit/verify", nil)
+	wantStatus(t, r, http.StatusOK)
+	if err := json.Unmarshal(r.body, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if !resp.OK || resp.Report.Records == 0 || !strings.Contains(resp.Summary, "no head recorded in the store was checked") {
+		t.Fatalf("verify of an intact log = %+v", resp)
+	}
+	// The store says the chain went further than the log does: a cut tail.
+	head := store.AuditHead{Node: "", Seq: resp.Report.LastSeq + 5, Hash: strings.Repeat("0", 64), File: "audit.log", Time: t0}
+	if err := s.st.PutAuditHead(context.Background(), head); err == nil {
+		t.Fatal("PutAuditHead accepted an empty node")
+	}
+	head.Node = "node-a"
+	if err := s.st.PutAuditHead(context.Background(), head); err != nil {
+		t.Fatal(err)
+	}
+	api, err := admin.New(admin.Config{
+		Issuer: s.iss, Store: s.st, Audit: s.log, AuditDir: s.auditDir, NodeName: "node-a", Decider: s.decider,
+		Revocations: s.set, Now: s.clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodGet, "/v1/audit/verify", nil)
+	req.Header.Set("Authorization", "Bearer "+s.admin)
+	rec := httptest.NewRecorder()
+	api.ServeHTTP(rec, req)
+	resp = admin.AuditVerifyResponse{}
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil || rec.Code != http.StatusOK {
+		t.Fatalf("status %d, %v: %s", rec.Code, err, rec.Body)
+	}
+	if resp.OK || !strings.Contains(resp.Error, "the tail was cut, or the log deleted") {
+		t.Errorf("verify of a cut log = %+v", resp)
 	}
 }

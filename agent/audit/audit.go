@@ -3,16 +3,23 @@
 //
 // Each record carries the hash of the one before it, so an edited, inserted,
 // reordered or deleted record breaks the chain where it happened; Verify
-// finds the break and names the file and line.
+// finds the break and names the file and line. With a Key (the store's audit
+// key) the hashes are HMACs, so the chain cannot be rewritten without it,
+// and the chain's head, recorded in the store, shows a cut tail or a
+// deleted log. Every field is bounded and token-shaped text redacted before
+// a record is written, and the log keeps within a size budget and leaves
+// free space on its filesystem for the store.
 package audit
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -37,6 +44,12 @@ const (
 	ActionRotationFailed    = "rotation.failed"
 	// ActionDeliveryFailed: a successor was issued but a sink did not get it.
 	ActionDeliveryFailed = "rotation.delivery_failed"
+	// ActionAuditPrune: the size budget removed the oldest files; Details
+	// name the first seq kept.
+	ActionAuditPrune = "audit.prune"
+	// ActionAuditGap: at start the agent found the log behind the head
+	// recorded in the store: records after that head were cut or deleted.
+	ActionAuditGap = "audit.gap"
 )
 
 // ActorSystem is the actor of records the agent writes on its own behalf
@@ -80,11 +93,26 @@ type Record struct {
 	Route   string          `json:"route,omitempty"`
 	Count   uint64          `json:"count,omitempty"`   // requests covered by a summary
 	Details json.RawMessage `json:"details,omitempty"` // evidence, as a JSON value
-	Prev    string          `json:"prev,omitempty"`    // Hash of the previous record; empty for seq 1
-	// Hash is the hex SHA-256 of Prev followed by the record's JSON without
-	// Hash. It must stay the last field: the written line is that JSON with
-	// the hash appended, so readers hash the bytes as written.
+	// ChainKey names the audit key that Hash is an HMAC under; empty for
+	// an unkeyed record (plain SHA-256, as every record before keying).
+	ChainKey string `json:"chain_key,omitempty"`
+	Prev     string `json:"prev,omitempty"` // Hash of the previous record; empty for seq 1
+	// Hash is the hex HMAC-SHA256 under ChainKey (or, unkeyed, the hex
+	// SHA-256) of Prev followed by the record's JSON without Hash. It must
+	// stay the last field: the written line is that JSON with the hash
+	// appended, so readers hash the bytes as written.
 	Hash string `json:"hash,omitempty"`
+}
+
+// KeySize is the size of an audit key's secret.
+const KeySize = 32
+
+// Key keys the chain. Its secret is kept sealed in the store (every node
+// sharing the store can verify every node's log) and never written to the
+// log; ID names it in each record.
+type Key struct {
+	ID     string
+	Secret []byte
 }
 
 // Filter selects records. Empty fields match anything.
@@ -120,13 +148,14 @@ const (
 	hashSuffixLen = len(hashPrefix) + 2*sha256.Size + len(`"}`)
 )
 
-// encode sets r.Hash and returns r's line without its newline.
-func encode(r *Record) ([]byte, error) {
+// encode sets r.Hash (keyed with key when it is set) and returns r's line
+// without its newline.
+func encode(r *Record, key *Key) ([]byte, error) {
 	r.Hash = ""
 	// JSON encoding would replace invalid UTF-8 anyway; doing it here first
 	// makes r say exactly what the line says, and keeps the line valid UTF-8
 	// for every reader.
-	for _, s := range []*string{&r.Action, &r.Actor, &r.TokenID, &r.Subject, &r.Tenant, &r.Reason, &r.Source, &r.Route, &r.Prev} {
+	for _, s := range []*string{&r.Action, &r.Actor, &r.TokenID, &r.Subject, &r.Tenant, &r.Reason, &r.Source, &r.Route, &r.ChainKey, &r.Prev} {
 		*s = strings.ToValidUTF8(*s, "\uFFFD")
 	}
 	if !utf8.Valid(r.Details) {
@@ -136,7 +165,7 @@ func encode(r *Record) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.Hash = chainHash(r.Prev, body)
+	r.Hash = chainHash(key, r.Prev, body)
 	line := make([]byte, 0, len(body)-1+hashSuffixLen)
 	line = append(line, body[:len(body)-1]...)
 	line = append(line, hashPrefix...)
@@ -144,49 +173,73 @@ func encode(r *Record) ([]byte, error) {
 	return append(line, `"}`...), nil
 }
 
-func chainHash(prev string, body []byte) string {
-	h := sha256.New()
+func chainHash(key *Key, prev string, body []byte) string {
+	var h hash.Hash
+	if key != nil {
+		h = hmac.New(sha256.New, key.Secret)
+	} else {
+		h = sha256.New()
+	}
 	h.Write([]byte(prev))
 	h.Write(body)
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// parseLine decodes one line (without its newline). intact reports whether
-// the line's hash matches its contents. The hash is taken over the bytes as
-// written, not a re-encoding, so a record from a newer writer with fields
-// this version does not know still verifies.
-func parseLine(line []byte) (r Record, intact bool, err error) {
+// checkHash reports whether r's hash matches body, the bytes it was taken
+// over. checked is false when r is keyed with a key other than key: its
+// hash cannot be checked here.
+func checkHash(r Record, body []byte, key *Key) (intact, checked bool) {
+	switch {
+	case r.ChainKey == "":
+		return chainHash(nil, r.Prev, body) == r.Hash, true
+	case key == nil || key.ID != r.ChainKey:
+		return false, false
+	}
+	return hmac.Equal([]byte(chainHash(key, r.Prev, body)), []byte(r.Hash)), true
+}
+
+// parseLine decodes one line (without its newline) and returns the bytes
+// its hash was taken over; checkHash says whether they match. The hash is
+// taken over the bytes as written, not a re-encoding, so a record from a
+// newer writer with fields this version does not know still verifies.
+func parseLine(line []byte) (r Record, body []byte, err error) {
 	if len(line) > MaxRecordBytes {
-		return Record{}, false, ErrLineTooLong
+		return Record{}, nil, ErrLineTooLong
 	}
 	if len(line) < len("{}")+hashSuffixLen {
-		return Record{}, false, errors.New("too short to be a record")
+		return Record{}, nil, errors.New("too short to be a record")
 	}
 	split := len(line) - hashSuffixLen
 	suffix := line[split:]
 	hash := suffix[len(hashPrefix) : len(suffix)-len(`"}`)]
 	if !bytes.HasPrefix(suffix, []byte(hashPrefix)) || !bytes.HasSuffix(suffix, []byte(`"}`)) || !isLowerHex(hash) {
-		return Record{}, false, errors.New(`does not end with "hash":"<64 hex digits>"}`)
+		return Record{}, nil, errors.New(`does not end with "hash":"<64 hex digits>"}`)
 	}
 	// A fresh slice: line may be a reader's buffer, which must not be written.
-	body := make([]byte, split+1)
+	body = make([]byte, split+1)
 	copy(body, line[:split])
 	body[split] = '}'
 	if err := json.Unmarshal(body, &r); err != nil {
-		return Record{}, false, err
+		return Record{}, nil, err
 	}
 	switch {
 	case r.Hash != "":
-		return Record{}, false, errors.New("hash appears twice")
+		return Record{}, nil, errors.New("hash appears twice")
 	case r.Seq == 0:
-		return Record{}, false, errors.New("no seq")
+		return Record{}, nil, errors.New("no seq")
 	case r.Action == "":
-		return Record{}, false, errors.New("no action")
+		return Record{}, nil, errors.New("no action")
 	case r.Time.IsZero():
-		return Record{}, false, errors.New("no time")
+		return Record{}, nil, errors.New("no time")
 	}
 	r.Hash = string(hash)
-	return r, chainHash(r.Prev, body) == r.Hash, nil
+	return r, body, nil
+}
+
+// jsonObject encodes evidence the package writes itself.
+func jsonObject(v map[string]any) json.RawMessage {
+	b, _ := json.Marshal(v)
+	return b
 }
 
 func isLowerHex(b []byte) bool {

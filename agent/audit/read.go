@@ -150,6 +150,11 @@ func readFile(cf chainFile, fn func(Record) error) error {
 		if err != nil {
 			return fmt.Errorf("audit: read %s:%d: malformed record: %w", cf.path, lr.line, err)
 		}
+		// What Append writes is bounded already; a record written before
+		// fields were bounded is bounded as it is read, so one huge line
+		// costs a reader one line's worth of memory, not a copy per
+		// record returned.
+		bound(&r)
 		if err := fn(r); err != nil {
 			return err
 		}
@@ -179,9 +184,15 @@ func Read(dir string, filter Filter, fn func(Record) error) error {
 	return nil
 }
 
-// Tail returns the last n records in dir that match filter, oldest first.
-// It reads files newest first and stops as soon as it has n, so its cost
-// follows how far back the matches are, not the size of the whole log.
+// MaxTailBytes bounds what one Tail returns, counted as the records'
+// encoded size: a caller asking for many records of the largest size gets
+// the newest that fit.
+const MaxTailBytes = 8 << 20
+
+// Tail returns the last n records in dir that match filter, oldest first,
+// at most MaxTailBytes of them. It reads files newest first and stops as
+// soon as it has n, so its cost follows how far back the matches are, not
+// the size of the whole log.
 func Tail(dir string, n int, filter Filter) ([]Record, error) {
 	if n <= 0 {
 		return nil, nil
@@ -191,23 +202,40 @@ func Tail(dir string, n int, filter Filter) ([]Record, error) {
 		return nil, err
 	}
 	var out []Record
-	for i := len(files) - 1; i >= 0 && len(out) < n; i-- {
-		want := n - len(out)
-		var latest []Record // the file's last `want` matches
+	var outBytes int
+	for i := len(files) - 1; i >= 0 && len(out) < n && outBytes < MaxTailBytes; i-- {
+		want, budget := n-len(out), MaxTailBytes-outBytes
+		var latest []Record // the file's last matches: at most want, within budget
+		var sizes []int
+		size, full := 0, false
 		err := readFile(files[i], func(r Record) error {
 			if !filter.Match(r) {
 				return nil
 			}
-			if len(latest) == want {
-				latest = latest[1:]
+			rs := recordSize(&r)
+			latest, sizes = append(latest, r), append(sizes, rs)
+			size += rs
+			for len(latest) > want || size > budget {
+				full = full || size > budget
+				size -= sizes[0]
+				latest, sizes = latest[1:], sizes[1:]
 			}
-			latest = append(latest, r)
 			return nil
 		})
 		if err != nil {
 			return nil, err
 		}
 		out = append(latest, out...)
+		outBytes += size
+		if full {
+			break // an older match was left out: going on would leave a hole
+		}
 	}
 	return out, nil
+}
+
+// recordSize approximates r's encoded size.
+func recordSize(r *Record) int {
+	return 256 + len(r.Action) + len(r.Actor) + len(r.TokenID) + len(r.Subject) + len(r.Tenant) +
+		len(r.Reason) + len(r.Source) + len(r.Route) + len(r.Details) + len(r.ChainKey) + len(r.Prev) + len(r.Hash)
 }

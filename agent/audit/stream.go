@@ -55,10 +55,6 @@ func (l *Log) Subscribe(ctx context.Context, filter Filter) <-chan Record {
 	return s.ch
 }
 
-// CutOffSubscribers returns how many subscribers have had their channel
-// closed for falling behind, for a metric.
-func (l *Log) CutOffSubscribers() uint64 { return l.cutOff.Load() }
-
 func (l *stream) unsubscribe(s *subscriber) {
 	l.subsMu.Lock()
 	defer l.subsMu.Unlock()

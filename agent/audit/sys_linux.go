@@ -42,3 +42,19 @@ func lockDir(dir *os.File) error {
 	}
 	return errors.Join(err, lerr)
 }
+
+// diskSpace reports the free bytes (as an unprivileged writer sees them)
+// and the size of the filesystem that holds f.
+func diskSpace(f *os.File) (free, total uint64, ok bool) {
+	conn, err := f.SyscallConn()
+	if err != nil {
+		return 0, 0, false
+	}
+	var st syscall.Statfs_t
+	var serr error
+	if err := conn.Control(func(fd uintptr) { serr = syscall.Fstatfs(int(fd), &st) }); err != nil || serr != nil {
+		return 0, 0, false
+	}
+	bsize := uint64(st.Bsize)
+	return st.Bavail * bsize, st.Blocks * bsize, true
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,14 @@ const (
 const (
 	DefaultUseQueue      = 8192
 	DefaultDenyPerSecond = 200
+	DefaultDenyPerClient = 10
+	// maxDenyClients bounds the clients whose denies are counted in one
+	// second. Beyond it, a client not yet counted has no budget that
+	// second: a flood from many addresses (or forged X-Forwarded-For
+	// values) is suppressed and counted, not written.
+	maxDenyClients = 4096
+	// maxClientKeyBytes bounds a client key that is not an IP address.
+	maxClientKeyBytes = 64
 )
 
 // UseConfig configures a UseRecorder.
@@ -27,10 +36,13 @@ type UseConfig struct {
 	Log      Appender
 	Allows   string        // AllowsEvery or AllowsSummary (default)
 	Interval time.Duration // summary interval (default 10s)
-	// DenyPerSecond caps deny records per second; denies above it are
-	// counted into one authz.deny_suppressed record per interval, so a
-	// flood of junk tokens cannot fill the disk.
+	// DenyPerSecond caps deny records per second, and DenyPerClient the
+	// deny records of one client (source address) per second; denies
+	// above either are counted into one authz.deny_suppressed record per
+	// interval, so a flood of junk requests cannot fill the disk, and one
+	// noisy client cannot use up everyone's budget.
 	DenyPerSecond int
+	DenyPerClient int
 	Queue         int // records waiting for the disk; beyond it they are dropped and counted
 	Now           func() time.Time
 	Logger        *slog.Logger
@@ -52,12 +64,18 @@ type UseRecorder struct {
 	allows  sync.Map // tokenID -> *allowCount
 	flushMu sync.Mutex
 
-	denyWindow  atomic.Int64 // unix second of the current deny budget
-	denyUsed    atomic.Int64
-	suppressed  atomic.Uint64
-	dropped     atomic.Uint64 // records lost to a full queue
-	writeErrors atomic.Uint64 // records the log refused; only the first is logged
-	mode        atomic.Value  // string
+	denyMu      sync.Mutex
+	denyWindow  int64           // unix second of the current deny budgets
+	denyUsed    int             // deny records written this second
+	denyClients map[string]int  // deny records per client this second
+	overBudget  map[string]bool // clients suppressed since the last flush (bounded)
+	suppressed  atomic.Uint64   // denies suppressed since the last flush
+	dropped     atomic.Uint64   // records lost to a full queue
+	writeErrors atomic.Uint64   // records the log refused; only the first is logged
+	mode        atomic.Value    // string
+
+	suppressedClient atomic.Uint64 // over a client's budget, ever
+	suppressedGlobal atomic.Uint64 // over the node's budget, ever
 }
 
 type allowCount struct {
@@ -73,6 +91,9 @@ func NewUseRecorder(cfg UseConfig) *UseRecorder {
 	if cfg.DenyPerSecond <= 0 {
 		cfg.DenyPerSecond = DefaultDenyPerSecond
 	}
+	if cfg.DenyPerClient <= 0 {
+		cfg.DenyPerClient = DefaultDenyPerClient
+	}
 	if cfg.Queue <= 0 {
 		cfg.Queue = DefaultUseQueue
 	}
@@ -82,7 +103,7 @@ func NewUseRecorder(cfg UseConfig) *UseRecorder {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	u := &UseRecorder{cfg: cfg, queue: make(chan Record, cfg.Queue)}
+	u := &UseRecorder{cfg: cfg, queue: make(chan Record, cfg.Queue), denyClients: map[string]int{}, overBudget: map[string]bool{}}
 	u.SetAllows(cfg.Allows)
 	return u
 }
@@ -133,15 +154,53 @@ func (c *allowCount) add() bool {
 // Deny records a denied request. tokenID and subject are empty when the
 // token could not be verified.
 func (u *UseRecorder) Deny(reason, tokenID, subject, route, source string) {
-	sec := u.cfg.Now().Unix()
-	if w := u.denyWindow.Load(); w != sec && u.denyWindow.CompareAndSwap(w, sec) {
-		u.denyUsed.Store(0)
-	}
-	if u.denyUsed.Add(1) > int64(u.cfg.DenyPerSecond) {
-		u.suppressed.Add(1)
+	if !u.denyBudget(source) {
 		return
 	}
 	u.enqueue(Record{Action: ActionAuthzDeny, Actor: ActorSystem, Reason: reason, TokenID: tokenID, Subject: subject, Route: route, Source: source})
+}
+
+// denyBudget reports whether a deny from source may be written this
+// second, counting it as suppressed when not.
+func (u *UseRecorder) denyBudget(source string) bool {
+	client := clientKey(source)
+	u.denyMu.Lock()
+	defer u.denyMu.Unlock()
+	if sec := u.cfg.Now().Unix(); sec != u.denyWindow {
+		u.denyWindow, u.denyUsed = sec, 0
+		clear(u.denyClients)
+	}
+	n, known := u.denyClients[client]
+	switch {
+	case n >= u.cfg.DenyPerClient || (!known && len(u.denyClients) >= maxDenyClients):
+		u.suppressedClient.Add(1)
+	case u.denyUsed >= u.cfg.DenyPerSecond:
+		u.suppressedGlobal.Add(1)
+	default:
+		u.denyClients[client] = n + 1
+		u.denyUsed++
+		return true
+	}
+	u.suppressed.Add(1)
+	if len(u.overBudget) < maxDenyClients {
+		u.overBudget[client] = true
+	}
+	return false
+}
+
+// clientKey is what a deny budget is kept per: the IP address of source
+// (a port dropped), or, when source is not one, its first bytes.
+func clientKey(source string) string {
+	if ap, err := netip.ParseAddrPort(source); err == nil {
+		return ap.Addr().Unmap().String()
+	}
+	if ip, err := netip.ParseAddr(source); err == nil {
+		return ip.Unmap().String()
+	}
+	if len(source) > maxClientKeyBytes {
+		return source[:maxClientKeyBytes]
+	}
+	return source
 }
 
 // Record queues any other record (kernel drops, anomaly evidence) for the
@@ -156,8 +215,20 @@ func (u *UseRecorder) enqueue(r Record) {
 	}
 }
 
-// Dropped is how many records were lost to a full queue.
-func (u *UseRecorder) Dropped() uint64 { return u.dropped.Load() }
+// UseStats counts what a UseRecorder did not write, for metrics.
+type UseStats struct {
+	// Dropped counts records lost to a full queue.
+	Dropped uint64
+	// SuppressedClient and SuppressedGlobal count denies left out for
+	// being over a client's budget or the node's (each is in the count of
+	// an authz.deny_suppressed record).
+	SuppressedClient, SuppressedGlobal uint64
+}
+
+// Stats returns the recorder's counters.
+func (u *UseRecorder) Stats() UseStats {
+	return UseStats{Dropped: u.dropped.Load(), SuppressedClient: u.suppressedClient.Load(), SuppressedGlobal: u.suppressedGlobal.Load()}
+}
 
 // Run writes queued records and the per-interval summaries until ctx ends,
 // then flushes what is left.
@@ -213,8 +284,14 @@ func (u *UseRecorder) Flush() {
 	for _, s := range out {
 		u.write(Record{Action: ActionAuthzAllowSummary, Actor: ActorSystem, TokenID: s.id, Subject: s.c.subject, Tenant: s.c.tenant, Count: s.n, Details: interval})
 	}
-	if n := u.suppressed.Swap(0); n > 0 {
-		u.write(Record{Action: ActionDenySuppressed, Actor: ActorSystem, Count: n, Details: interval})
+	u.denyMu.Lock()
+	n, clients := u.suppressed.Swap(0), len(u.overBudget)
+	clear(u.overBudget)
+	u.denyMu.Unlock()
+	if n > 0 {
+		details, _ := json.Marshal(map[string]any{"interval": u.cfg.Interval.String(), "clients": clients,
+			"deny_per_client": u.cfg.DenyPerClient, "deny_per_second": u.cfg.DenyPerSecond})
+		u.write(Record{Action: ActionDenySuppressed, Actor: ActorSystem, Count: n, Details: details})
 	}
 }
 

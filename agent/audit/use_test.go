@@ -2,6 +2,8 @@ package audit
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -47,7 +49,7 @@ func TestUseRecorder(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			log := &memLog{}
 			now := time.Unix(1_800_000_000, 0)
-			u := NewUseRecorder(UseConfig{Log: log, Allows: tc.allows, Interval: time.Hour, DenyPerSecond: 20, Now: func() time.Time { return now }})
+			u := NewUseRecorder(UseConfig{Log: log, Allows: tc.allows, Interval: time.Hour, DenyPerSecond: 20, DenyPerClient: 100, Now: func() time.Time { return now }})
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
 			go func() { u.Run(ctx); close(done) }()
@@ -80,8 +82,8 @@ func TestUseRecorderNeverBlocks(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		u.Allow("tok", "s", "", "r", "")
 	}
-	if u.Dropped() != 6 {
-		t.Fatalf("dropped %d, want 6", u.Dropped())
+	if d := u.Stats().Dropped; d != 6 {
+		t.Fatalf("dropped %d, want 6", d)
 	}
 }
 
@@ -121,5 +123,75 @@ func TestUseRecorderLosesNoAllowToFlush(t *testing.T) {
 	}
 	if total != workers*each {
 		t.Fatalf("summaries count %d allows, want %d", total, workers*each)
+	}
+}
+
+// TestDenyBudgetPerClient floods denies from one client and from many: the
+// noisy client is held to its budget without using up the others', every
+// suppressed deny is counted in one summary record and in Stats, and a
+// flood from more clients than are tracked is suppressed, not written.
+func TestDenyBudgetPerClient(t *testing.T) {
+	tests := map[string]struct {
+		denies         func(u *UseRecorder)
+		wantDenies     int
+		wantSuppressed uint64
+		wantClient     uint64
+		wantNode       uint64
+	}{
+		"one noisy client, one quiet": {
+			denies: func(u *UseRecorder) {
+				for range 1000 {
+					u.Deny("invalid_token", "", "", "r", "10.0.0.66:4000")
+				}
+				u.Deny("invalid_token", "", "", "r", "10.0.0.7:5000")
+			},
+			wantDenies: 11, wantSuppressed: 990, wantClient: 990,
+		},
+		"ports do not make new clients": {
+			denies: func(u *UseRecorder) {
+				for port := range 100 {
+					u.Deny("invalid_token", "", "", "r", fmt.Sprintf("[::ffff:10.0.0.66]:%d", 1000+port))
+				}
+			},
+			wantDenies: 10, wantSuppressed: 90, wantClient: 90,
+		},
+		"many clients hit the node budget": {
+			denies: func(u *UseRecorder) {
+				for i := range 300 {
+					u.Deny("invalid_token", "", "", "r", fmt.Sprintf("10.1.%d.%d", i/256, i%256))
+				}
+			},
+			wantDenies: 200, wantSuppressed: 100, wantNode: 100,
+		},
+		"forged X-Forwarded-For values past the tracked clients": {
+			denies: func(u *UseRecorder) {
+				for i := range maxDenyClients + 50 {
+					u.Deny("invalid_token", "", "", "r", fmt.Sprintf("forged-%d-%s", i, strings.Repeat("x", 1<<10)))
+				}
+			},
+			wantDenies: 200, wantSuppressed: maxDenyClients + 50 - 200, wantNode: maxDenyClients + 50 - 200,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			log := &memLog{}
+			now := time.Unix(1_800_000_000, 0)
+			u := NewUseRecorder(UseConfig{Log: log, Interval: time.Hour, Queue: 1 << 14, Now: func() time.Time { return now }})
+			tc.denies(u)
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			u.Run(ctx) // drains the queue and flushes
+			got := log.byAction()
+			if n := len(got[ActionAuthzDeny]); n != tc.wantDenies {
+				t.Errorf("%d deny records, want %d", n, tc.wantDenies)
+			}
+			sup := got[ActionDenySuppressed]
+			if len(sup) != 1 || sup[0].Count != tc.wantSuppressed {
+				t.Fatalf("suppressed records %+v, want one counting %d", sup, tc.wantSuppressed)
+			}
+			if s := u.Stats(); s.SuppressedClient != tc.wantClient || s.SuppressedGlobal != tc.wantNode {
+				t.Errorf("stats %+v, want client %d node %d", s, tc.wantClient, tc.wantNode)
+			}
+		})
 	}
 }

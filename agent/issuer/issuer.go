@@ -280,12 +280,10 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 	if _, _, err := i.revoke(ctx, rule, false); err != nil {
 		return Issued{}, err
 	}
-	if _, err := i.cfg.Audit.Append(audit.Record{
+	i.auditDone(audit.Record{
 		Action: "token.rotate", Actor: actor, TokenID: pred.ID, Subject: pred.Subject, Tenant: pred.Tenant,
 		Details: jsonDetails(rotateDetails(succ.Record.ID, rule.EffectiveAt, slices.Sorted(maps.Values(carried)))),
-	}); err != nil {
-		return Issued{}, err
-	}
+	})
 	return succ, nil
 }
 
@@ -302,13 +300,10 @@ func (i *Issuer) carry(ctx context.Context, rules []policy.Revocation, pred, suc
 			Kind: policy.RevokeToken, Target: succ.ID, EffectiveAt: r.EffectiveAt,
 			Reason: fmt.Sprintf("%s (carried from rule %s on %s)", r.Reason, r.ID, pred.ID), Actor: actor,
 		}, true)
-		if err != nil && !errors.Is(err, errNotAudited) {
+		if err != nil {
 			return fmt.Errorf("carry revocation %s of %s to its successor %s: %w", r.ID, pred.ID, succ.ID, err)
 		}
 		done[r.ID] = c.ID
-		if err != nil {
-			return err
-		}
 	}
 	return nil
 }
@@ -333,12 +328,12 @@ func rotateDetails(successor string, retiredAt time.Time, carried []string) map[
 // covered too.
 func (i *Issuer) Revoke(ctx context.Context, r policy.Revocation) (policy.Revocation, int, error) {
 	stored, covered, err := i.revoke(ctx, r, true)
-	if (err != nil && !errors.Is(err, errNotAudited)) || r.Kind == policy.RevokeKey {
-		// Not stored, or no successors to follow. A rule stored but not
-		// audited is in force: its successors are still covered below.
+	if err != nil || r.Kind == policy.RevokeKey {
+		// Not stored, or no successors to follow. (A rule whose audit
+		// record could not be written is stored and in force: revoke does
+		// not fail for it, and its successors are covered below.)
 		return stored, len(covered), err
 	}
-	auditErr := err
 	n := len(covered)
 	ids := make([]string, 0, len(covered)+1)
 	seen := map[string]bool{}
@@ -374,12 +369,8 @@ func (i *Issuer) Revoke(ctx context.Context, r policy.Revocation) (policy.Revoca
 			n++
 		}
 	}
-	return stored, n, auditErr
+	return stored, n, nil
 }
-
-// errNotAudited is wrapped by revoke's error when the rule was stored (and
-// is in force) but its audit record could not be written.
-var errNotAudited = errors.New("rule stored but not audited")
 
 // maxLineage bounds how far a revocation follows successors. A chain is
 // short in practice (a predecessor is retired a rotation_grace after its
@@ -416,6 +407,10 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 		// without an actor, which would leave a rule in force unaudited.
 		return r, nil, &policy.IssueError{Msg: fmt.Sprintf("revocation needs an actor: the admin token's jti, or %q", ActorSystem)}
 	}
+	// A reason is free text: a token pasted into it (the leaked one, say)
+	// would be stored, answered and audited. It is redacted here, once, so
+	// the rule, the API's answer and the audit record all say the same.
+	r.Reason = audit.Redact(r.Reason)
 	now := i.cfg.Now()
 	p := i.cfg.Policy()
 	r.ID = policy.NewRevocationID()
@@ -511,9 +506,7 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 	case policy.RevokeTenant:
 		ar.Tenant = r.Target
 	}
-	if _, err := i.cfg.Audit.Append(ar); err != nil {
-		return r, covered, fmt.Errorf("audit revocation %s: %w: %w", r.ID, errNotAudited, err)
-	}
+	i.auditDone(ar)
 	return r, covered, nil
 }
 
@@ -558,11 +551,23 @@ func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error
 	}
 	keys = append(keys, nk)
 	i.keys, i.active = keys, sk
-	if _, err := i.cfg.Audit.Append(audit.Record{Action: "key.rotate", Actor: actor, Details: jsonDetails(map[string]any{"kid": nk.ID})}); err != nil {
-		return store.Key{}, err
-	}
+	i.auditDone(audit.Record{Action: "key.rotate", Actor: actor, Details: jsonDetails(map[string]any{"kid": nk.ID})})
 	nk.Sealed = nil
 	return nk, nil
+}
+
+// auditDone audits an action that has already taken effect (stored, and
+// for a revocation enforced). Its audit record comes last on purpose: a
+// revocation must never fail, nor be reported failed, because the audit
+// log cannot grow (a full disk, a flood). A record that cannot be written
+// is logged here and counted by the audit log (the
+// tokenwarden_audit_records_lost_total metric, alerted on); the action
+// stands.
+func (i *Issuer) auditDone(r audit.Record) {
+	if _, err := i.cfg.Audit.Append(r); err != nil {
+		i.cfg.Logger.Error("action taken but not audited: the audit log refused its record",
+			"action", r.Action, "actor", r.Actor, "token_id", r.TokenID, "err", err)
+	}
 }
 
 // revokedBy returns a rule among rules that revokes the token of rec at now.

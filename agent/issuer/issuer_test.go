@@ -1135,7 +1135,7 @@ func TestAuditRecordsEachAction(t *testing.T) {
 			if !r.Time.Equal(f.clock.Now()) {
 				t.Errorf("record time %v, want the injected clock's %v", r.Time, f.clock.Now())
 			}
-			if _, err := audit.Verify(f.auditDir); err != nil {
+			if _, err := audit.Verify(f.auditDir, audit.VerifyOptions{}); err != nil {
 				t.Errorf("audit chain: %v", err)
 			}
 		})

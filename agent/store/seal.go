@@ -98,6 +98,39 @@ func createKEK(path string) ([]byte, error) {
 // bound as additional data, so a sealed key cannot be swapped onto another
 // record.
 func Seal(kek []byte, kid string, priv ed25519.PrivateKey) ([]byte, error) {
+	return seal(kek, []byte(kid), priv.Seed())
+}
+
+// Unseal reverses Seal.
+func Unseal(kek []byte, kid string, sealed []byte) (ed25519.PrivateKey, error) {
+	seed, err := unseal(kek, []byte(kid), sealed)
+	if err != nil {
+		return nil, fmt.Errorf("unseal key %s: %w", kid, err)
+	}
+	if len(seed) != ed25519.SeedSize {
+		return nil, fmt.Errorf("unseal key %s: bad seed length", kid)
+	}
+	return ed25519.NewKeyFromSeed(seed), nil
+}
+
+// auditKeyAD binds a sealed audit key to its id, apart from signing keys.
+func auditKeyAD(id string) []byte { return []byte("tokenwarden audit key\x00" + id) }
+
+// SealAuditSecret seals an audit key's secret under kek, bound to its id.
+func SealAuditSecret(kek []byte, id string, secret []byte) ([]byte, error) {
+	return seal(kek, auditKeyAD(id), secret)
+}
+
+// UnsealAuditSecret reverses SealAuditSecret.
+func UnsealAuditSecret(kek []byte, k AuditKey) ([]byte, error) {
+	secret, err := unseal(kek, auditKeyAD(k.ID), k.Sealed)
+	if err != nil {
+		return nil, fmt.Errorf("unseal audit key %s: %w", k.ID, err)
+	}
+	return secret, nil
+}
+
+func seal(kek, ad, plaintext []byte) ([]byte, error) {
 	aead, err := newAEAD(kek)
 	if err != nil {
 		return nil, err
@@ -106,26 +139,22 @@ func Seal(kek []byte, kid string, priv ed25519.PrivateKey) ([]byte, error) {
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
 	}
-	return aead.Seal(nonce, nonce, priv.Seed(), []byte(kid)), nil
+	return aead.Seal(nonce, nonce, plaintext, ad), nil
 }
 
-// Unseal reverses Seal.
-func Unseal(kek []byte, kid string, sealed []byte) (ed25519.PrivateKey, error) {
+func unseal(kek, ad, sealed []byte) ([]byte, error) {
 	aead, err := newAEAD(kek)
 	if err != nil {
 		return nil, err
 	}
 	if len(sealed) < aead.NonceSize() {
-		return nil, errors.New("sealed key is truncated")
+		return nil, errors.New("sealed value is truncated")
 	}
-	seed, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], []byte(kid))
+	out, err := aead.Open(nil, sealed[:aead.NonceSize()], sealed[aead.NonceSize():], ad)
 	if err != nil {
-		return nil, fmt.Errorf("unseal key %s: wrong key-encryption key or tampered record", kid)
+		return nil, errors.New("wrong key-encryption key or tampered record")
 	}
-	if len(seed) != ed25519.SeedSize {
-		return nil, fmt.Errorf("unseal key %s: bad seed length", kid)
-	}
-	return ed25519.NewKeyFromSeed(seed), nil
+	return out, nil
 }
 
 func newAEAD(kek []byte) (cipher.AEAD, error) {

@@ -122,6 +122,25 @@ type Event struct {
 	Revocation *policy.Revocation
 }
 
+// AuditKey is the key of the audit log's hash chain, one per store: every
+// node that shares the store keys its chain with it, so any of them can
+// verify any node's log. Secret is sealed with SealSecret under the KEK.
+type AuditKey struct {
+	ID        string    `json:"id"`
+	Sealed    []byte    `json:"sealed"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// AuditHead is the last record of one node's audit chain, as that node
+// recorded it: a log that no longer holds it, or ends before it, was cut.
+type AuditHead struct {
+	Node string    `json:"node"`
+	Seq  uint64    `json:"seq"`
+	Hash string    `json:"hash"`
+	File string    `json:"file"` // the file that held it when recorded
+	Time time.Time `json:"time"` // when it was recorded
+}
+
 // Store is durable state. Implementations: bolt (embedded default, one
 // node) and etcd (many nodes).
 type Store interface {
@@ -138,6 +157,17 @@ type Store interface {
 	PutRevocation(ctx context.Context, r policy.Revocation) error
 	DeleteRevocation(ctx context.Context, id string) error
 	Revocations(ctx context.Context) ([]policy.Revocation, error)
+
+	// AuditKey returns the audit chain's key; ErrNotFound before one was
+	// created.
+	AuditKey(ctx context.Context) (AuditKey, error)
+	// CreateAuditKey stores k unless a key exists already, and returns the
+	// key in force: of agents racing to create one, all get the same.
+	CreateAuditKey(ctx context.Context, k AuditKey) (AuditKey, error)
+	// PutAuditHead records a node's chain head, replacing the one before.
+	PutAuditHead(ctx context.Context, h AuditHead) error
+	// AuditHead returns the head node recorded; ErrNotFound when none.
+	AuditHead(ctx context.Context, node string) (AuditHead, error)
 
 	// Watch streams every change committed after it is called, until ctx
 	// ends or the store closes (the channel is then closed). Callers load

@@ -41,6 +41,14 @@ var exported = []string{
 	"tokenwarden_tokens_expiring",
 	"tokenwarden_xds_connected_nodes",
 	"tokenwarden_xds_nacks_total",
+	"tokenwarden_audit_records_lost_total",
+	"tokenwarden_audit_denies_suppressed_total",
+	"tokenwarden_audit_fields_rewritten_total",
+	"tokenwarden_audit_files_removed_total",
+	"tokenwarden_audit_gaps_total",
+	"tokenwarden_audit_head_errors_total",
+	"tokenwarden_audit_head_recorded_seq",
+	"tokenwarden_audit_subscribers_cut_off_total",
 }
 
 var (

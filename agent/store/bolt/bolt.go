@@ -38,6 +38,7 @@ var (
 	bucketTokens       = []byte("tokens")         // jti → TokenRecord
 	bucketTokensByLeak = []byte("tokens_by_leak") // sha256(token) → jti
 	bucketRevocations  = []byte("revocations")    // rule id → Revocation
+	bucketAudit        = []byte("audit")          // auditKeyName → AuditKey; "head/<node>" → AuditHead
 )
 
 // ErrInUse is returned by Open when another process holds the store's file.
@@ -108,7 +109,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketKeys, bucketTokens, bucketTokensByLeak, bucketRevocations} {
+		for _, b := range [][]byte{bucketKeys, bucketTokens, bucketTokensByLeak, bucketRevocations, bucketAudit} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
 			}
@@ -172,7 +173,9 @@ func (s *Store) commit(ctx context.Context, fn func(tx *bbolt.Tx) (store.Event, 
 	if err != nil {
 		return closedErr(err)
 	}
-	s.watchers.Publish(ev)
+	if ev.Kind != "" { // audit keys and heads are not watched
+		s.watchers.Publish(ev)
+	}
 	return nil
 }
 

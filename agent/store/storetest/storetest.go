@@ -47,6 +47,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"WatchOnlyLaterChanges", testWatchOnlyLaterChanges},
 		{"WatchFanOut", testWatchFanOut},
 		{"WatchEndsWithContext", testWatchEndsWithContext},
+		{"AuditKey", testAuditKey},
+		{"AuditKeyRace", testAuditKeyRace},
+		{"AuditHead", testAuditHead},
 		{"Close", testClose},
 	}
 	for _, tc := range tests {
@@ -579,6 +582,81 @@ func tokenIDs(rs []store.TokenRecord) []string {
 	}
 	slices.Sort(ids)
 	return ids
+}
+
+func testAuditKey(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	if _, err := s.AuditKey(ctx); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("AuditKey of an empty store = %v, want ErrNotFound", err)
+	}
+	events, err := s.Watch(ctx)
+	must(t, err)
+	first := store.AuditKey{ID: "ak-1", Sealed: []byte("sealed-1"), CreatedAt: t0}
+	got, err := s.CreateAuditKey(ctx, first)
+	must(t, err)
+	equal(t, "CreateAuditKey on an empty store", got, first)
+	// A second agent creating its own key gets the first one: the chain
+	// of every node sharing the store is keyed alike.
+	got, err = s.CreateAuditKey(ctx, store.AuditKey{ID: "ak-2", Sealed: []byte("sealed-2"), CreatedAt: t0})
+	must(t, err)
+	equal(t, "CreateAuditKey when a key exists", got, first)
+	got, err = s.AuditKey(ctx)
+	must(t, err)
+	equal(t, "AuditKey", got, first)
+	if _, err := s.CreateAuditKey(ctx, store.AuditKey{ID: "ak-3"}); err == nil {
+		t.Error("CreateAuditKey accepted a key without a secret")
+	}
+	// Audit records are not enforcement state: Watch does not carry them.
+	must(t, s.PutRevocation(ctx, revocation("rv_marker", "tok_a")))
+	if got := Describe(next(t, events)); got != "put revocation rv_marker" {
+		t.Errorf("first event after audit key writes = %s, want put revocation rv_marker", got)
+	}
+}
+
+func testAuditKeyRace(t *testing.T, s store.Store) {
+	const agents = 8
+	got := make([]store.AuditKey, agents)
+	errs := make([]error, agents)
+	var wg sync.WaitGroup
+	for i := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = s.CreateAuditKey(t.Context(), store.AuditKey{ID: fmt.Sprintf("ak-%d", i), Sealed: []byte{byte(i)}, CreatedAt: t0})
+		}()
+	}
+	wg.Wait()
+	for i := range agents {
+		must(t, errs[i])
+		equal(t, fmt.Sprintf("agent %d's key", i), got[i], got[0])
+	}
+}
+
+func testAuditHead(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	if _, err := s.AuditHead(ctx, "node-a"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("AuditHead of an empty store = %v, want ErrNotFound", err)
+	}
+	events, err := s.Watch(ctx)
+	must(t, err)
+	a1 := store.AuditHead{Node: "node-a", Seq: 10, Hash: strings.Repeat("a", 64), File: "audit.log", Time: t0}
+	a2 := store.AuditHead{Node: "node-a", Seq: 42, Hash: strings.Repeat("b", 64), File: "audit.log", Time: t0.Add(time.Second)}
+	b1 := store.AuditHead{Node: "node-b", Seq: 7, Hash: strings.Repeat("c", 64), File: "audit-00000000000000000001.log", Time: t0}
+	must(t, s.PutAuditHead(ctx, a1))
+	must(t, s.PutAuditHead(ctx, b1))
+	must(t, s.PutAuditHead(ctx, a2))
+	for node, want := range map[string]store.AuditHead{"node-a": a2, "node-b": b1} {
+		got, err := s.AuditHead(ctx, node)
+		must(t, err)
+		equal(t, "AuditHead of "+node, got, want)
+	}
+	if err := s.PutAuditHead(ctx, store.AuditHead{Seq: 1}); err == nil {
+		t.Error("PutAuditHead accepted a head without a node")
+	}
+	must(t, s.PutRevocation(ctx, revocation("rv_marker", "tok_a")))
+	if got := Describe(next(t, events)); got != "put revocation rv_marker" {
+		t.Errorf("first event after audit head writes = %s, want put revocation rv_marker", got)
+	}
 }
 
 func mustKeys(t *testing.T, s store.Store) []store.Key {
