@@ -29,8 +29,11 @@ const (
 	grpcKeepaliveMinTime = 10 * time.Second
 	// grpcMaxConcurrentStreams bounds the streams of one connection. A
 	// sidecar opens one ADS stream; this caps what a misbehaving client can
-	// make the server hold.
-	grpcMaxConcurrentStreams = 64
+	// make the server hold per connection.
+	grpcMaxConcurrentStreams = 4
+	// grpcMaxRecvMsgSize bounds one request. Envoy's first request carries
+	// its node with the list of its extensions (tens of KB); ACKs are small.
+	grpcMaxRecvMsgSize = 256 << 10
 	// grpcReadBufferSize is each connection's read buffer, kept for its
 	// life. Requests from sidecars are small ACKs; the default 32 KiB per
 	// connection would dominate the memory a sidecar costs.
@@ -56,6 +59,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: grpcKeepaliveTime, Timeout: grpcKeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: grpcKeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(grpcMaxConcurrentStreams),
+		grpc.MaxRecvMsgSize(grpcMaxRecvMsgSize),
 		// xDS connections are idle almost always: share write buffers
 		// between them rather than holding one per sidecar.
 		grpc.SharedWriteBuffer(true),
