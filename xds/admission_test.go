@@ -98,16 +98,16 @@ func TestImpostorFirstCannotChooseTheService(t *testing.T) {
 		},
 		{
 			name: "credential in node metadata", cfg: securedConfig(t),
-			impostor: withMetadata(ordersNode, CredentialMetadataKey, inventoryCredential),
-			genuine:  withMetadata(ordersNode, CredentialMetadataKey, ordersCredential),
+			impostor:         withMetadata(ordersNode, CredentialMetadataKey, inventoryCredential),
+			genuine:          withMetadata(ordersNode, CredentialMetadataKey, ordersCredential),
 			impostorServices: "inventory,unknown_host",
 		},
 		{
 			// Even where unauthenticated nodes are allowed, a claim made
 			// first under an id does not bind the id.
 			name: "unauthenticated development mode", cfg: devConfig,
-			impostor: withMetadata(ordersNode, ServiceMetadataKey, "files"),
-			genuine:  &core.Node{Id: ordersNode},
+			impostor:         withMetadata(ordersNode, ServiceMetadataKey, "files"),
+			genuine:          &core.Node{Id: ordersNode},
 			impostorServices: "files,unknown_host",
 		},
 	} {
