@@ -68,6 +68,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("deny-all configuration: %w", err)
 	}
+	if cfg.Credentials == nil && !cfg.AllowUnauthenticated {
+		cfg.Logger.Warn("xds: no sidecar credentials configured: every xDS stream will be refused")
+	} else if cfg.AllowUnauthenticated {
+		cfg.Logger.Warn("xds: sidecars without a credential are admitted and name their own service; anyone who reaches the xDS port can choose a node's routes (development only)")
+	}
 	return &Server{
 		cfg: cfg,
 		log: cfg.Logger,
