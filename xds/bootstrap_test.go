@@ -106,6 +106,10 @@ func TestDeployBootstrapIsValid(t *testing.T) {
 	if b.GetDynamicResources().GetLdsConfig().GetAds() == nil || b.GetDynamicResources().GetCdsConfig().GetAds() == nil {
 		t.Error("listeners and clusters not over ADS")
 	}
+	md := ads.GetGrpcServices()[0].GetInitialMetadata()
+	if len(md) != 1 || md[0].GetKey() != CredentialHeader || md[0].GetValue() != "${XDS_CREDENTIAL}" {
+		t.Errorf("the ADS grpc_service sends %v, want the credential in %s", md, CredentialHeader)
+	}
 	if b.GetNode().GetMetadata().GetFields()[ServiceMetadataKey] == nil {
 		t.Errorf("node metadata lacks %s", ServiceMetadataKey)
 	}
