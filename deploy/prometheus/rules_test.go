@@ -38,6 +38,7 @@ var exported = []string{
 	"tokenwarden_tokens_expiring",
 	"tokenwarden_xds_connected_nodes",
 	"tokenwarden_xds_nacks_total",
+	"tokenwarden_xds_refused_streams_total",
 }
 
 var (
