@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -182,7 +183,8 @@ func (c *adsClient) send(req *discovery.DiscoveryRequest) {
 		req.Node = c.node
 		c.sentNode = true
 	}
-	if err := c.stream.Send(req); err != nil {
+	// io.EOF says the server ended the stream; Recv (c.ended) has why.
+	if err := c.stream.Send(req); err != nil && !errors.Is(err, io.EOF) {
 		c.t.Fatal(err)
 	}
 }
