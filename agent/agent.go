@@ -59,6 +59,11 @@ type Config struct {
 	// each sidecar (default 127.0.0.1:8080).
 	XDSAuthzAddress string
 	XDSAppAddress   string
+	// XDSCredentials is the file of sidecar credentials that decide each
+	// sidecar's service (docs/xds.md); without it every xDS stream is
+	// refused, unless XDSAllowUnauthenticated (development only).
+	XDSCredentials          string
+	XDSAllowUnauthenticated bool
 	// StripAuthorization removes Authorization from allowed requests
 	// before the application sees them (the kernel side then cannot count
 	// them where the application receives them).

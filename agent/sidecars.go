@@ -23,8 +23,16 @@ func (a *Agent) startXDS() error {
 	if authzAddr == "" {
 		authzAddr = a.cfg.AuthzGRPCAddr
 	}
+	var creds *xds.Credentials
+	if a.cfg.XDSCredentials != "" {
+		var err error
+		if creds, err = xds.LoadCredentials(a.cfg.XDSCredentials); err != nil {
+			return err
+		}
+	}
 	srv, err := xds.New(xds.Config{
 		AuthzAddress: authzAddr, AppAddress: a.cfg.XDSAppAddress,
+		Credentials: creds, AllowUnauthenticated: a.cfg.XDSAllowUnauthenticated,
 		Registerer: a.registry, ListenerMetrics: a.conns, Logger: a.log,
 	})
 	if err != nil {

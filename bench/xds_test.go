@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/policy"
@@ -40,6 +42,8 @@ const (
 	xdsFleetLine = "xds-fleet round "
 	// xdsFleetPatience bounds waiting for one report.
 	xdsFleetPatience = 60 * time.Second
+	// xdsFleetCredential is the orders sidecars' xDS credential.
+	xdsFleetCredential = "orders-bench-6f1d0c9a8e7b5d3c2a1f0e9d8c7b6a59"
 	// xdsRoutes is the size of the benchmark service's route table.
 	xdsRoutes = 20
 )
@@ -55,9 +59,13 @@ const (
 //     connects; the fleet runs in a child process);
 //   - goroutines/node: the server's goroutines per connected sidecar.
 func BenchmarkXDSPush(b *testing.B) {
+	creds, err := xds.ParseCredentials(fmt.Appendf(nil, "credentials:\n  - {service: orders, sha256: %x}\n", sha256.Sum256([]byte(xdsFleetCredential))))
+	if err != nil {
+		b.Fatal(err)
+	}
 	// Every sidecar of the fleet connects from 127.0.0.1: one client.
 	streams := listen.CallLimits{InFlight: 2 * xdsSidecars, PerClient: 2 * xdsSidecars}
-	srv, err := xds.New(xds.Config{Logger: slog.New(slog.DiscardHandler), Streams: streams})
+	srv, err := xds.New(xds.Config{Credentials: creds, Logger: slog.New(slog.DiscardHandler), Streams: streams})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -268,6 +276,7 @@ func runSidecar(ctx context.Context, addr string, node *core.Node, tally *roundT
 		return err
 	}
 	defer conn.Close()
+	ctx = metadata.AppendToOutgoingContext(ctx, xds.CredentialHeader, xdsFleetCredential)
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
 		return err

@@ -72,6 +72,8 @@ drain, the audit log is flushed); a second one ends the process at once.`,
 	f.StringVar(&cfg.XDSAddr, "xds", agent.DefaultXDSAddr, `ADS (xDS) listen address for the node's sidecars, or unix:///path ("" disables)`)
 	f.StringVar(&cfg.XDSAuthzAddress, "xds-authz-address", "", "ext_authz address as sidecars reach it, IP:port or unix:///path (default: --authz-grpc)")
 	f.StringVar(&cfg.XDSAppAddress, "xds-app-address", "", "the application behind each sidecar, IP:port or unix:///path (default 127.0.0.1:8080)")
+	f.StringVar(&cfg.XDSCredentials, "xds-credentials", "", "file of sidecar credentials (SHA-256 digests) that decide each sidecar's service; without it every xDS stream is refused (docs/xds.md)")
+	f.BoolVar(&cfg.XDSAllowUnauthenticated, "xds-allow-unauthenticated", false, "DEVELOPMENT ONLY: admit xDS streams without a credential and let them name their own service")
 	f.StringVar(&cfg.BPF, "bpf", agent.BPFAuto, "kernel side: auto (use it when it loads, say so when not), required (refuse to start without it) or off")
 	f.StringArrayVar(&cfg.BPFInterfaces, "bpf-iface", nil, "interface to attach the eBPF programs to with TCX, ingress and egress (repeatable)")
 	f.StringVar(&cfg.BPFCgroup, "bpf-cgroup", "", "cgroup v2 path to attach the cgroup_skb ingress program to")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 
 	bootstrap "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -105,6 +106,15 @@ func TestDeployBootstrapIsValid(t *testing.T) {
 	}
 	if b.GetDynamicResources().GetLdsConfig().GetAds() == nil || b.GetDynamicResources().GetCdsConfig().GetAds() == nil {
 		t.Error("listeners and clusters not over ADS")
+	}
+	md := ads.GetGrpcServices()[0].GetInitialMetadata()
+	if len(md) != 1 || md[0].GetKey() != CredentialHeader || md[0].GetValue() != "${XDS_CREDENTIAL}" {
+		t.Errorf("the ADS grpc_service sends %v, want the credential in %s", md, CredentialHeader)
+	}
+	// As envsubst renders it, with a credential made as docs/xds.md says.
+	rendered := parseBootstrap(t, bytes.ReplaceAll(y, []byte("${XDS_CREDENTIAL}"), []byte("q3Zk9_Xw-0aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uVw")))
+	if got := rendered.GetDynamicResources().GetAdsConfig().GetGrpcServices()[0].GetInitialMetadata()[0].GetValue(); !strings.HasPrefix(got, "q3Zk9") {
+		t.Errorf("rendered credential %q", got)
 	}
 	if b.GetNode().GetMetadata().GetFields()[ServiceMetadataKey] == nil {
 		t.Errorf("node metadata lacks %s", ServiceMetadataKey)

@@ -24,6 +24,10 @@ const (
 
 	// DefaultServeAddress is where `serve --xds` listens by default.
 	DefaultServeAddress = "127.0.0.1:18000"
+
+	// DefaultMaxNodes bounds the sidecars (and so the snapshots) one
+	// server holds. A node runs at most a few hundred pods.
+	DefaultMaxNodes = 1024
 )
 
 // unixPrefix marks a unix socket address: unix:///run/tokenwarden/xds.sock.
@@ -50,6 +54,23 @@ type Config struct {
 	// AuthzTimeout bounds one ext_authz check (default 250ms). A check that
 	// times out is answered 503, never allowed.
 	AuthzTimeout time.Duration
+
+	// Credentials decide each sidecar's service: a stream is admitted when
+	// it presents a credential of the file (CredentialHeader call metadata
+	// or CredentialMetadataKey node metadata), and its sidecar serves that
+	// credential's service, whatever the node claims. Nil admits none,
+	// unless AllowUnauthenticated.
+	Credentials *Credentials
+
+	// AllowUnauthenticated admits streams that present no credential, and
+	// lets them name their own service (NodeService). Anyone who reaches
+	// the port can then choose which service's routes a node id gets: for
+	// local development only. A credential presented is still checked.
+	AllowUnauthenticated bool
+
+	// MaxNodes bounds the sidecars connected at once (default
+	// DefaultMaxNodes); streams of further nodes are refused.
+	MaxNodes int
 
 	// Registerer receives the tokenwarden_xds_* metrics; nil registers none.
 	Registerer prometheus.Registerer
@@ -90,7 +111,13 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.MaxNodes == 0 {
+		c.MaxNodes = DefaultMaxNodes
+	}
 	var errs []error
+	if c.MaxNodes < 0 {
+		errs = append(errs, fmt.Errorf("max nodes %d: want a positive number", c.MaxNodes))
+	}
 	if net.ParseIP(c.InboundAddress) == nil {
 		errs = append(errs, fmt.Errorf("inbound address %q: want an IP address such as 0.0.0.0", c.InboundAddress))
 	}

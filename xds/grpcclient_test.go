@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -137,6 +138,46 @@ func clientResources(p *policy.Policy, service, address string, broken bool) (ma
 	}, nil
 }
 
+// xdsClient dials xds:///target with grpc-go's xDS client as node nodeID,
+// presenting credential ("" for none) in its node metadata, and returns a
+// probe: does a call now reach the backend named want?
+func xdsClient(t *testing.T, addr, nodeID, credential, target string) func(want string) func() bool {
+	t.Helper()
+	meta := ""
+	if credential != "" {
+		meta = fmt.Sprintf(`, "metadata": {%q: %q}`, CredentialMetadataKey, credential)
+	}
+	bootstrap := fmt.Appendf(nil, `{
+		"xds_servers": [{
+			"server_uri": %q,
+			"channel_creds": [{"type": "insecure"}],
+			"server_features": ["xds_v3"]
+		}],
+		"node": {"id": %q%s}
+	}`, addr, nodeID, meta)
+	resolver, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("xds:///"+target, grpc.WithResolvers(resolver), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	client := healthpb.NewHealthClient(conn)
+	return func(want string) func() bool {
+		return func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			var md metadata.MD
+			if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Header(&md)); err != nil {
+				return false
+			}
+			return len(md.Get("backend")) == 1 && md.Get("backend")[0] == want
+		}
+	}
+}
+
 // startBackend serves the gRPC health service and names itself in a header.
 func startBackend(t *testing.T, name string) string {
 	t.Helper()
@@ -163,41 +204,12 @@ func startBackend(t *testing.T, name string) string {
 func TestGRPCClientFollowsTheServer(t *testing.T) {
 	backendA, backendB := startBackend(t, "a"), startBackend(t, "b")
 	target := &clientBackend{address: backendA}
-	ts := startServer(t, Config{}, nil)
+	ts := startServer(t, securedConfig(t), nil)
 	ts.build = target.build
 	if err := ts.SetPolicy(loadPolicy(t, "testdata/policy.yaml")); err != nil {
 		t.Fatal(err)
 	}
-
-	bootstrap := fmt.Appendf(nil, `{
-		"xds_servers": [{
-			"server_uri": %q,
-			"channel_creds": [{"type": "insecure"}],
-			"server_features": ["xds_v3"]
-		}],
-		"node": {"id": %q}
-	}`, ts.addr, ordersNode)
-	resolver, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient("xds:///orders", grpc.WithResolvers(resolver), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := healthpb.NewHealthClient(conn)
-	reaches := func(want string) func() bool {
-		return func() bool {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			var md metadata.MD
-			if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Header(&md)); err != nil {
-				return false
-			}
-			return len(md.Get("backend")) == 1 && md.Get("backend")[0] == want
-		}
-	}
+	reaches := xdsClient(t, ts.addr, ordersNode, ordersCredential, "orders")
 
 	eventually(t, "calls through xDS to reach backend a", reaches("a"))
 
@@ -221,5 +233,65 @@ func TestGRPCClientFollowsTheServer(t *testing.T) {
 	}
 	if got := metricValue(ts.metrics.connectedNodes); got != 1 {
 		t.Errorf("connected nodes %v, want 1", got)
+	}
+}
+
+// serviceBackends sends each service's calls to its own backend, so which
+// backend a call reaches says which service's configuration the client got.
+type serviceBackends map[string]string
+
+func (b serviceBackends) build(p *policy.Policy, service string, _ Config) (map[resource.Type][]types.Resource, error) {
+	res, err := clientResources(p, service, b[service], false)
+	if err != nil {
+		return nil, err
+	}
+	// Every service's listener answers the same dial target, "app".
+	res[resource.ListenerType][0].(*listener.Listener).Name = "app"
+	res[resource.RouteType][0].(*route.RouteConfiguration).VirtualHosts[0].Domains = []string{"*"}
+	return res, nil
+}
+
+// TestGRPCClientImpostorFirstCannotChooseTheService attacks with grpc-go's
+// xDS client: an impostor that holds the files credential (files has a
+// public "/") connects first under the orders sidecar's node id; then the
+// real orders sidecar connects. The real one must reach orders' backend,
+// and a client with no credential or a forged one must get nothing.
+func TestGRPCClientImpostorFirstCannotChooseTheService(t *testing.T) {
+	backends := serviceBackends{}
+	for _, svc := range []string{"orders", "inventory", "files"} {
+		backends[svc] = startBackend(t, svc)
+	}
+	ts := startServer(t, securedConfig(t), nil)
+	ts.build = backends.build
+	if err := ts.SetPolicy(loadPolicy(t, "testdata/policy.yaml")); err != nil {
+		t.Fatal(err)
+	}
+
+	impostor := xdsClient(t, ts.addr, ordersNode, filesCredential, "app")
+	eventually(t, "the impostor to get its own (files) configuration", impostor("files"))
+
+	genuine := xdsClient(t, ts.addr, ordersNode, ordersCredential, "app")
+	eventually(t, "the real sidecar to get orders' configuration", genuine("orders"))
+	if !impostor("files")() {
+		t.Error("the impostor's configuration changed")
+	}
+	if got := metricValue(ts.metrics.connectedNodes); got != 2 {
+		t.Errorf("connected nodes %v, want 2 (one id, two services)", got)
+	}
+
+	for _, cred := range []string{"", "forged-" + ordersCredential} {
+		if xdsClient(t, ts.addr, ordersNode, cred, "app")("orders")() {
+			t.Errorf("a client presenting %q reached orders", cred)
+		}
+	}
+	eventually(t, "both credential-less and forged clients to be refused", func() bool {
+		return metricValue(ts.metrics.refused.WithLabelValues(refusedNoCredential)) >= 1 &&
+			metricValue(ts.metrics.refused.WithLabelValues(refusedBadCredential)) >= 1
+	})
+	if got := metricValue(ts.metrics.connectedNodes); got != 2 {
+		t.Errorf("connected nodes %v after refused clients, want 2", got)
+	}
+	if strings.Contains(ts.logs.String(), ordersCredential) {
+		t.Error("a credential was logged")
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 type metrics struct {
 	nacks           *prometheus.CounterVec
+	refused         *prometheus.CounterVec
 	unknownNodes    prometheus.Counter
 	connectedNodes  prometheus.Gauge
 	snapshotVersion prometheus.Gauge
@@ -21,6 +22,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "tokenwarden_xds_nacks_total",
 			Help: "xDS responses a sidecar rejected (NACK), by resource type.",
 		}, []string{"type"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenwarden_xds_refused_streams_total",
+			Help: "xDS streams refused, by reason: no_credential, bad_credential, service_mismatch, invalid_node, node_changed, node_limit, stream_limit.",
+		}, []string{"reason"}),
 		unknownNodes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tokenwarden_xds_unknown_nodes_total",
 			Help: "Sidecars given the deny-all configuration because the policy has no service for them, counted when they connect or a policy change drops their service.",
@@ -38,11 +43,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, t := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType} {
 		m.nacks.WithLabelValues(typeName(t))
 	}
+	for _, r := range refusalReasons {
+		m.refused.WithLabelValues(r)
+	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.nacks, m.unknownNodes, m.connectedNodes, m.snapshotVersion} {
+	for _, c := range []prometheus.Collector{m.nacks, m.refused, m.unknownNodes, m.connectedNodes, m.snapshotVersion} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

@@ -28,8 +28,8 @@ const (
 	grpcKeepaliveMinTime = 10 * time.Second
 	// grpcMaxConcurrentStreams bounds the streams of one connection. A
 	// sidecar opens one ADS stream; this caps what a misbehaving client can
-	// make the server hold.
-	grpcMaxConcurrentStreams = 64
+	// make the server hold per connection.
+	grpcMaxConcurrentStreams = 4
 	// grpcMaxRecvMsgBytes bounds one DiscoveryRequest: a node (id,
 	// metadata, Envoy's list of extensions, some 30 KiB) and the resource
 	// names an ACK or NACK carries. grpc-go's default is 4 MiB.

@@ -7,11 +7,11 @@ import (
 	"log/slog"
 	"sync"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/log"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/codes"
 
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -32,19 +32,21 @@ type Server struct {
 	policy     *policy.Policy
 	generation int
 	byService  map[string]*cachev3.Snapshot
-	nodes      map[string]*sidecar // connected sidecars by node id
+	nodes      map[string]*sidecar // connected sidecars by identity.key()
 	streams    map[streamKey]*stream
+	refusals   refusalLog
 }
 
 // builder makes the resources of one service's sidecars.
 type builder func(p *policy.Policy, service string, cfg Config) (map[resource.Type][]types.Resource, error)
 
-// sidecar is one connected node.
+// sidecar is one connected node. Its identity, and so its service, is
+// fixed when its first stream is admitted: a stream that names the same
+// node id under another service is another sidecar.
 type sidecar struct {
-	service string // by NodeService; "" when it names none
-	noName  error  // why service is ""
-	streams int    // open streams; the node is forgotten at zero
-	denied  bool   // served the deny-all configuration
+	id      identity
+	streams int  // open streams; the node is forgotten at zero
+	denied  bool // served the deny-all configuration
 }
 
 // New checks cfg and builds a server. It serves nothing until SetPolicy:
@@ -65,6 +67,11 @@ func New(cfg Config) (*Server, error) {
 	denySnap, err := newSnapshot(deny)
 	if err != nil {
 		return nil, fmt.Errorf("deny-all configuration: %w", err)
+	}
+	if cfg.Credentials == nil && !cfg.AllowUnauthenticated {
+		cfg.Logger.Warn("xds: no sidecar credentials configured: every xDS stream will be refused")
+	} else if cfg.AllowUnauthenticated {
+		cfg.Logger.Warn("xds: sidecars without a credential are admitted and name their own service; anyone who reaches the xDS port can choose a node's routes (development only)")
 	}
 	return &Server{
 		cfg: cfg,
@@ -108,8 +115,8 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 	s.byService = byService
 	s.generation++
 	var errs []error
-	for id, n := range s.nodes {
-		if err := s.configure(id, n); err != nil {
+	for key, n := range s.nodes {
+		if err := s.configure(key, n); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -118,55 +125,63 @@ func (s *Server) SetPolicy(p *policy.Policy) error {
 	return errors.Join(errs...)
 }
 
-// configure sets the snapshot of sidecar id: its service's, or the deny-all
+// configure sets the snapshot of sidecar key: its service's, or the deny-all
 // one, reported once each time the sidecar lands on it. Called with s.mu held
 // and a policy set.
-func (s *Server) configure(id string, n *sidecar) error {
-	snap, ok := s.byService[n.service]
+func (s *Server) configure(key string, n *sidecar) error {
+	snap, ok := s.byService[n.id.service]
 	if !ok {
 		snap = s.denyAll
 		if !n.denied {
 			s.metrics.unknownNodes.Inc()
-			reason := fmt.Sprintf("service %q is not in the policy", n.service)
-			if n.service == "" {
-				reason = n.noName.Error()
+			reason := fmt.Sprintf("service %q is not in the policy", n.id.service)
+			if n.id.service == "" {
+				reason = n.id.noName.Error()
 			}
 			s.log.Warn("xds: sidecar has no service in the policy; serving it the deny-all configuration",
-				"node", id, "reason", reason)
+				"node", n.id.nodeID, "reason", reason)
 		}
 	}
 	n.denied = !ok
-	if err := s.cache.SetSnapshot(context.Background(), id, snap); err != nil {
-		return fmt.Errorf("xds: set snapshot of node %s: %w", id, err)
+	if err := s.cache.SetSnapshot(context.Background(), key, snap); err != nil {
+		return fmt.Errorf("xds: set snapshot of node %s: %w", n.id.nodeID, err)
 	}
 	return nil
 }
 
-// attachNode counts a stream of node, configuring the node on first sight.
-// Called with s.mu held.
-func (s *Server) attachNode(node *core.Node) (id string) {
-	id = node.GetId()
-	n := s.nodes[id]
+// attachNode counts a stream of node id, configuring the node on first
+// sight. It refuses a new node beyond Config.MaxNodes and a stream beyond
+// maxStreamsPerNode, so no client makes the server hold unbounded
+// snapshots. Called with s.mu held.
+func (s *Server) attachNode(id identity) *refusal {
+	key := id.key()
+	n := s.nodes[key]
 	if n == nil {
-		n = &sidecar{}
-		n.service, n.noName = NodeService(node)
-		s.nodes[id] = n
+		if len(s.nodes) >= s.cfg.MaxNodes {
+			return refuse(refusedNodeLimit, codes.ResourceExhausted, "%d nodes are connected, the most this server holds", s.cfg.MaxNodes)
+		}
+		n = &sidecar{id: id}
+		s.nodes[key] = n
 		s.metrics.connectedNodes.Inc()
-		s.log.Debug("xds: sidecar connected", "node", id, "service", n.service)
+		s.log.Debug("xds: sidecar connected", "node", id.nodeID, "service", id.service, "authenticated", id.authenticated)
 		if s.policy != nil {
-			if err := s.configure(id, n); err != nil {
-				s.log.Error("xds: configure sidecar", "node", id, "err", err)
+			if err := s.configure(key, n); err != nil {
+				s.log.Error("xds: configure sidecar", "node", id.nodeID, "err", err)
 			}
 		}
 	}
+	if n.streams >= maxStreamsPerNode {
+		return refuse(refusedStreamLimit, codes.ResourceExhausted, "the node has %d streams open, the most it may", maxStreamsPerNode)
+	}
 	n.streams++
-	return id
+	return nil
 }
 
-// detachNode uncounts a stream of node id and forgets the node with its last
-// stream, so pods that come and go leave nothing behind. Called with s.mu held.
-func (s *Server) detachNode(id string) {
-	n := s.nodes[id]
+// detachNode uncounts a stream of node key and forgets the node with its
+// last stream, so pods that come and go leave nothing behind. Called with
+// s.mu held.
+func (s *Server) detachNode(key string) {
+	n := s.nodes[key]
 	if n == nil {
 		return
 	}
@@ -174,20 +189,10 @@ func (s *Server) detachNode(id string) {
 	if n.streams > 0 {
 		return
 	}
-	delete(s.nodes, id)
-	s.cache.ClearSnapshot(id)
+	delete(s.nodes, key)
+	s.cache.ClearSnapshot(key)
 	s.metrics.connectedNodes.Dec()
-	s.log.Debug("xds: sidecar disconnected", "node", id)
-}
-
-// service returns the service of a connected node, for logs.
-func (s *Server) service(id string) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if n := s.nodes[id]; n != nil {
-		return n.service
-	}
-	return ""
+	s.log.Debug("xds: sidecar disconnected", "node", n.id.nodeID)
 }
 
 // cacheLogger hands go-control-plane's logs to slog. Its per-watch

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -22,11 +23,16 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
+
+// devConfig admits sidecars without a credential, naming their own
+// service: the tests of everything but admission use it.
+var devConfig = Config{AllowUnauthenticated: true}
 
 const (
 	ordersNode = "sidecar~10.0.0.1~orders-7d4b9c8f6d-x2x7k.default~default.svc.cluster.local"
@@ -125,30 +131,44 @@ type adsClient struct {
 	node      *core.Node
 	stream    discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient
 	responses chan *discovery.DiscoveryResponse
+	ended     chan error // the error that ended the stream
+	close     func()     // ends the stream and its connection
 	sentNode  bool
 }
 
 func dialADS(t *testing.T, addr string, node *core.Node) *adsClient {
+	t.Helper()
+	return dialADSWith(t, addr, node, "")
+}
+
+// dialADSWith opens a stream that sends credential in the call metadata,
+// as Envoy's initial_metadata would ("" sends none).
+func dialADSWith(t *testing.T, addr string, node *core.Node, credential string) *adsClient {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() {
+	if credential != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, CredentialHeader, credential)
+	}
+	closeAll := func() {
 		cancel()
 		conn.Close()
-	})
+	}
+	t.Cleanup(closeAll)
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &adsClient{t: t, node: node, stream: stream, responses: make(chan *discovery.DiscoveryResponse, 16)}
+	c := &adsClient{t: t, node: node, stream: stream, responses: make(chan *discovery.DiscoveryResponse, 16), ended: make(chan error, 1), close: closeAll}
 	go func() {
 		defer close(c.responses)
 		for {
 			resp, err := stream.Recv()
 			if err != nil {
+				c.ended <- err
 				return
 			}
 			c.responses <- resp
@@ -164,7 +184,8 @@ func (c *adsClient) send(req *discovery.DiscoveryRequest) {
 		req.Node = c.node
 		c.sentNode = true
 	}
-	if err := c.stream.Send(req); err != nil {
+	// io.EOF says the server ended the stream; Recv (c.ended) has why.
+	if err := c.stream.Send(req); err != nil && !errors.Is(err, io.EOF) {
 		c.t.Fatal(err)
 	}
 }
@@ -261,7 +282,7 @@ func ordersWithExtraRoute(t *testing.T) *policy.Policy {
 }
 
 func TestSidecarGetsItsServiceAndFollowsPolicyChanges(t *testing.T) {
-	ts := startServer(t, Config{}, loadPolicy(t, "testdata/policy.yaml"))
+	ts := startServer(t, devConfig, loadPolicy(t, "testdata/policy.yaml"))
 	c := dialADS(t, ts.addr, &core.Node{Id: ordersNode})
 	rds := c.handshake()
 	if got := vhostNames(routeConfigOf(t, rds)); strings.Join(got, ",") != "orders,unknown_host" {
@@ -296,7 +317,7 @@ func TestSidecarGetsItsServiceAndFollowsPolicyChanges(t *testing.T) {
 }
 
 func TestSidecarConnectingBeforeThePolicyWaitsForIt(t *testing.T) {
-	ts := startServer(t, Config{}, nil)
+	ts := startServer(t, devConfig, nil)
 	c := dialADS(t, ts.addr, &core.Node{Id: ordersNode})
 	c.subscribe(resource.ClusterType)
 	c.expectNothing()
@@ -307,7 +328,7 @@ func TestSidecarConnectingBeforeThePolicyWaitsForIt(t *testing.T) {
 }
 
 func TestUnknownNodeGetsDenyAll(t *testing.T) {
-	ts := startServer(t, Config{}, loadPolicy(t, "testdata/policy.yaml"))
+	ts := startServer(t, devConfig, loadPolicy(t, "testdata/policy.yaml"))
 
 	anonymous := dialADS(t, ts.addr, &core.Node{Id: "envoy-1"})
 	rc := routeConfigOf(t, anonymous.handshake())
@@ -356,7 +377,7 @@ func TestUnknownNodeGetsDenyAll(t *testing.T) {
 }
 
 func TestNACKIsCountedAndNotResent(t *testing.T) {
-	ts := startServer(t, Config{}, loadPolicy(t, "testdata/policy.yaml"))
+	ts := startServer(t, devConfig, loadPolicy(t, "testdata/policy.yaml"))
 	c := dialADS(t, ts.addr, &core.Node{Id: ordersNode})
 	c.subscribe(resource.ClusterType)
 	c.ack(c.recv(resource.ClusterType))
@@ -391,7 +412,7 @@ func TestNACKIsCountedAndNotResent(t *testing.T) {
 }
 
 func TestDeltaStream(t *testing.T) {
-	ts := startServer(t, Config{}, loadPolicy(t, "testdata/policy.yaml"))
+	ts := startServer(t, devConfig, loadPolicy(t, "testdata/policy.yaml"))
 	conn, err := grpc.NewClient(ts.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -454,7 +475,7 @@ func TestDeltaStream(t *testing.T) {
 }
 
 func TestNodeIsForgottenWithItsLastStream(t *testing.T) {
-	ts := startServer(t, Config{}, loadPolicy(t, "testdata/policy.yaml"))
+	ts := startServer(t, devConfig, loadPolicy(t, "testdata/policy.yaml"))
 	conn, err := grpc.NewClient(ts.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -482,18 +503,19 @@ func TestNodeIsForgottenWithItsLastStream(t *testing.T) {
 	}
 	cancels[0]()
 	time.Sleep(quiet)
-	if _, err := ts.cache.GetSnapshot(ordersNode); err != nil {
+	key := identity{nodeID: ordersNode, service: "orders"}.key()
+	if _, err := ts.cache.GetSnapshot(key); err != nil {
 		t.Errorf("snapshot dropped while a stream is open: %v", err)
 	}
 	cancels[1]()
 	eventually(t, "the node to be forgotten", func() bool { return metricValue(ts.metrics.connectedNodes) == 0 })
-	if _, err := ts.cache.GetSnapshot(ordersNode); err == nil {
+	if _, err := ts.cache.GetSnapshot(key); err == nil {
 		t.Error("snapshot kept after the last stream closed")
 	}
 }
 
 func TestSetPolicyKeepsLastGoodConfiguration(t *testing.T) {
-	ts := startServer(t, Config{}, loadPolicy(t, "testdata/policy.yaml"))
+	ts := startServer(t, devConfig, loadPolicy(t, "testdata/policy.yaml"))
 	c := dialADS(t, ts.addr, &core.Node{Id: ordersNode})
 	c.handshake()
 	ts.build = func(*policy.Policy, string, Config) (map[resource.Type][]types.Resource, error) {
@@ -523,7 +545,7 @@ func TestServeOnUnixSocket(t *testing.T) {
 	stale.Close()
 
 	ts := &testServer{reg: prometheus.NewRegistry(), logs: &logBuffer{}}
-	srv, err := New(Config{Registerer: ts.reg, Logger: slog.New(slog.NewTextHandler(ts.logs, nil))})
+	srv, err := New(Config{AllowUnauthenticated: true, Registerer: ts.reg, Logger: slog.New(slog.NewTextHandler(ts.logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -544,7 +566,7 @@ func TestServeOnUnixSocket(t *testing.T) {
 }
 
 func TestServeStopsWhenContextEnds(t *testing.T) {
-	srv, err := New(Config{Logger: slog.New(slog.DiscardHandler)})
+	srv, err := New(Config{AllowUnauthenticated: true, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,8 +601,8 @@ func TestMetricsRegisterOnce(t *testing.T) {
 	if _, err := New(Config{Registerer: reg}); err == nil {
 		t.Error("a second server registered the same metrics")
 	}
-	if n, err := gatherAndCount(reg); err != nil || n != 7 {
-		t.Errorf("gathered %d series (%v), want 4 nack types + 3", n, err)
+	if n, err := gatherAndCount(reg); err != nil || n != 14 {
+		t.Errorf("gathered %d series (%v), want 4 nack types + 7 refusal reasons + 3", n, err)
 	}
 }
 

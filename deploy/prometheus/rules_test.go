@@ -49,6 +49,7 @@ var exported = []string{
 	"tokenwarden_audit_head_errors_total",
 	"tokenwarden_audit_head_recorded_seq",
 	"tokenwarden_audit_subscribers_cut_off_total",
+	"tokenwarden_xds_refused_streams_total",
 }
 
 var (
