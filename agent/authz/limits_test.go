@@ -240,6 +240,9 @@ func waitCond(c *sync.Cond, d time.Duration) {
 }
 
 func liveHeap() uint64 {
+	// Twice: buffers returned to a sync.Pool (grpc-go pools its read
+	// buffers) survive one collection in the pool's victim cache.
+	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
@@ -314,7 +317,14 @@ func TestHalfSentChecksAreBoundedAndExpire(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if grown := int64(liveHeap()) - int64(before); grown > 8<<20 {
+	// The server's goroutines let go of the buffers as they unwind: allow
+	// them a moment on a loaded machine.
+	grown = int64(liveHeap()) - int64(before)
+	for deadline := time.Now().Add(10 * time.Second); grown > 8<<20 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		grown = int64(liveHeap()) - int64(before)
+	}
+	if grown > 8<<20 {
 		t.Errorf("heap still %d MiB above the start after the calls ended", grown>>20)
 	}
 }
