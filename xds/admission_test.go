@@ -343,7 +343,8 @@ func TestNACKLogIsBounded(t *testing.T) {
 	c := dialADSWith(t, ts.addr, &core.Node{Id: ordersNode}, ordersCredential)
 	c.subscribe(resource.ClusterType)
 	cds := c.recv(resource.ClusterType)
-	huge := strings.Repeat("E", 100<<10)
+	// Two of them stay under grpcMaxRecvMsgBytes.
+	huge := strings.Repeat("E", 60<<10)
 	c.send(&discovery.DiscoveryRequest{TypeUrl: resource.ClusterType, VersionInfo: huge, ResponseNonce: cds.GetNonce(),
 		ErrorDetail: &rpcstatus.Status{Code: 3, Message: huge}})
 	eventually(t, "the NACK to be logged", func() bool { return strings.Contains(ts.logs.String(), "rejected its configuration") })
