@@ -90,7 +90,7 @@ func TestReloadNarrowsScopesOfIssuedTokens(t *testing.T) {
 	client := &http.Client{}
 	ask := func(method string) (status int, reason, scopes string) {
 		t.Helper()
-		req, _ := http.NewRequest(method, "http://"+r.Listeners["authz-http"]+"/envoy/orders/42", nil)
+		req, _ := http.NewRequest(method, "http://"+r.Listeners["authz-http"]+"/envoy/orders/orders/42", nil)
 		req.Host = "orders"
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := client.Do(req)
