@@ -3,11 +3,11 @@ package store
 import (
 	"context"
 	"crypto/aes"
-	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/cipher"
 	"crypto/ed25519"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
