@@ -185,6 +185,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(requestDeadline(requestTimeout))},
 	})
 	if err != nil {
+		if isAuthError(err) {
+			err = fmt.Errorf("%w: %v", ErrAuth, err)
+		}
 		return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)
 	}
 
