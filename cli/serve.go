@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tokenwarden/tokenwarden/agent"
+	"github.com/tokenwarden/tokenwarden/buildinfo"
 )
 
 func newServeCommand() *cobra.Command {
@@ -66,6 +67,7 @@ prefix refuses to start.`,
 				return err
 			}
 			defer a.Close()
+			a.Registry().MustRegister(buildinfo.Collector())
 			go reloadOnHangup(ctx, hup, a, logger)
 			return a.Run(ctx)
 		},
