@@ -8,10 +8,10 @@ import (
 	"os"
 	"testing"
 
-	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
-	securityv1beta1 "istio.io/api/security/v1beta1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+	securityv1beta1 "istio.io/api/security/v1beta1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
