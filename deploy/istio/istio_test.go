@@ -9,32 +9,27 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	securityv1beta1 "istio.io/api/security/v1beta1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
 
-// strictProto decodes YAML into m, refusing unknown fields.
-func strictProto(t *testing.T, y []byte, m proto.Message) {
-	t.Helper()
-	j, err := yaml.YAMLToJSON(y)
+func TestMeshConfig(t *testing.T) {
+	b, err := os.ReadFile("istiod-values.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(j, m); err != nil {
-		t.Fatalf("%T does not decode strictly: %v", m, err)
+	var values struct {
+		MeshConfig json.RawMessage `json:"meshConfig"`
 	}
-}
-
-func TestMeshConfig(t *testing.T) {
-	b, err := os.ReadFile("mesh-config.yaml")
-	if err != nil {
+	if err := yaml.UnmarshalStrict(b, &values); err != nil {
 		t.Fatal(err)
 	}
 	var mc meshv1alpha1.MeshConfig
-	strictProto(t, b, &mc)
+	if err := (protojson.UnmarshalOptions{}).Unmarshal(values.MeshConfig, &mc); err != nil {
+		t.Fatalf("meshConfig does not decode strictly: %v", err)
+	}
 	if len(mc.ExtensionProviders) != 1 {
 		t.Fatalf("%d extension providers", len(mc.ExtensionProviders))
 	}
