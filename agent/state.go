@@ -133,12 +133,22 @@ func readPassword(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("read %s: %w", path, err)
 	}
+	pw, err := parsePassword(b)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return pw, nil
+}
+
+// parsePassword takes the one line of a password file: at most
+// maxPasswordBytes, not empty, one trailing newline (LF or CRLF) dropped.
+func parsePassword(b []byte) (string, error) {
 	if len(b) > maxPasswordBytes {
-		return "", fmt.Errorf("%s is longer than %d bytes", path, maxPasswordBytes)
+		return "", fmt.Errorf("longer than %d bytes", maxPasswordBytes)
 	}
 	pw := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
-	if pw == "" || strings.ContainsAny(pw, "\r\n") {
-		return "", fmt.Errorf("%s must hold one non-empty line", path)
+	if pw == "" || strings.ContainsAny(pw, "\r\n\x00") {
+		return "", errors.New("must hold one non-empty line")
 	}
 	return pw, nil
 }
