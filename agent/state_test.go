@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"os"
 	"path/filepath"
@@ -9,7 +10,9 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/store"
+	etcdstore "github.com/tokenwarden/tokenwarden/agent/store/etcd"
 	"github.com/tokenwarden/tokenwarden/agent/store/etcd/etcdtest"
+	"github.com/tokenwarden/tokenwarden/policy"
 )
 
 // writeKEK writes a fresh key-encryption key of n bytes (mode 0600).
@@ -151,4 +154,44 @@ func TestBoltKEK(t *testing.T) {
 	if _, err := os.Stat(missing); err == nil {
 		t.Fatal("a missing --kek-file was created")
 	}
+}
+
+// A prefix written before check values were stored holds keys but no check
+// value: an agent with the wrong KEK must not claim it (and so lock out
+// the agents that can unseal the keys).
+func TestWrongKEKDoesNotClaimExistingMesh(t *testing.T) {
+	e, endpoints, err := etcdtest.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	const prefix = "/tokenwarden-old-mesh/"
+	right, wrong := writeKEK(t, store.KEKSize), writeKEK(t, store.KEKSize)
+	st, err := etcdstore.Open(t.Context(), etcdstore.Config{Endpoints: endpoints, Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek, _ := os.ReadFile(right)
+	sk, err := policy.NewSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := store.Seal(kek, sk.ID, sk.Private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutKey(t.Context(), store.Key{ID: sk.ID, Public: sk.Private.Public().(ed25519.PublicKey), Sealed: sealed, State: store.KeyActive, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	cfg := Config{DataDir: t.TempDir(), StoreBackend: StoreEtcd, EtcdEndpoints: endpoints, EtcdPrefix: prefix, KEKFile: wrong}
+	if _, _, err := openState(t.Context(), cfg); err == nil || !strings.Contains(err.Error(), "does not unseal") {
+		t.Fatalf("wrong KEK on a mesh with keys: err = %v", err)
+	}
+	cfg.KEKFile = right
+	_, st2, err := openState(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("the right KEK is refused after a wrong one tried: %v", err)
+	}
+	st2.Close()
 }
