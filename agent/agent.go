@@ -36,8 +36,6 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/agent/rotation"
 	"github.com/tokenwarden/tokenwarden/agent/store"
-	"github.com/tokenwarden/tokenwarden/agent/store/bolt"
-	etcdstore "github.com/tokenwarden/tokenwarden/agent/store/etcd"
 	"github.com/tokenwarden/tokenwarden/policy"
 	"github.com/tokenwarden/tokenwarden/xds"
 )
@@ -78,12 +76,16 @@ type Config struct {
 
 	// StoreBackend is StoreBolt (one file in DataDir, the default) or
 	// StoreEtcd (many nodes share EtcdEndpoints; a revocation made on any
-	// node is enforced on all). The KEK, admin token and audit log stay in
-	// DataDir on each node; every node sharing an etcd needs the same KEK
-	// file to sign.
+	// node is enforced on all). The admin token and audit log stay in
+	// DataDir on each node. See state.go.
 	StoreBackend  string
 	EtcdEndpoints []string
 	EtcdPrefix    string
+	Etcd          EtcdAccess
+	// KEKFile is the key-encryption key every agent of a mesh shares (a
+	// Kubernetes Secret). Required with StoreEtcd; with StoreBolt the
+	// default is DataDir/kek, created on first start.
+	KEKFile string
 
 	// NodeName names this node's audit chain head in the store (default:
 	// DefaultNodeName). Nodes sharing a store need distinct names.
@@ -114,20 +116,6 @@ const (
 	StoreBolt = "bolt"
 	StoreEtcd = "etcd"
 )
-
-// openStore opens the configured backend.
-func openStore(ctx context.Context, cfg Config) (store.Store, error) {
-	switch cfg.StoreBackend {
-	case "", StoreBolt:
-		return bolt.Open(filepath.Join(cfg.DataDir, storeFile))
-	case StoreEtcd:
-		if len(cfg.EtcdEndpoints) == 0 {
-			return nil, errors.New("--store=etcd needs --etcd-endpoints (e.g. http://10.0.0.5:2379)")
-		}
-		return etcdstore.Open(ctx, etcdstore.Config{Endpoints: cfg.EtcdEndpoints, Prefix: cfg.EtcdPrefix})
-	}
-	return nil, fmt.Errorf("--store %q: want bolt or etcd", cfg.StoreBackend)
-}
 
 // Defaults for Config fields left empty.
 const (
@@ -227,11 +215,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		a.log.Warn("data dir is open to group or others; run chmod 700 on it",
 			"data_dir", cfg.DataDir, "mode", fmt.Sprintf("%04o", st.Mode().Perm()))
 	}
-	kek, err := store.LoadOrCreateKEK(filepath.Join(cfg.DataDir, kekFile))
-	if err != nil {
-		return nil, err
-	}
-	st, err := openStore(ctx, cfg)
+	kek, st, err := openState(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

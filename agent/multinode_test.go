@@ -1,11 +1,10 @@
 package agent
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/agent/store/etcd/etcdtest"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -20,19 +19,11 @@ func TestRevocationReachesEveryNode(t *testing.T) {
 	}
 	t.Cleanup(e.Close)
 	prefix := "/tokenwarden-multinode/"
-	a := startAgentWith(t, Config{StoreBackend: StoreEtcd, EtcdEndpoints: endpoints, EtcdPrefix: prefix})
-
-	// Nodes that sign share the key-encryption key, as a DaemonSet does
-	// through a Secret.
-	dirB := t.TempDir()
-	kek, err := os.ReadFile(filepath.Join(a.agent.cfg.DataDir, kekFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dirB, kekFile), kek, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b := startAgentWith(t, Config{DataDir: dirB, StoreBackend: StoreEtcd, EtcdEndpoints: endpoints, EtcdPrefix: prefix})
+	// Every node is given the same key-encryption key, as a DaemonSet's
+	// pods are through one Secret.
+	kek := writeKEK(t, store.KEKSize)
+	a := startAgentWith(t, Config{StoreBackend: StoreEtcd, EtcdEndpoints: endpoints, EtcdPrefix: prefix, KEKFile: kek})
+	b := startAgentWith(t, Config{StoreBackend: StoreEtcd, EtcdEndpoints: endpoints, EtcdPrefix: prefix, KEKFile: kek})
 
 	token, id := issue(t, a, `{"subject":"svc","class":"service","scopes":["orders:read"]}`)
 	req := policy.Request{Token: token, Method: "GET", Host: "orders", Path: "/orders/1"}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tokenwarden/tokenwarden/buildinfo"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -142,7 +143,9 @@ Exit status: 0 success, 1 the command failed, 2 a usage mistake (unknown
 command or flag, missing argument); scan exits 3 when it finds tokens.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildinfo.Get().String(),
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	admin := &adminFlags{}
 	root.PersistentFlags().StringVar(&admin.server, "server", envOr(envServer, "http://127.0.0.1:9003"),
 		"admin API of the agent (env "+envServer+")")
@@ -158,6 +161,7 @@ command or flag, missing argument); scan exits 3 when it finds tokens.`,
 		newAuditCommand(admin),
 		newXDSCommand(),
 		newScanCommand(admin),
+		newVersionCommand(),
 	)
 	// A command group run without a subcommand shows its help; an unknown
 	// subcommand is a usage error rather than the group's help.

@@ -9,11 +9,13 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tokenwarden/tokenwarden/agent"
 	"github.com/tokenwarden/tokenwarden/agent/audit"
+	"github.com/tokenwarden/tokenwarden/buildinfo"
 )
 
 func newServeCommand() *cobra.Command {
@@ -23,14 +25,26 @@ func newServeCommand() *cobra.Command {
 		Use:   "serve --policy FILE --env NAME [--data-dir DIR]",
 		Short: "Run the node agent: admin API, ext_authz, xDS, kernel side",
 		Long: `Run the node agent. On first start it creates the data directory, a
-key-encryption key (mode 0600), the first signing key (sealed) and an admin
-token in <data-dir>/admin.token (mode 0600) for the CLI.
+key-encryption key (mode 0600; unless --kek-file names one), the first signing
+key (sealed) and an admin token in <data-dir>/admin.token (mode 0600) for the
+CLI.
 
 SIGHUP reloads the policy file (a policy with errors is refused and the old
 one stays); SIGTERM and SIGINT shut down gracefully (readiness drops, servers
-drain, the audit log is flushed); a second one ends the process at once.`,
+drain, the audit log is flushed); a second one ends the process at once.
+
+Every flag can also be set from the environment: --etcd-ca is
+TOKENWARDEN_ETCD_CA, --bpf-iface TOKENWARDEN_BPF_IFACE (comma-separated for
+repeatable flags). A flag on the command line wins over its variable.
+
+In a mesh (--store=etcd) every agent must be given the same --kek-file (a
+Kubernetes Secret); an agent whose KEK differs from the one stored under the
+prefix refuses to start.`,
 		Example: `  tokenwarden serve --data-dir .data --policy deploy/policy.example.yaml --env dev`,
 		Args:    cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			return flagsFromEnv(cmd.Flags(), os.LookupEnv)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			logger, err := newLogger(logLevel, logFormat)
 			if err != nil {
@@ -54,12 +68,13 @@ drain, the audit log is flushed); a second one ends the process at once.`,
 				return err
 			}
 			defer a.Close()
+			a.Registry().MustRegister(buildinfo.Collector())
 			go reloadOnHangup(ctx, hup, a, logger)
 			return a.Run(ctx)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(), "state: store, keys, audit log, admin token (env "+envDataDir+")")
+	f.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(), "state: store, keys, audit log, admin token")
 	f.StringVar(&cfg.PolicyPath, "policy", "", "policy file (required; see deploy/policy.example.yaml)")
 	f.StringVar(&cfg.Env, "env", "", "environment this node enforces: a row of the policy's environments (required)")
 	f.StringVar(&cfg.AdminAddr, "admin", agent.DefaultAdminAddr, "admin API, /healthz and /readyz listen address")
@@ -81,13 +96,24 @@ drain, the audit log is flushed); a second one ends the process at once.`,
 	f.StringVar(&cfg.StoreBackend, "store", agent.StoreBolt, "state backend: bolt (one node, a file in --data-dir) or etcd (many nodes; revocations made anywhere are enforced everywhere)")
 	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "etcd client URLs for --store=etcd (comma-separated)")
 	f.StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/tokenwarden/", "key prefix in etcd; agents of one mesh share it")
+	f.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "PEM CA bundle that signs the etcd servers' certificates (https:// endpoints)")
+	f.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "PEM client certificate for etcd (with --etcd-key)")
+	f.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "PEM private key of --etcd-cert")
+	f.StringVar(&cfg.Etcd.Username, "etcd-username", "", "etcd user, for a cluster with auth enabled (with --etcd-password-file)")
+	f.StringVar(&cfg.Etcd.PasswordFile, "etcd-password-file", "", "file holding the etcd user's password (mode 0600 or stricter)")
+	f.DurationVar(&cfg.Etcd.DialTimeout, "etcd-dial-timeout", 5*time.Second, "how long start-up waits for etcd to answer")
+	f.DurationVar(&cfg.Etcd.RequestTimeout, "etcd-request-timeout", 5*time.Second, "bound on each etcd read or write")
+	f.StringVar(&cfg.KEKFile, "kek-file", "", "key-encryption key (32 bytes) sealing the signing keys; required with --store=etcd, where every agent mounts the same Secret (default: <data-dir>/kek, created on first start)")
 	f.IntVar(&cfg.CacheSize, "cache-size", 100_000, "verified tokens remembered (LRU)")
 	f.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name, under which its audit chain head is recorded in the store; distinct per node sharing a store (env NODE_NAME; default: the host name and a digest of --data-dir)")
 	f.Int64Var(&cfg.AuditMaxBytes, "audit-max-bytes", audit.DefaultMaxTotalBytes, "the audit log's size budget in bytes, all files together; the oldest files are removed beyond it (recorded as audit.prune)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	// Required flags may come from the environment, so they are checked
+	// after flagsFromEnv.
 	cmd.MarkFlagRequired("policy")
 	cmd.MarkFlagRequired("env")
+	documentEnv(f)
 	return cmd
 }
 

@@ -95,30 +95,36 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 
 // Reload reads the key records from the store (another node may have
 // rotated keys) and unseals the active one.
+//
+// The read happens under the lock RotateKeys holds while it writes, so a
+// reload can never adopt a snapshot older than this issuer's own rotation.
 func (i *Issuer) Reload(ctx context.Context) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
 	keys, err := i.cfg.Store.Keys(ctx)
 	if err != nil {
 		return fmt.Errorf("load signing keys: %w", err)
 	}
-	i.mu.Lock()
-	defer i.mu.Unlock()
 	return i.adopt(keys)
 }
 
 func (i *Issuer) adopt(keys []store.Key) error {
 	var active policy.SigningKey
+	var activeAt time.Time
 	for _, k := range keys {
 		if k.State != store.KeyActive || len(k.Sealed) == 0 {
 			continue
 		}
-		if active.ID != "" {
-			return fmt.Errorf("store holds two active signing keys (%s, %s): retire one with `tokenwarden keys rotate`", active.ID, k.ID)
+		// A rotation stores the new key before it demotes the old one, so
+		// another node may see both active for a moment: the newer signs.
+		if active.ID != "" && !k.CreatedAt.After(activeAt) {
+			continue
 		}
 		priv, err := store.Unseal(i.cfg.KEK, k.ID, k.Sealed)
 		if err != nil {
 			return err
 		}
-		active = policy.SigningKey{ID: k.ID, Private: priv}
+		active, activeAt = policy.SigningKey{ID: k.ID, Private: priv}, k.CreatedAt
 	}
 	i.keys, i.active = keys, active
 	return nil
@@ -529,6 +535,12 @@ func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error
 	maxLife := i.cfg.Policy().MaxLifetime() + policy.ClockSkew
 	i.mu.Lock()
 	defer i.mu.Unlock()
+	nk := store.Key{ID: sk.ID, Public: sk.Private.Public().(ed25519.PublicKey), Sealed: sealed, State: store.KeyActive, CreatedAt: now}
+	// The new key is stored first: other nodes never see a moment without
+	// an active key (while both are active, the newer signs).
+	if err := i.cfg.Store.PutKey(ctx, nk); err != nil {
+		return store.Key{}, fmt.Errorf("store key %s: %w", nk.ID, err)
+	}
 	keys := slices.Clone(i.keys)
 	for n, k := range keys {
 		switch {
@@ -544,10 +556,6 @@ func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error
 		if err := i.cfg.Store.PutKey(ctx, k); err != nil {
 			return store.Key{}, fmt.Errorf("demote key %s: %w", k.ID, err)
 		}
-	}
-	nk := store.Key{ID: sk.ID, Public: sk.Private.Public().(ed25519.PublicKey), Sealed: sealed, State: store.KeyActive, CreatedAt: now}
-	if err := i.cfg.Store.PutKey(ctx, nk); err != nil {
-		return store.Key{}, fmt.Errorf("store key %s: %w", nk.ID, err)
 	}
 	keys = append(keys, nk)
 	i.keys, i.active = keys, sk

@@ -1,10 +1,13 @@
 package store
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/ed25519"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -20,12 +23,21 @@ const KEKSize = 32
 // 0600, 32 random bytes) when missing. A KEK file readable by group or others
 // is refused: it guards every signing key.
 func LoadOrCreateKEK(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	kek, err := LoadKEK(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return createKEK(path)
 	}
+	return kek, err
+}
+
+// LoadKEK reads the key-encryption key at path: exactly KEKSize bytes in a
+// regular file (a symlink to one, as in a Kubernetes Secret volume, is
+// followed) that group and others cannot read. A missing file is an error
+// that wraps fs.ErrNotExist.
+func LoadKEK(path string) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("read key-encryption key %s: %w", path, err)
+		return nil, fmt.Errorf("read key-encryption key: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
@@ -92,6 +104,60 @@ func createKEK(path string) ([]byte, error) {
 		d.Close()
 	}
 	return kek, nil
+}
+
+// KEKGuard is implemented by backends many agents share (etcd). The first
+// agent stores its KEK's check value (KEKCheck) with the shared state;
+// ClaimKEKCheck returns the one stored, so an agent given another KEK can
+// refuse to start instead of minting tokens nobody else accepts.
+type KEKGuard interface {
+	ClaimKEKCheck(ctx context.Context, check []byte) ([]byte, error)
+}
+
+// KEKCheck is a check value of kek: HMAC-SHA256 keyed by it over a fixed
+// label. It identifies the KEK without revealing it, and is safe to store
+// next to the sealed keys.
+func KEKCheck(kek []byte) []byte {
+	m := hmac.New(sha256.New, kek)
+	m.Write([]byte("tokenwarden key-encryption key check v1"))
+	return m.Sum(nil)
+}
+
+// VerifyKEK refuses kek when st is shared (KEKGuard) and the agents on it
+// already use another key-encryption key. where names the shared state in
+// the message (e.g. the etcd prefix).
+func VerifyKEK(ctx context.Context, st Store, kek []byte, where string) error {
+	g, ok := st.(KEKGuard)
+	if !ok {
+		return nil
+	}
+	if len(kek) != KEKSize {
+		return fmt.Errorf("key-encryption key is %d bytes, want %d", len(kek), KEKSize)
+	}
+	// Before the first claim on state that has keys (written before check
+	// values were stored), prove the KEK on them: a wrong KEK must not
+	// become the one every other agent is measured against.
+	keys, err := st.Keys(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if len(k.Sealed) == 0 {
+			continue
+		}
+		if _, err := Unseal(kek, k.ID, k.Sealed); err != nil {
+			return fmt.Errorf("this agent's key-encryption key does not unseal the signing keys on %s: mount the same KEK Secret on every agent of a mesh, or use another prefix", where)
+		}
+		break
+	}
+	stored, err := g.ClaimKEKCheck(ctx, KEKCheck(kek))
+	if err != nil {
+		return err
+	}
+	if !hmac.Equal(stored, KEKCheck(kek)) {
+		return fmt.Errorf("this agent's key-encryption key is not the one the agents on %s use (its check value differs from the one stored there): mount the same KEK Secret on every agent of a mesh, or use another prefix", where)
+	}
+	return nil
 }
 
 // Seal encrypts a private key with AES-256-GCM under kek. The key id is

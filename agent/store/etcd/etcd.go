@@ -31,6 +31,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/logutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
 
 	"github.com/tokenwarden/tokenwarden/agent/store"
 )
@@ -43,6 +44,10 @@ const (
 	// DefaultDialTimeout bounds Open's first round trip to the cluster when
 	// Config.DialTimeout is zero.
 	DefaultDialTimeout = 5 * time.Second
+
+	// DefaultRequestTimeout bounds each read or write (each attempt of it)
+	// that has no earlier deadline, when Config.RequestTimeout is zero.
+	DefaultRequestTimeout = 5 * time.Second
 
 	// defaultWatchBuffer is how many events a watcher may fall behind before
 	// it is dropped, as in the bolt store: enough to absorb a burst of
@@ -77,11 +82,17 @@ type Config struct {
 	// DialTimeout bounds Open's first round trip to the cluster, which
 	// proves an endpoint answers (default DefaultDialTimeout).
 	DialTimeout time.Duration
+	// RequestTimeout bounds each request to the cluster (each attempt of
+	// it) whose context has no earlier deadline (default
+	// DefaultRequestTimeout). Watches are not requests: they stay open.
+	RequestTimeout time.Duration
 	// Username and Password authenticate to a cluster with auth enabled.
 	Username string
 	Password string
 	// TLS, when set, is used for the client connections (https endpoints,
-	// client certificates).
+	// client certificates); see ClientTLS. Open checks it by a handshake
+	// with the endpoints first, so a wrong CA or a refused client
+	// certificate is reported as ErrTLS, not as a timeout.
 	TLS *tls.Config
 	// WatchBuffer is each watcher's channel capacity (default 1024): how far
 	// a watcher may fall behind before it is dropped. Zero means the
@@ -133,6 +144,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if dialTimeout < 0 {
 		return nil, fmt.Errorf("open etcd store at %s: dial timeout must be positive, got %v", endpoints, dialTimeout)
 	}
+	requestTimeout := cfg.RequestTimeout
+	if requestTimeout == 0 {
+		requestTimeout = DefaultRequestTimeout
+	}
+	if requestTimeout < 0 {
+		return nil, fmt.Errorf("open etcd store at %s: request timeout must be positive, got %v", endpoints, requestTimeout)
+	}
 	watchBuffer := cfg.WatchBuffer
 	if watchBuffer == 0 {
 		watchBuffer = defaultWatchBuffer
@@ -142,6 +160,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if cfg.TLS != nil {
+		if err := checkTLS(ctx, cfg.Endpoints, cfg.TLS, dialTimeout); err != nil {
+			return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)
+		}
 	}
 
 	// The client's own log goes to stderr as JSON; keep it to what an
@@ -159,8 +182,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		Password:             cfg.Password,
 		TLS:                  cfg.TLS,
 		Logger:               lg,
+		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(requestDeadline(requestTimeout))},
 	})
 	if err != nil {
+		if isAuthError(err) {
+			err = fmt.Errorf("%w: %v", ErrAuth, err)
+		}
 		return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)
 	}
 
@@ -184,7 +211,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		cancel()
 		cli.Close()
-		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		switch {
+		case isAuthError(err):
+			err = fmt.Errorf("%w: %v", ErrAuth, err)
+		case ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
 			err = fmt.Errorf("no answer within %v: %w", dialTimeout, err)
 		}
 		return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)

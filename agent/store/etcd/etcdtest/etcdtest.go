@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -17,6 +18,18 @@ import (
 // :0 and closing; another process may take one in between, so a failed
 // start is tried again on fresh ports.
 func Start(dir string) (*embed.Etcd, []string, error) {
+	return StartWith(dir, Options{})
+}
+
+// Options change how StartWith runs the server.
+type Options struct {
+	// TLS, when set, serves the client URLs over https with its server
+	// certificate, and requires a client certificate signed by its CA.
+	TLS *PKI
+}
+
+// StartWith is Start with options.
+func StartWith(dir string, o Options) (*embed.Etcd, []string, error) {
 	var lastErr error
 	for attempt := range 3 {
 		ports, err := freePorts(2)
@@ -27,7 +40,16 @@ func Start(dir string) (*embed.Etcd, []string, error) {
 		cfg.Name = "tokenwarden-test"
 		cfg.Dir = fmt.Sprintf("%s/data-%d", dir, attempt)
 		cfg.LogLevel = "error"
-		client := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+		cfg.BcryptCost = 4 // the minimum: passwords here are throw-away, tests run under -race
+		scheme := "http"
+		if o.TLS != nil {
+			scheme = "https"
+			cfg.ClientTLSInfo = transport.TLSInfo{
+				CertFile: o.TLS.ServerCert, KeyFile: o.TLS.ServerKey,
+				TrustedCAFile: o.TLS.CA, ClientCertAuth: true,
+			}
+		}
+		client := url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
 		peer := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
 		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
 		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
@@ -42,7 +64,7 @@ func Start(dir string) (*embed.Etcd, []string, error) {
 		case <-e.Server.ReadyNotify():
 			var endpoints []string
 			for _, u := range e.Clients {
-				endpoints = append(endpoints, "http://"+u.Addr().String())
+				endpoints = append(endpoints, scheme+"://"+u.Addr().String())
 			}
 			return e, endpoints, nil
 		case err := <-e.Err():

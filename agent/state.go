@@ -1,0 +1,154 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/agent/store/bolt"
+	etcdstore "github.com/tokenwarden/tokenwarden/agent/store/etcd"
+)
+
+// EtcdAccess is how the agent reaches an etcd cluster operators run: client
+// TLS, credentials and timeouts. Files are read at start.
+type EtcdAccess struct {
+	CAFile   string // PEM CA bundle that signs the servers' certificates
+	CertFile string // client certificate (with KeyFile)
+	KeyFile  string
+	Username string
+	// PasswordFile holds the password (one line; a Kubernetes Secret).
+	PasswordFile string
+	// DialTimeout bounds the first round trip, RequestTimeout each request.
+	DialTimeout    time.Duration
+	RequestTimeout time.Duration
+}
+
+// maxPasswordBytes bounds the etcd password file.
+const maxPasswordBytes = 1024
+
+// openState loads the key-encryption key and opens the configured backend.
+// With etcd, the KEK must be given (never generated on one node) and must
+// be the one the other agents on the prefix use.
+func openState(ctx context.Context, cfg Config) ([]byte, store.Store, error) {
+	switch cfg.StoreBackend {
+	case "", StoreBolt:
+		var kek []byte
+		var err error
+		if cfg.KEKFile != "" {
+			kek, err = store.LoadKEK(cfg.KEKFile)
+		} else {
+			kek, err = store.LoadOrCreateKEK(filepath.Join(cfg.DataDir, kekFile))
+		}
+		if err != nil {
+			return nil, nil, kekError(err)
+		}
+		st, err := bolt.Open(filepath.Join(cfg.DataDir, storeFile))
+		return kek, st, err
+	case StoreEtcd:
+		if len(cfg.EtcdEndpoints) == 0 {
+			return nil, nil, errors.New("--store=etcd needs --etcd-endpoints (e.g. https://etcd-0.etcd:2379)")
+		}
+		if cfg.KEKFile == "" {
+			return nil, nil, errors.New("--store=etcd needs --kek-file: the key-encryption key every agent of the mesh shares, from a Kubernetes Secret (32 random bytes: head -c 32 /dev/urandom); it is never generated on one node")
+		}
+		kek, err := store.LoadKEK(cfg.KEKFile)
+		if err != nil {
+			return nil, nil, kekError(err)
+		}
+		ecfg, err := etcdConfig(cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		st, err := etcdstore.Open(ctx, ecfg)
+		switch {
+		case errors.Is(err, etcdstore.ErrTLS):
+			return nil, nil, fmt.Errorf("%w (check --etcd-ca, --etcd-cert and --etcd-key)", err)
+		case errors.Is(err, etcdstore.ErrAuth):
+			return nil, nil, fmt.Errorf("%w (check --etcd-username and --etcd-password-file)", err)
+		case err != nil:
+			return nil, nil, fmt.Errorf("%w (check --etcd-endpoints and --etcd-dial-timeout)", err)
+		}
+		if err := store.VerifyKEK(ctx, st, kek, "etcd prefix "+ecfg.Prefix); err != nil {
+			st.Close()
+			return nil, nil, fmt.Errorf("--kek-file %s: %w", cfg.KEKFile, err)
+		}
+		return kek, st, nil
+	}
+	return nil, nil, fmt.Errorf("--store %q: want bolt or etcd", cfg.StoreBackend)
+}
+
+func kekError(err error) error { return fmt.Errorf("--kek-file: %w", err) }
+
+func etcdConfig(cfg Config) (etcdstore.Config, error) {
+	e := cfg.Etcd
+	ecfg := etcdstore.Config{
+		Endpoints: cfg.EtcdEndpoints, Prefix: cfg.EtcdPrefix, Username: e.Username,
+		DialTimeout: e.DialTimeout, RequestTimeout: e.RequestTimeout,
+	}
+	if e.CAFile != "" || e.CertFile != "" || e.KeyFile != "" {
+		t, err := etcdstore.ClientTLS(e.CAFile, e.CertFile, e.KeyFile)
+		if err != nil {
+			return ecfg, fmt.Errorf("--etcd-ca/--etcd-cert/--etcd-key: %w", err)
+		}
+		ecfg.TLS = t
+	}
+	if (e.Username == "") != (e.PasswordFile == "") {
+		return ecfg, errors.New("--etcd-username and --etcd-password-file go together")
+	}
+	if e.PasswordFile != "" {
+		pw, err := readPassword(e.PasswordFile)
+		if err != nil {
+			return ecfg, fmt.Errorf("--etcd-password-file: %w", err)
+		}
+		ecfg.Password = pw
+	}
+	return ecfg, nil
+}
+
+// readPassword reads a one-line password from a file group and others
+// cannot read; one trailing newline is dropped.
+func readPassword(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s has mode %v: run chmod 600 %s (in a Secret volume, defaultMode: 0400)", path, st.Mode().Perm(), path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxPasswordBytes+1))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	pw, err := parsePassword(b)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return pw, nil
+}
+
+// parsePassword takes the one line of a password file: at most
+// maxPasswordBytes, not empty, one trailing newline (LF or CRLF) dropped.
+func parsePassword(b []byte) (string, error) {
+	if len(b) > maxPasswordBytes {
+		return "", fmt.Errorf("longer than %d bytes", maxPasswordBytes)
+	}
+	pw := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if pw == "" || strings.ContainsAny(pw, "\r\n\x00") {
+		return "", errors.New("must hold one non-empty line")
+	}
+	return pw, nil
+}

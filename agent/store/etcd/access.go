@@ -1,0 +1,143 @@
+package etcd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+)
+
+// ErrTLS is returned by Open when no endpoint completes a TLS handshake
+// with the given configuration: the server's certificate is not signed by
+// the CA, or the server refused the client certificate.
+var ErrTLS = errors.New("TLS handshake with etcd failed")
+
+// ErrAuth is returned by Open when the cluster refuses the username and
+// password (or requires them and none were given).
+var ErrAuth = errors.New("etcd refused the credentials")
+
+// maxPEMBytes bounds each certificate or key file read by ClientTLS.
+const maxPEMBytes = 1 << 20
+
+// ClientTLS builds the client TLS configuration from PEM files: caFile
+// holds the CA certificates that sign the servers' certificates (empty:
+// the system pool), certFile and keyFile the client certificate (both or
+// neither). The minimum version is TLS 1.2.
+func ClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := readPEM(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("a client certificate needs both its certificate file and its key file")
+	}
+	if certFile != "" {
+		certPEM, err := readPEM(certFile)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate file: %w", err)
+		}
+		keyPEM, err := readPEM(keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("client key file: %w", err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate %s with key %s: %w", certFile, keyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+func readPEM(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPEMBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(b) > maxPEMBytes {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxPEMBytes)
+	}
+	return b, nil
+}
+
+// checkTLS completes a TLS handshake with the endpoints in turn and returns
+// nil at the first that succeeds. The etcd client dials lazily and retries
+// a failed handshake until its deadline, so without this check a wrong CA
+// would surface as "no answer".
+func checkTLS(ctx context.Context, endpoints []string, cfg *tls.Config, timeout time.Duration) error {
+	var errs []error
+	for _, ep := range endpoints {
+		host := ep
+		if u, err := url.Parse(ep); err == nil && u.Host != "" {
+			if u.Scheme != "https" && u.Scheme != "unixs" {
+				errs = append(errs, fmt.Errorf("%s: TLS is configured but the endpoint is not https://", ep))
+				continue
+			}
+			host = u.Host
+		}
+		d := tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: cfg.Clone()}
+		dctx, cancel := context.WithTimeout(ctx, timeout)
+		conn, err := d.DialContext(dctx, "tcp", host)
+		cancel()
+		if err == nil {
+			// A server that requires a client certificate may refuse it
+			// only after the client's Finished; read to see the alert.
+			conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			_, rerr := conn.Read(make([]byte, 1))
+			conn.Close()
+			var ne net.Error
+			if rerr == nil || errors.Is(rerr, io.EOF) || (errors.As(rerr, &ne) && ne.Timeout()) {
+				return nil
+			}
+			err = rerr
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", ep, err))
+	}
+	return fmt.Errorf("%w: %w", ErrTLS, errors.Join(errs...))
+}
+
+// requestDeadline gives each unary request without an earlier deadline one
+// of d, so a cluster that accepts connections but does not answer (lost
+// quorum) fails requests instead of hanging them.
+func requestDeadline(d time.Duration) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > d {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
+func isAuthError(err error) bool {
+	for _, e := range []error{rpctypes.ErrAuthFailed, rpctypes.ErrUserEmpty, rpctypes.ErrPermissionDenied, rpctypes.ErrInvalidAuthToken, rpctypes.ErrAuthOldRevision} {
+		if errors.Is(err, e) || strings.Contains(err.Error(), e.Error()) {
+			return true
+		}
+	}
+	return false
+}

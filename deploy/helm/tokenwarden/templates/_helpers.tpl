@@ -1,0 +1,20 @@
+{{- define "tokenwarden.labels" -}}
+app.kubernetes.io/name: tokenwarden
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{- define "tokenwarden.selector" -}}
+app.kubernetes.io/name: tokenwarden
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "tokenwarden.etcdEndpoints" -}}
+{{- if .Values.etcd.deploy -}}
+http://{{ .Release.Name }}-etcd-0.{{ .Release.Name }}-etcd.{{ .Release.Namespace }}.svc:2379
+{{- else -}}
+{{- required "etcd.endpoints is required (or set etcd.deploy=true to try it out)" (join "," .Values.etcd.endpoints) -}}
+{{- end -}}
+{{- end }}
