@@ -13,6 +13,7 @@ var sample = map[string][2]string{
 	"string":      {"from-env", "from-env"},
 	"bool":        {"true", "true"},
 	"int":         {"7", "7"},
+	"int64":       {"7", "7"},
 	"duration":    {"7s", "7s"},
 	"stringSlice": {"a,b", "[a,b]"},
 	"stringArray": {"a,b", "[a,b]"},

@@ -206,7 +206,7 @@ var checkClient = &http.Client{Timeout: 5 * time.Second}
 // allowed asks a's ext_authz (HTTP mode, as nginx auth_request does)
 // whether token may GET /orders/1 on orders.
 func (a *meshAgent) allowed(t *testing.T, token string) bool {
-	req, _ := http.NewRequest("GET", "http://"+a.ip+":9002"+authz.PathNginx, nil)
+	req, _ := http.NewRequest("GET", "http://"+a.ip+":9002"+authz.PathNginx+"/orders", nil)
 	req.Header.Set("X-Original-Method", "GET")
 	req.Header.Set("X-Original-URI", "/orders/1")
 	req.Header.Set("X-Original-Host", "orders")
