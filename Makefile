@@ -7,6 +7,8 @@ DATA_DIR  ?= .data
 POLICY    ?= deploy/policy.example.yaml
 ENV       ?= dev
 FUZZTIME  ?= 3s
+STATICCHECK_VERSION := 2026.2.2
+STATICCHECK ?= $(or $(shell command -v staticcheck 2>/dev/null),$(HOME)/go/bin/staticcheck)
 # Interfaces for the kernel side (e.g. BPF_IFACE=veth0). Empty by default:
 # on lo it would also see the ext_authz HTTP checks, which carry the token,
 # and drop a revoked token's check itself. Without the privilege to load
@@ -42,8 +44,9 @@ image-check: image
 run: build
 	$(BIN) serve --data-dir $(DATA_DIR) --policy $(POLICY) --env $(ENV) $(addprefix --bpf-iface ,$(BPF_IFACE))
 
-# The README's test command: vet, every test under the race detector, then
-# each fuzz target briefly on its committed corpus and fresh inputs.
+# The README's test command: gofmt, vet and staticcheck, every test under
+# the race detector, then each fuzz target briefly on its committed corpus
+# and fresh inputs.
 test: lint test-unit fuzz
 
 test-unit:
@@ -65,6 +68,8 @@ lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	@test -x "$(STATICCHECK)" || { echo "staticcheck not found: .ci/run installs it (go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION))"; exit 1; }
+	$(STATICCHECK) ./...
 
 clean:
 	rm -rf bin $(DATA_DIR)

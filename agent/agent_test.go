@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/agent/kernel"
+
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -189,7 +191,7 @@ func startAgentWith(t *testing.T, cfg Config) runningAgent {
 		cfg.Env = "dev"
 	}
 	if cfg.BPF == "" {
-		cfg.BPF = BPFOff
+		cfg.BPF = kernel.ModeOff
 	}
 	cfg.AdminAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -50,8 +49,8 @@ func TestRevocationIsImmediate(t *testing.T) {
 	if st, err := check(client, authzAddr, token); err != nil || st != 200 {
 		t.Fatalf("before revoke: %d %v", st, err)
 	}
-	var revokedAt atomic.Int64 // unix nanos when the revoke call returned
-	var wrong atomic.Int64
+	var revokedAt atomic.Int64              // unix nanos when the revoke call returned
+	var wrong, done, doneAfter atomic.Int64 // checks answered, and those started after the revoke
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for w := 0; w < 8; w++ {
@@ -64,18 +63,34 @@ func TestRevocationIsImmediate(t *testing.T) {
 				if err != nil {
 					continue
 				}
-				if ra := revokedAt.Load(); ra != 0 && started > ra && st == 200 {
-					wrong.Add(1)
+				done.Add(1)
+				if ra := revokedAt.Load(); ra != 0 && started > ra {
+					doneAfter.Add(1)
+					if st == 200 {
+						wrong.Add(1)
+					}
 				}
 			}
 		}()
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Events, not sleeps: enough checks before the revoke, and enough
+	// started after it, for the assertion to mean something.
+	waitChecks := func(n *atomic.Int64, want int64) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for n.Load() < want {
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d checks answered, want %d", n.Load(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitChecks(&done, 50)
 	if st, out := call(t, "POST", "http://"+r.AdminAddr+"/v1/tokens/"+id+"/revoke", readToken(t, r.AdminTokenFile), `{"reason":"test"}`); st != 201 {
 		t.Fatalf("revoke: %d %v", st, out)
 	}
 	revokedAt.Store(time.Now().UnixNano())
-	time.Sleep(300 * time.Millisecond)
+	waitChecks(&doneAfter, 200)
 	cancel()
 	wg.Wait()
 	if n := wrong.Load(); n > 0 {
@@ -182,5 +197,5 @@ func TestSteadyNoisyTrafficIsNeverRevoked(t *testing.T) {
 	if len(recs) > 0 {
 		t.Fatalf("anomaly fired on steady traffic: %+v", recs[0])
 	}
-	t.Log(fmt.Sprintf("%d requests over 16 windows, none flagged", n))
+	t.Logf("%d requests over 16 windows, none flagged", n)
 }

@@ -44,7 +44,7 @@ func TestRevocationReachesEveryNode(t *testing.T) {
 
 	// Exactly one node runs the rotation schedule; when it stops, the
 	// other takes over.
-	leaders := func() (bool, bool) { return a.agent.rotationLeader.Load(), b.agent.rotationLeader.Load() }
+	leaders := func() (bool, bool) { return a.agent.leadership.Leading(), b.agent.leadership.Leading() }
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		la, lb := leaders()
@@ -60,12 +60,12 @@ func TestRevocationReachesEveryNode(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	leader, follower := a, b
-	if lb := b.agent.rotationLeader.Load(); lb {
+	if lb := b.agent.leadership.Leading(); lb {
 		leader, follower = b, a
 	}
 	leader.stop()
 	deadline = time.Now().Add(5 * time.Second)
-	for !follower.agent.rotationLeader.Load() {
+	for !follower.agent.leadership.Leading() {
 		if time.Now().After(deadline) {
 			t.Fatal("rotation leadership did not move when the leader stopped")
 		}

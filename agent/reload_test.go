@@ -1,13 +1,21 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent/kernel"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -16,22 +24,16 @@ import (
 // change takes effect within a few seconds, a broken file is refused and the
 // policy in force stays.
 func TestPolicyFileReload(t *testing.T) {
-	example, err := os.ReadFile("../deploy/policy.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(path, example, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r := startAgentWith(t, Config{PolicyPath: path})
+	example, path := examplePolicyCopy(t)
+	const poll = 20 * time.Millisecond
+	r := startAgentWith(t, Config{PolicyPath: path, Timing: Timing{PolicyPoll: poll}})
 	token, _ := issue(t, r, `{"subject":"svc","class":"service","scopes":["orders:read"]}`)
 	decide := func() policy.Reason {
 		return r.agent.Decider().Decide(policy.Request{Token: token, Method: "GET", Host: "orders", Path: "/items/1"}, time.Now()).Reason
 	}
 	waitFor := func(want policy.Reason) {
 		t.Helper()
-		deadline := time.Now().Add(3 * policyPollEvery)
+		deadline := time.Now().Add(10 * time.Second)
 		for decide() != want {
 			if time.Now().After(deadline) {
 				t.Fatalf("decision %s, want %s after the policy file changed", decide(), want)
@@ -62,10 +64,67 @@ func TestPolicyFileReload(t *testing.T) {
 	if err := os.WriteFile(path, []byte(edited+"\nbogus_field: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * policyPollEvery)
+	// Wait for the refusal itself, not for time to pass.
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(r.agent.reloads.WithLabelValues("refused")) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the broken policy file was never refused")
+		}
+		time.Sleep(poll)
+	}
 	if got := decide(); got != policy.ReasonAllowed {
 		t.Fatalf("after a broken edit: %s, want the previous policy to stay", got)
 	}
+}
+
+type failingPush struct{}
+
+func (failingPush) SetPolicy(*policy.Policy) error { return errors.New("push refused") }
+
+// TestReloadIsAllOrNothing attacks the old order of a reload: the new
+// policy went to the Decider first and a failed push to the sidecars was
+// only logged, so a route made private stayed unchecked at the sidecar.
+// Now a failed push refuses the reload everywhere.
+func TestReloadIsAllOrNothing(t *testing.T) {
+	example, path := examplePolicyCopy(t)
+	a, err := New(context.Background(), Config{
+		DataDir: t.TempDir(), PolicyPath: path, Env: "dev", BPF: kernel.ModeOff, XDSAddr: "127.0.0.1:0",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	before := a.Decider().Policy()
+	a.sidecars = failingPush{}
+	edited := strings.Replace(string(example), "      - { path: /healthz, public: true }\n  inventory:",
+		"      - { path: /healthz, public: true }\n      - { methods: [GET], path: \"/items/*\", scopes: [orders:read] }\n  inventory:", 1)
+	if err := os.WriteFile(path, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reload(); err == nil {
+		t.Fatal("a reload whose push to the sidecars failed was accepted")
+	}
+	if a.Decider().Policy() != before {
+		t.Fatal("the Decider took the new policy although the sidecars did not")
+	}
+	if got := testutil.ToFloat64(a.reloads.WithLabelValues("refused")); got != 1 {
+		t.Fatalf("refused reloads = %v, want 1", got)
+	}
+}
+
+// examplePolicyCopy copies the example policy where a test may edit it.
+func examplePolicyCopy(t *testing.T) ([]byte, string) {
+	t.Helper()
+	example, err := os.ReadFile("../deploy/policy.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, example, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return example, path
 }
 
 // TestReloadNarrowsScopesOfIssuedTokens is the attack of a token issued
@@ -77,15 +136,9 @@ func TestPolicyFileReload(t *testing.T) {
 // works; after the class itself is removed, the token is refused as
 // unknown_class.
 func TestReloadNarrowsScopesOfIssuedTokens(t *testing.T) {
-	example, err := os.ReadFile("../deploy/policy.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(path, example, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r := startAgentWith(t, Config{PolicyPath: path, AuthzHTTPAddr: "127.0.0.1:0"})
+	example, path := examplePolicyCopy(t)
+	const poll = 20 * time.Millisecond
+	r := startAgentWith(t, Config{PolicyPath: path, AuthzHTTPAddr: "127.0.0.1:0", Timing: Timing{PolicyPoll: poll}})
 	token, _ := issue(t, r, `{"subject":"svc","class":"service","scopes":["orders:read","orders:write"]}`)
 	client := &http.Client{}
 	ask := func(method string) (status int, reason, scopes string) {
@@ -118,7 +171,7 @@ func TestReloadNarrowsScopesOfIssuedTokens(t *testing.T) {
 	}
 	waitFor := func(method string, want int) (reason, scopes string) {
 		t.Helper()
-		deadline := time.Now().Add(5 * policyPollEvery)
+		deadline := time.Now().Add(10 * time.Second)
 		for {
 			st, reason, scopes := ask(method)
 			if st == want {
@@ -127,7 +180,7 @@ func TestReloadNarrowsScopesOfIssuedTokens(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s: status %d (%s), want %d after the policy file changed", method, st, reason, want)
 			}
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(poll)
 		}
 	}
 

@@ -180,7 +180,7 @@ func TestWrongKEKDoesNotClaimExistingMesh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.PutKey(t.Context(), store.Key{ID: sk.ID, Public: sk.Private.Public().(ed25519.PublicKey), Sealed: sealed, State: store.KeyActive, CreatedAt: time.Now()}); err != nil {
+	if err := st.PutKeys(t.Context(), store.Key{ID: sk.ID, Public: sk.Private.Public().(ed25519.PublicKey), Sealed: sealed, State: store.KeyActive, CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

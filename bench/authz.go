@@ -73,9 +73,10 @@ func NewAuthzWorld(policyYAML []byte, tokens, revocations int, now time.Time) (*
 	return w, nil
 }
 
-// Decider enforces the world in prod through cache.
-func (w *AuthzWorld) Decider(cache policy.TokenCache) *policy.Decider {
-	return policy.NewDecider(policy.DeciderConfig{Env: "prod", Policy: w.Policy, Keys: w.Keys, Cache: cache, Revocations: w.Set})
+// Decider enforces the world in prod through cache, counting its use in
+// stats (either may be nil).
+func (w *AuthzWorld) Decider(cache policy.TokenCache, stats policy.CacheStats) *policy.Decider {
+	return policy.NewDecider(policy.DeciderConfig{Env: "prod", Policy: w.Policy, Keys: w.Keys, Cache: cache, CacheStats: stats, Revocations: w.Set})
 }
 
 // WriteTokens writes one token a line.

@@ -94,7 +94,7 @@ func TestIssuedLongTokens(t *testing.T) {
 	iss := realIssuer(t, p)
 	class, _ := p.Class("wide")
 	issue := func(n int) (issuer.Issued, error) {
-		return iss.Issue(context.Background(), policy.IssueRequest{Subject: "svc-long", Class: "wide", Scopes: class.Scopes[:n]}, issuer.ActorSystem)
+		return iss.Issue(context.Background(), policy.IssueRequest{Subject: "svc-long", Class: "wide", Scopes: class.Scopes[:n]}, audit.ActorSystem)
 	}
 
 	// The most scopes the issuer accepts: a binary search over the count.
@@ -115,7 +115,7 @@ func TestIssuedLongTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = issue(hi)
-	var refused *policy.IssueError
+	var refused *policy.Refusal
 	if !errors.As(err, &refused) || !strings.Contains(err.Error(), fmt.Sprint(policy.MaxTokenBytes)) {
 		t.Fatalf("issuing %d scopes: %v, want a refusal naming the %d-byte limit", hi, err, policy.MaxTokenBytes)
 	}

@@ -208,9 +208,9 @@ key and recorded head.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&dataDir, "data-dir", defaultDataDir(), "the agent's data directory (env "+envDataDir+")")
-	f.StringVar(&backend, "store", agent.StoreBolt, "the agent's store: bolt (in --data-dir) or etcd")
+	f.StringVar(&backend, "store", agent.DefaultStore, "the agent's store: bolt (in --data-dir) or etcd")
 	f.StringSliceVar(&endpoints, "etcd-endpoints", nil, "etcd client URLs for --store=etcd")
-	f.StringVar(&prefix, "etcd-prefix", "/tokenwarden/", "key prefix in etcd")
+	f.StringVar(&prefix, "etcd-prefix", agent.DefaultEtcdPrefix, "key prefix in etcd")
 	f.BoolVar(&online, "online", false, "ask the running agent to verify its log (admin API, --server)")
 	f.StringVar(&node, "node-name", "", "the node whose recorded head to check: the agent's --node-name (default: as the agent defaults it for --data-dir)")
 	return cmd

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -335,5 +336,39 @@ func TestErrorsRedactTokens(t *testing.T) {
 	_, errOut, code := run(t, "token", "list", tok)
 	if code != 2 || strings.Contains(errOut, tok) || !strings.Contains(errOut, "<token redacted>") {
 		t.Fatalf("exit %d; stderr:\n%s", code, errOut)
+	}
+}
+
+// TestServeRefusesBadFlagsBeforeWriting: a bad --store or --bpf is a usage
+// error naming the flag, and nothing is created in --data-dir.
+func TestServeRefusesBadFlagsBeforeWriting(t *testing.T) {
+	for flag, args := range map[string][]string{
+		"--store":          {"--store", "postgres"},
+		"--bpf":            {"--bpf", "yes"},
+		"--etcd-endpoints": {"--store", "etcd"},
+		"--admin":          {"--admin", "9003"},
+	} {
+		dir := filepath.Join(t.TempDir(), "data")
+		_, stderr, code := run(t, append([]string{"serve", "--data-dir", dir, "--policy", "../deploy/policy.example.yaml", "--env", "dev"}, args...)...)
+		if code != 2 || !strings.Contains(stderr, flag) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and a line naming %s", args, code, stderr, flag)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("%v: the data dir was created (%v)", args, err)
+		}
+	}
+}
+
+// TestServeFlagDefaultsAreTheAgents: each default lives once, in the agent.
+func TestServeFlagDefaultsAreTheAgents(t *testing.T) {
+	f := newServeCommand().Flags()
+	for flag, want := range map[string]string{
+		"admin": agent.DefaultAdminAddr, "metrics": agent.DefaultMetricsAddr, "authz-grpc": agent.DefaultAuthzGRPC,
+		"authz-http": agent.DefaultAuthzHTTP, "xds": agent.DefaultXDSAddr, "bpf": agent.DefaultBPF, "store": agent.DefaultStore,
+		"etcd-prefix": agent.DefaultEtcdPrefix, "cache-size": fmt.Sprint(agent.DefaultCacheSize), "top-tokens": fmt.Sprint(agent.DefaultTopTokens),
+	} {
+		if got := f.Lookup(flag).DefValue; got != want {
+			t.Errorf("--%s defaults to %q, want the agent's %q", flag, got, want)
+		}
 	}
 }

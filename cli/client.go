@@ -13,6 +13,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent"
 )
 
 // adminFlags are the flags every admin API command shares.
@@ -68,18 +70,21 @@ type redirectError struct{ error }
 
 func (e *redirectError) Unwrap() error { return e.error }
 
+// defaultServer is the admin API of an agent started with its defaults.
+const defaultServer = "http://" + agent.DefaultAdminAddr
+
 // serverURL normalises --server: a bare host:port means http://host:port.
 func serverURL(server string) (string, error) {
 	base := strings.TrimRight(strings.TrimSpace(server), "/")
 	if base == "" {
-		return "", usageErrorf("--server is empty: give the agent's admin address, e.g. http://127.0.0.1:9003")
+		return "", usageErrorf("--server is empty: give the agent's admin address, e.g. %s", defaultServer)
 	}
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return "", usageErrorf("--server %q: want http://HOST:PORT or https://HOST:PORT (the agent's admin address, default http://127.0.0.1:9003)", server)
+		return "", usageErrorf("--server %q: want http://HOST:PORT or https://HOST:PORT (the agent's admin address, default %s)", server, defaultServer)
 	}
 	return base, nil
 }

@@ -34,7 +34,7 @@ func newPolicyCommand() *cobra.Command {
 // checkPolicyFile prints the file's problems (or "ok") and reports whether
 // it has errors.
 func checkPolicyFile(w io.Writer, path string) bool {
-	data, err := readPolicy(path)
+	data, err := policy.ReadFile(path)
 	if err != nil {
 		fmt.Fprintf(w, "%s: error: %v\n", path, err)
 		return true
@@ -51,11 +51,4 @@ func checkPolicyFile(w io.Writer, path string) bool {
 		fmt.Fprintf(w, "%s: ok\n", path)
 	}
 	return errs > 0
-}
-
-// readPolicy reads a policy file, at most one byte more than a policy may
-// hold, so that policy.Load refuses an oversized file by its size instead
-// of it being read into memory whole.
-func readPolicy(path string) ([]byte, error) {
-	return readBounded(path, policy.MaxDocumentBytes+1)
 }

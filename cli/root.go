@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/tokenwarden/tokenwarden/agent/admintoken"
+
 	"github.com/spf13/cobra"
 
 	"github.com/tokenwarden/tokenwarden/buildinfo"
@@ -147,10 +149,10 @@ command or flag, missing argument); scan exits 3 when it finds tokens.`,
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	admin := &adminFlags{}
-	root.PersistentFlags().StringVar(&admin.server, "server", envOr(envServer, "http://127.0.0.1:9003"),
+	root.PersistentFlags().StringVar(&admin.server, "server", envOr(envServer, defaultServer),
 		"admin API of the agent (env "+envServer+")")
 	root.PersistentFlags().StringVar(&admin.tokenFile, "admin-token-file",
-		envOr(envAdminTokenFile, filepath.Join(defaultDataDir(), "admin.token")),
+		envOr(envAdminTokenFile, filepath.Join(defaultDataDir(), admintoken.FileName)),
 		"file holding an admin token (env "+envAdminTokenFile+")")
 	root.AddCommand(
 		newServeCommand(),

@@ -2,12 +2,14 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -65,7 +67,7 @@ prefix refuses to start.`,
 			cfg.OnReady = func(r agent.Ready) { printReady(cmd.ErrOrStderr(), r) }
 			a, err := agent.New(ctx, cfg)
 			if err != nil {
-				return err
+				return namingFlags(err)
 			}
 			defer a.Close()
 			a.Registry().MustRegister(buildinfo.Collector())
@@ -77,7 +79,7 @@ prefix refuses to start.`,
 	f.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(), "state: store, keys, audit log, admin token")
 	f.StringVar(&cfg.PolicyPath, "policy", "", "policy file (required; see deploy/policy.example.yaml)")
 	f.StringVar(&cfg.Env, "env", "", "environment this node enforces: a row of the policy's environments (required)")
-	f.StringVar(&cfg.AdminAddr, "admin", agent.DefaultAdminAddr, "admin API, /healthz and /readyz listen address")
+	f.StringVar(&cfg.AdminAddr, "admin", agent.DefaultAdminAddr, `admin API, /healthz and /readyz listen address ("" disables)`)
 	f.StringVar(&cfg.MetricsAddr, "metrics", agent.DefaultMetricsAddr, `Prometheus /metrics listen address ("" disables)`)
 	f.StringVar(&cfg.AuthzGRPCAddr, "authz-grpc", agent.DefaultAuthzGRPC, `Envoy ext_authz gRPC listen address, or a unix socket path ("" disables)`)
 	f.StringVar(&cfg.AuthzHTTPAddr, "authz-http", agent.DefaultAuthzHTTP, `ext_authz HTTP mode (Envoy HTTP, nginx auth_request, Caddy forward_auth) listen address ("" disables)`)
@@ -89,13 +91,13 @@ prefix refuses to start.`,
 	f.StringVar(&cfg.XDSAppAddress, "xds-app-address", "", "the application behind each sidecar, IP:port or unix:///path (default 127.0.0.1:8080)")
 	f.StringVar(&cfg.XDSCredentials, "xds-credentials", "", "file of sidecar credentials (SHA-256 digests) that decide each sidecar's service; without it every xDS stream is refused (docs/xds.md)")
 	f.BoolVar(&cfg.XDSAllowUnauthenticated, "xds-allow-unauthenticated", false, "DEVELOPMENT ONLY: admit xDS streams without a credential and let them name their own service")
-	f.StringVar(&cfg.BPF, "bpf", agent.BPFAuto, "kernel side: auto (use it when it loads, say so when not), required (refuse to start without it) or off")
+	f.StringVar(&cfg.BPF, "bpf", agent.DefaultBPF, "kernel side: auto (use it when it loads, say so when not), required (refuse to start without it) or off")
 	f.StringArrayVar(&cfg.BPFInterfaces, "bpf-iface", nil, "interface to attach the eBPF programs to with TCX, ingress and egress (repeatable)")
 	f.StringVar(&cfg.BPFCgroup, "bpf-cgroup", "", "cgroup v2 path to attach the cgroup_skb ingress program to")
-	f.IntVar(&cfg.TopTokens, "top-tokens", 50, "per-token metric series kept: the busiest tokens of each interval")
-	f.StringVar(&cfg.StoreBackend, "store", agent.StoreBolt, "state backend: bolt (one node, a file in --data-dir) or etcd (many nodes; revocations made anywhere are enforced everywhere)")
+	f.IntVar(&cfg.TopTokens, "top-tokens", agent.DefaultTopTokens, "per-token metric series kept: the busiest tokens of each interval")
+	f.StringVar(&cfg.StoreBackend, "store", agent.DefaultStore, "state backend: bolt (one node, a file in --data-dir) or etcd (many nodes; revocations made anywhere are enforced everywhere)")
 	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "etcd client URLs for --store=etcd (comma-separated)")
-	f.StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/tokenwarden/", "key prefix in etcd; agents of one mesh share it")
+	f.StringVar(&cfg.EtcdPrefix, "etcd-prefix", agent.DefaultEtcdPrefix, "key prefix in etcd; agents of one mesh share it")
 	f.StringVar(&cfg.Etcd.CAFile, "etcd-ca", "", "PEM CA bundle that signs the etcd servers' certificates (https:// endpoints)")
 	f.StringVar(&cfg.Etcd.CertFile, "etcd-cert", "", "PEM client certificate for etcd (with --etcd-key)")
 	f.StringVar(&cfg.Etcd.KeyFile, "etcd-key", "", "PEM private key of --etcd-cert")
@@ -104,7 +106,7 @@ prefix refuses to start.`,
 	f.DurationVar(&cfg.Etcd.DialTimeout, "etcd-dial-timeout", 5*time.Second, "how long start-up waits for etcd to answer")
 	f.DurationVar(&cfg.Etcd.RequestTimeout, "etcd-request-timeout", 5*time.Second, "bound on each etcd read or write")
 	f.StringVar(&cfg.KEKFile, "kek-file", "", "key-encryption key (32 bytes) sealing the signing keys; required with --store=etcd, where every agent mounts the same Secret (default: <data-dir>/kek, created on first start)")
-	f.IntVar(&cfg.CacheSize, "cache-size", 100_000, "verified tokens remembered (LRU)")
+	f.IntVar(&cfg.CacheSize, "cache-size", agent.DefaultCacheSize, "verified tokens remembered (LRU)")
 	f.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name, under which its audit chain head is recorded in the store; distinct per node sharing a store (env NODE_NAME; default: the host name and a digest of --data-dir)")
 	f.Int64Var(&cfg.AuditMaxBytes, "audit-max-bytes", audit.DefaultMaxTotalBytes, "the audit log's size budget in bytes, all files together; the oldest files are removed beyond it (recorded as audit.prune)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -115,6 +117,48 @@ prefix refuses to start.`,
 	cmd.MarkFlagRequired("env")
 	documentEnv(f)
 	return cmd
+}
+
+// serveFlags names the flag that sets each agent.Config field.
+var serveFlags = map[string]string{
+	"DataDir": "--data-dir", "PolicyPath": "--policy", "Env": "--env",
+	"AdminAddr": "--admin", "MetricsAddr": "--metrics", "AuthzGRPCAddr": "--authz-grpc", "AuthzHTTPAddr": "--authz-http",
+	"XDSAddr": "--xds", "XDSAuthzAddress": "--xds-authz-address", "XDSAppAddress": "--xds-app-address",
+	"BPF": "--bpf", "BPFInterfaces": "--bpf-iface", "BPFCgroup": "--bpf-cgroup",
+	"StoreBackend": "--store", "EtcdEndpoints": "--etcd-endpoints", "EtcdPrefix": "--etcd-prefix",
+	"CacheSize": "--cache-size", "TopTokens": "--top-tokens", "Connections": "--max-conns",
+	"XDSCredentials": "--xds-credentials", "NodeName": "--node-name", "AuditMaxBytes": "--audit-max-bytes",
+	"KEKFile": "--kek-file",
+}
+
+// namingFlags rewrites the agent's configuration errors to name the flags
+// that set the fields; other errors pass unchanged.
+func namingFlags(err error) error {
+	var out []string
+	for _, e := range unjoin(err) {
+		var fe *agent.FieldError
+		if !errors.As(e, &fe) {
+			return err
+		}
+		flag := serveFlags[fe.Field]
+		if flag == "" {
+			flag = fe.Field
+		}
+		if fe.Value == "" {
+			out = append(out, fmt.Sprintf("%s: %s", flag, fe.Msg))
+		} else {
+			out = append(out, fmt.Sprintf("%s %q: %s", flag, fe.Value, fe.Msg))
+		}
+	}
+	return usageErrorf("%s", strings.Join(out, "\n"))
+}
+
+// unjoin lists the errors errors.Join combined, or err alone.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, a *agent.Agent, log *slog.Logger) {

@@ -49,7 +49,7 @@ policy change.`,
     --authz-address unix:///run/tokenwarden/authz.sock -o envoy.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			data, err := readPolicy(policyFile)
+			data, err := policy.ReadFile(policyFile)
 			if err != nil {
 				return fmt.Errorf("read policy: %w", err)
 			}

@@ -40,6 +40,13 @@ type TokenCache interface {
 	Add(token string, t *Token)
 }
 
+// CacheStats counts how the token cache served Decide: a hit only when a
+// cached verification was used, a miss when the signature was checked.
+type CacheStats interface {
+	CacheHit()
+	CacheMiss()
+}
+
 // RevocationChecker answers whether a verified token is revoked at now.
 type RevocationChecker interface {
 	Revoked(t *Token, now time.Time) bool
@@ -50,23 +57,25 @@ type RevocationChecker interface {
 type Decider struct {
 	env         string
 	cache       TokenCache
+	stats       CacheStats
 	revocations RevocationChecker
 	verifier    atomic.Pointer[Verifier]
 }
 
 // DeciderConfig configures a Decider. Cache may be nil (every token is
-// verified); Revocations may not.
+// verified), and CacheStats (nothing counted); Revocations may not.
 type DeciderConfig struct {
 	Env         string
 	Policy      *Policy
 	Keys        *KeySet
 	Cache       TokenCache
+	CacheStats  CacheStats
 	Revocations RevocationChecker
 }
 
 // NewDecider builds a Decider.
 func NewDecider(cfg DeciderConfig) *Decider {
-	d := &Decider{env: cfg.Env, cache: cfg.Cache, revocations: cfg.Revocations}
+	d := &Decider{env: cfg.Env, cache: cfg.Cache, stats: cfg.CacheStats, revocations: cfg.Revocations}
 	d.verifier.Store(&Verifier{Keys: cfg.Keys, Policy: cfg.Policy, Env: cfg.Env})
 	return d
 }
@@ -93,6 +102,13 @@ func (d *Decider) Policy() *Policy { return d.verifier.Load().Policy }
 
 // Keys returns the verification keys in force.
 func (d *Decider) Keys() *KeySet { return d.verifier.Load().Keys }
+
+// Verify checks a token against the policy and keys in force, taken
+// together in one load (a reload between two loads cannot pair one
+// policy's checks with another's keys). It does not consult revocations.
+func (d *Decider) Verify(token string, now time.Time) (*Token, *VerifyError) {
+	return d.verifier.Load().Verify(token, now)
+}
 
 // Env is the environment this Decider enforces.
 func (d *Decider) Env() string { return d.env }
@@ -154,11 +170,15 @@ func (d *Decider) verified(v *Verifier, token string, now time.Time) (*Token, Re
 		if t, ok := d.cache.Get(token, now); ok && t.verifiedBy == v {
 			// The signature and claims were checked under this very policy
 			// and key set; what can change since is time.
+			d.counted(true)
 			if r := checkTimes(&t.Claims, now); r != "" {
 				return nil, r
 			}
 			return t, ""
 		}
+		// Not cached, or cached under another policy or key set: the
+		// signature is checked, so this is a miss.
+		d.counted(false)
 	}
 	t, err := v.Verify(token, now)
 	if err != nil {
@@ -169,6 +189,16 @@ func (d *Decider) verified(v *Verifier, token string, now time.Time) (*Token, Re
 		d.cache.Add(token, t)
 	}
 	return t, ""
+}
+
+func (d *Decider) counted(hit bool) {
+	switch {
+	case d.stats == nil:
+	case hit:
+		d.stats.CacheHit()
+	default:
+		d.stats.CacheMiss()
+	}
 }
 
 func deny(r Reason) Decision { return Decision{Status: r.Status(), Reason: r} }

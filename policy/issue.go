@@ -17,13 +17,15 @@ type IssueRequest struct {
 	Rotated string // jti of the predecessor, for rotation
 }
 
-// IssueError is a request that policy refuses; its message says why and how
-// to fix it.
-type IssueError struct{ Msg string }
+// Refusal is a request refused for what it asks (an issuance beyond
+// policy, a rotation of a dead token, a revocation of the active key), not
+// for a fault: retrying it cannot help. Its message says why and how to fix
+// it.
+type Refusal struct{ Msg string }
 
-func (e *IssueError) Error() string { return e.Msg }
+func (e *Refusal) Error() string { return e.Msg }
 
-func refuse(format string, args ...any) error { return &IssueError{Msg: fmt.Sprintf(format, args...)} }
+func refuse(format string, args ...any) error { return &Refusal{Msg: fmt.Sprintf(format, args...)} }
 
 // MaxSubjectBytes bounds subject and tenant names.
 const MaxSubjectBytes = 256

@@ -6,6 +6,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/agent/graceful"
+
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
@@ -88,31 +90,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.InitialConnWindowSize(grpcConnWindowBytes),
 		grpc.ConnectionTimeout(grpcConnectionTimeout),
 		grpc.ReadBufferSize(grpcReadBufferSize),
-		// xDS connections are idle almost always: share write buffers
-		// between them rather than holding one per sidecar.
-		grpc.SharedWriteBuffer(true),
 	)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, ads)
 
-	served := make(chan error, 1)
-	go func() { served <- gs.Serve(lis) }()
 	s.log.Info("xds: serving ADS", "address", lis.Addr().String())
-	select {
-	case err := <-served:
+	if err := graceful.GRPC(ctx, gs, lis, gracefulStopTimeout, cancel); err != nil {
 		return fmt.Errorf("xds: serve %s: %w", lis.Addr(), err)
-	case <-ctx.Done():
-	}
-	cancel()
-	stopped := make(chan struct{})
-	go func() {
-		gs.GracefulStop()
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-time.After(gracefulStopTimeout):
-		gs.Stop()
-		<-stopped
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -20,7 +21,9 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/audit"
+	"github.com/tokenwarden/tokenwarden/agent/graceful"
 	"github.com/tokenwarden/tokenwarden/agent/issuer"
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -38,6 +41,7 @@ const streamWriteTimeout = 30 * time.Second
 // Config configures the admin API.
 type Config struct {
 	Issuer      *issuer.Issuer
+	Revoker     Revoker // revocations and leak reports; nil means Issuer
 	Rotator     Rotator // manual rotation; nil means Issuer (no delivery sinks)
 	Store       store.Store
 	Audit       *audit.Log
@@ -48,6 +52,12 @@ type Config struct {
 	Ready       func() error             // nil error when the agent is ready
 	Now         func() time.Time
 	Logger      *slog.Logger
+}
+
+// Revoker stores a revocation rule and enforces it on this node before it
+// returns (*revoke.Revoker, the agent's one revocation path).
+type Revoker interface {
+	Revoke(ctx context.Context, r policy.Revocation) (policy.Revocation, int, error)
 }
 
 // Rotator rotates a token and delivers its successor to the class's sinks.
@@ -78,6 +88,9 @@ func New(cfg Config) (*API, error) {
 	if cfg.Rotator == nil {
 		cfg.Rotator = cfg.Issuer
 	}
+	if cfg.Revoker == nil {
+		cfg.Revoker = cfg.Issuer
+	}
 	if cfg.Ready == nil {
 		cfg.Ready = func() error { return nil }
 	}
@@ -106,6 +119,27 @@ func New(cfg Config) (*API, error) {
 	a.handle("GET /v1/audit/stream", a.auditStream)
 	a.handle("GET /v1/audit/verify", a.auditVerify)
 	return a, nil
+}
+
+// Serve serves the API on lis until ctx ends, then drains it (see
+// graceful.HTTP). Audit streams end with ctx, so that they do not hold the
+// drain open until its timeout; other requests finish their work.
+func (a *API) Serve(ctx context.Context, lis net.Listener) error {
+	return graceful.HTTP(ctx, listen.HTTPServer(endStreamsOn(ctx, a)), lis, graceful.DefaultGrace)
+}
+
+// endStreamsOn ends long-lived responses (the audit stream) when ctx ends.
+func endStreamsOn(ctx context.Context, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/stream") {
+			rctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			stop := context.AfterFunc(ctx, cancel)
+			defer stop()
+			r = r.WithContext(rctx)
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // ServeHTTP implements http.Handler.
@@ -140,7 +174,7 @@ func (a *API) handle(pattern string, h handlerFunc) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
 		if err := h(w, r, c); err != nil {
 			var ae *apiError
-			var ie *policy.IssueError
+			var ie *policy.Refusal
 			switch {
 			case errors.As(err, &ae):
 			case errors.As(err, &ie):
@@ -352,7 +386,7 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request, c caller, req Revok
 	if len(req.Reason) > audit.MaxReasonBytes {
 		return badRequest("reason: at most %d bytes", audit.MaxReasonBytes)
 	}
-	rule, covered, err := a.cfg.Issuer.Revoke(r.Context(), policy.Revocation{
+	rule, covered, err := a.cfg.Revoker.Revoke(r.Context(), policy.Revocation{
 		Kind: req.Kind, Target: req.Target, Reason: req.Reason, Actor: c.tokenID, EffectiveAt: req.EffectiveAt,
 	})
 	if err != nil {
@@ -400,7 +434,7 @@ func (a *API) reportLeak(w http.ResponseWriter, r *http.Request, c caller) error
 	if req.Source != "" {
 		reason = "leak: found in " + req.Source
 	}
-	rule, _, err := a.cfg.Issuer.Revoke(r.Context(), policy.Revocation{
+	rule, _, err := a.cfg.Revoker.Revoke(r.Context(), policy.Revocation{
 		Kind: policy.RevokeToken, Target: rec.ID, Reason: reason, Actor: c.tokenID,
 	})
 	if err != nil {

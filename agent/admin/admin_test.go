@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/agent/testclock"
+
 	"github.com/tokenwarden/tokenwarden/agent/admin"
 	"github.com/tokenwarden/tokenwarden/agent/audit"
 	"github.com/tokenwarden/tokenwarden/agent/issuer"
@@ -38,30 +40,12 @@ var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
 const testEnv = "staging"
 
-// clock is a settable time shared by the issuer, the audit log and the API.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
-
 // server is the admin API over real parts: a bolt store, an audit log, an
 // issuer, a decider and the revocation set, kept current from the store's
 // Watch as the agent keeps them.
 type server struct {
 	t        *testing.T
-	clock    *clock
+	clock    *testclock.Clock
 	pol      *policy.Policy
 	st       *bolt.Store
 	auditDir string
@@ -85,7 +69,7 @@ type server struct {
 
 func newServer(t *testing.T) *server {
 	t.Helper()
-	s := &server{t: t, clock: &clock{now: t0}, set: revocation.NewSet()}
+	s := &server{t: t, clock: testclock.New(t0), set: revocation.NewSet()}
 	data, err := os.ReadFile(filepath.Join("..", "..", "deploy", "policy.example.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +115,7 @@ func newServer(t *testing.T) *server {
 	t.Cleanup(s.srv.Close)
 
 	// As the agent does on first start: an admin token, issued by the system.
-	out, err := s.iss.Issue(ctx, policy.IssueRequest{Subject: "tokenwarden-admin", Class: "admin", Scopes: []string{admin.AdminScope}}, issuer.ActorSystem)
+	out, err := s.iss.Issue(ctx, policy.IssueRequest{Subject: "tokenwarden-admin", Class: "admin", Scopes: []string{admin.AdminScope}}, audit.ActorSystem)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -267,12 +267,20 @@ func (d *Detector) state(tokenID, subject string) *tokenState {
 	if v, ok := d.tokens.Load(tokenID); ok {
 		return v.(*tokenState)
 	}
-	if d.tracked.Load() >= int64(d.cfg.MaxTokens) {
-		return nil
+	// Reserve a slot before storing: checking the count and adding after
+	// the store let concurrent first sightings all pass the check.
+	for {
+		n := d.tracked.Load()
+		if n >= int64(d.cfg.MaxTokens) {
+			return nil
+		}
+		if d.tracked.CompareAndSwap(n, n+1) {
+			break
+		}
 	}
 	v, loaded := d.tokens.LoadOrStore(tokenID, &tokenState{subject: subject})
-	if !loaded {
-		d.tracked.Add(1)
+	if loaded {
+		d.tracked.Add(-1) // another sighting stored it first
 	}
 	return v.(*tokenState)
 }

@@ -331,6 +331,34 @@ func TestMaxTokens(t *testing.T) {
 	}
 }
 
+// TestMaxTokensUnderConcurrentFirstSightings attacks the cap with many
+// goroutines seeing new tokens at once: checking the count, then storing,
+// then counting let every racing first sighting through. Neither the
+// count nor the tokens actually held may exceed the cap.
+func TestMaxTokensUnderConcurrentFirstSightings(t *testing.T) {
+	const limit = 5
+	h := newHarness(t, Config{Policy: examplePolicy(ActionRevoke), MaxTokens: limit})
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for i := range 200 {
+				h.d.Observe(fmt.Sprint("tok-", g, "-", i), "sub", sourceAddr(1))
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	held := 0
+	h.d.tokens.Range(func(any, any) bool { held++; return true })
+	if got := h.d.Tracked(); got != limit || held != limit {
+		t.Fatalf("tracked = %d, held = %d; want the cap of %d for both", got, held, limit)
+	}
+}
+
 func TestAnomalyMetric(t *testing.T) {
 	h := newHarness(t, Config{Policy: examplePolicy(ActionRevoke)})
 	// Every (rule, action) series exists before the first anomaly.

@@ -56,6 +56,17 @@ const (
 // (expiry, anomaly revocations, scheduled rotation).
 const ActorSystem = "system"
 
+// Details encodes a record's evidence. A value that cannot be encoded is
+// recorded as its encoding error rather than dropped, so a record never
+// goes out with its evidence silently missing.
+func Details(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		b, _ = json.Marshal(map[string]string{"encode_error": err.Error()})
+	}
+	return b
+}
+
 // MaxRecordBytes bounds one encoded record (one line, without its newline).
 // Readers refuse longer lines, so a damaged or hostile file cannot make them
 // buffer without limit.
@@ -234,12 +245,6 @@ func parseLine(line []byte) (r Record, body []byte, err error) {
 	}
 	r.Hash = string(hash)
 	return r, body, nil
-}
-
-// jsonObject encodes evidence the package writes itself.
-func jsonObject(v map[string]any) json.RawMessage {
-	b, _ := json.Marshal(v)
-	return b
 }
 
 func isLowerHex(b []byte) bool {

@@ -118,6 +118,5 @@ func (b *bounded) details(d json.RawMessage) json.RawMessage {
 	if !valid {
 		problem = "details_not_json_bytes"
 	}
-	out, _ := json.Marshal(map[string]any{problem: len(d), "details_prefix": prefix})
-	return out
+	return Details(map[string]any{problem: len(d), "details_prefix": prefix})
 }

@@ -117,7 +117,7 @@ func (l *Log) CheckHead(ctx context.Context, hs HeadStore, node string) error {
 		return nil
 	}
 	l.gaps.Add(1)
-	_, aerr := l.Append(Record{Action: ActionAuditGap, Actor: ActorSystem, Reason: problem, Details: jsonObject(map[string]any{
+	_, aerr := l.Append(Record{Action: ActionAuditGap, Actor: ActorSystem, Reason: problem, Details: Details(map[string]any{
 		"recorded_seq": h.Seq, "recorded_hash": h.Hash, "recorded_file": h.File, "recorded_at": h.Time, "log_seq": cur.Seq, "node": node,
 	})})
 	return errors.Join(fmt.Errorf("audit: %s", problem), aerr)

@@ -498,7 +498,7 @@ func (l *Log) prune() (bool, error) {
 		bytesGone += h.size
 	}
 	pr := Record{Action: ActionAuditPrune, Actor: ActorSystem, Count: keptFrom - gone[0].firstSeq,
-		Details: jsonObject(map[string]any{"kept_from_seq": keptFrom, "removed_from_seq": gone[0].firstSeq, "files": n, "bytes": bytesGone, "budget_bytes": l.maxTotalBytes})}
+		Details: Details(map[string]any{"kept_from_seq": keptFrom, "removed_from_seq": gone[0].firstSeq, "files": n, "bytes": bytesGone, "budget_bytes": l.maxTotalBytes})}
 	line, err := l.encodeNext(&pr)
 	if err == nil {
 		err = l.writeLine(pr, line)

@@ -2,13 +2,14 @@ package audit
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent/budget"
 )
 
 // Allow-audit modes (policy audit.allows).
@@ -65,14 +66,15 @@ type UseRecorder struct {
 	flushMu sync.Mutex
 
 	denyMu      sync.Mutex
-	denyWindow  int64           // unix second of the current deny budgets
-	denyUsed    int             // deny records written this second
-	denyClients map[string]int  // deny records per client this second
-	overBudget  map[string]bool // clients suppressed since the last flush (bounded)
-	suppressed  atomic.Uint64   // denies suppressed since the last flush
-	dropped     atomic.Uint64   // records lost to a full queue
-	writeErrors atomic.Uint64   // records the log refused; only the first is logged
-	mode        atomic.Value    // string
+	denyWindow  int64             // unix second of the current deny budgets
+	denyUsed    int               // deny records written this second
+	denyClients map[string]int    // deny records per client this second
+	overBudget  map[string]bool   // clients suppressed since the last flush (bounded)
+	suppressed  atomic.Uint64     // denies suppressed since the last flush
+	dropped     atomic.Uint64     // records lost to a full queue
+	writeErrors atomic.Uint64     // records the log refused
+	errLog      *budget.PerSecond // log lines about them: one a second
+	mode        atomic.Value      // string
 
 	suppressedClient atomic.Uint64 // over a client's budget, ever
 	suppressedGlobal atomic.Uint64 // over the node's budget, ever
@@ -103,7 +105,8 @@ func NewUseRecorder(cfg UseConfig) *UseRecorder {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	u := &UseRecorder{cfg: cfg, queue: make(chan Record, cfg.Queue), denyClients: map[string]int{}, overBudget: map[string]bool{}}
+	u := &UseRecorder{cfg: cfg, queue: make(chan Record, cfg.Queue), denyClients: map[string]int{}, overBudget: map[string]bool{},
+		errLog: budget.NewPerSecond(1, cfg.Now)}
 	u.SetAllows(cfg.Allows)
 	return u
 }
@@ -280,7 +283,7 @@ func (u *UseRecorder) Flush() {
 		return true
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
-	interval, _ := json.Marshal(map[string]string{"interval": u.cfg.Interval.String()})
+	interval := Details(map[string]string{"interval": u.cfg.Interval.String()})
 	for _, s := range out {
 		u.write(Record{Action: ActionAuthzAllowSummary, Actor: ActorSystem, TokenID: s.id, Subject: s.c.subject, Tenant: s.c.tenant, Count: s.n, Details: interval})
 	}
@@ -289,16 +292,21 @@ func (u *UseRecorder) Flush() {
 	clear(u.overBudget)
 	u.denyMu.Unlock()
 	if n > 0 {
-		details, _ := json.Marshal(map[string]any{"interval": u.cfg.Interval.String(), "clients": clients,
+		details := Details(map[string]any{"interval": u.cfg.Interval.String(), "clients": clients,
 			"deny_per_client": u.cfg.DenyPerClient, "deny_per_second": u.cfg.DenyPerSecond})
 		u.write(Record{Action: ActionDenySuppressed, Actor: ActorSystem, Count: n, Details: details})
 	}
 }
 
+// write appends r. Every record the log refuses is counted (the log's
+// tokenwarden_audit_records_lost_total) and logged: one line a second at
+// most, saying how many failures went unlogged since the last one.
 func (u *UseRecorder) write(r Record) {
 	if _, err := u.cfg.Log.Append(r); err != nil {
-		if u.writeErrors.Add(1) == 1 {
-			u.cfg.Logger.Error("audit write failed", "action", r.Action, "err", err)
+		failed := u.writeErrors.Add(1)
+		if u.errLog.Take() {
+			u.cfg.Logger.Error("audit write failed", "action", r.Action, "err", err,
+				"failed_total", failed, "unlogged_since_last", u.errLog.Over())
 		}
 	}
 }

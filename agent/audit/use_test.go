@@ -2,11 +2,15 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent/testclock"
 )
 
 // memLog is an in-memory Appender for UseRecorder tests.
@@ -193,5 +197,53 @@ func TestDenyBudgetPerClient(t *testing.T) {
 				t.Errorf("stats %+v, want client %d node %d", s, tc.wantClient, tc.wantNode)
 			}
 		})
+	}
+}
+
+type refusingLog struct{}
+
+func (refusingLog) Append(Record) (Record, error) { return Record{}, errors.New("disk full") }
+
+// lines counts the log lines a handler saw and keeps their attributes.
+type lines struct {
+	mu    sync.Mutex
+	attrs []map[string]any
+}
+
+func (l *lines) Enabled(context.Context, slog.Level) bool { return true }
+func (l *lines) Handle(_ context.Context, r slog.Record) error {
+	m := map[string]any{}
+	r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.Any(); return true })
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.attrs = append(l.attrs, m)
+	return nil
+}
+func (l *lines) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *lines) WithGroup(string) slog.Handler      { return l }
+
+// TestEveryWriteFailureIsLogged attacks the old "only the first failure is
+// logged": after one failed write, a disk that stayed full lost every
+// later record in silence. Each second with failures gets a line, which
+// says how many failed and how many went unlogged since the last.
+func TestEveryWriteFailureIsLogged(t *testing.T) {
+	clock := testclock.New(time.Unix(1_900_000_000, 0))
+	h := &lines{}
+	u := NewUseRecorder(UseConfig{Log: refusingLog{}, Now: clock.Now, Logger: slog.New(h)})
+	for range 5 {
+		u.write(Record{Action: ActionAuthzDeny, Actor: ActorSystem})
+	}
+	clock.Add(time.Second)
+	for range 3 {
+		u.write(Record{Action: ActionAuthzDeny, Actor: ActorSystem})
+	}
+	if len(h.attrs) != 2 {
+		t.Fatalf("%d log lines for failures in two seconds, want 2", len(h.attrs))
+	}
+	if got := h.attrs[1]["failed_total"]; got != uint64(6) {
+		t.Errorf("second line failed_total = %v, want 6", got)
+	}
+	if got := h.attrs[1]["unlogged_since_last"]; got != uint64(4) {
+		t.Errorf("second line unlogged_since_last = %v, want 4", got)
 	}
 }

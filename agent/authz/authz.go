@@ -20,12 +20,6 @@ import (
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
-// Default listen addresses of the two modes.
-const (
-	DefaultGRPCAddr = "127.0.0.1:9001"
-	DefaultHTTPAddr = "127.0.0.1:9002"
-)
-
 // DefaultMaxHeaderBytes bounds the request headers of one check (names plus
 // values). A larger request is denied with internal_error over gRPC; in HTTP
 // mode net/http answers 431, which every proxy treats as a denial. Tokens

@@ -3,8 +3,9 @@ package authz
 import (
 	"context"
 	"net"
-	"sync"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent/graceful"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
@@ -234,35 +235,5 @@ func (s *Server) GRPC() *grpc.Server {
 // NOT_SERVING, stops accepting, lets in-flight checks finish (for at most
 // shutdownGrace) and returns nil.
 func (s *Server) ServeGRPC(ctx context.Context, lis net.Listener) error {
-	gs := s.GRPC()
-	var wg sync.WaitGroup
-	served := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		select {
-		case <-ctx.Done():
-		case <-served:
-			return
-		}
-		s.healthServer.Shutdown()
-		stopped := make(chan struct{})
-		go func() {
-			gs.GracefulStop()
-			close(stopped)
-		}()
-		select {
-		case <-stopped:
-		case <-time.After(shutdownGrace):
-			gs.Stop()
-			<-stopped
-		}
-	}()
-	err := gs.Serve(lis)
-	close(served)
-	wg.Wait()
-	if ctx.Err() != nil {
-		return nil
-	}
-	return err
+	return graceful.GRPC(ctx, s.GRPC(), lis, shutdownGrace, s.healthServer.Shutdown)
 }

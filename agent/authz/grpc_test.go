@@ -144,8 +144,10 @@ func TestCheckGRPCReasons(t *testing.T) {
 				t.Errorf("identity headers = %v", h)
 			}
 			for _, o := range ok.GetHeaders() {
-				if o.GetAppend() == nil || o.GetAppend().GetValue() {
-					t.Errorf("%s: append = %v, want explicit false (overwrite)", o.GetHeader().GetKey(), o.GetAppend())
+				//lint:ignore SA1019 the answer sets append explicitly (see response.go)
+				app := o.GetAppend()
+				if app == nil || app.GetValue() {
+					t.Errorf("%s: append = %v, want explicit false (overwrite)", o.GetHeader().GetKey(), app)
 				}
 			}
 			if len(ok.GetHeadersToRemove()) != 0 {
@@ -430,6 +432,13 @@ func TestRevocationIsImmediate(t *testing.T) {
 
 	var revokedFlag atomic.Bool // set once Set.Add has returned
 	var allowedBefore, allowedAfter, deniedAfter atomic.Int64
+	// waitFor waits for n to reach want: checks done, not time passed.
+	waitFor := func(n *atomic.Int64, want int64) {
+		deadline := time.Now().Add(30 * time.Second)
+		for n.Load() < want && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for range 16 {
@@ -458,13 +467,13 @@ func TestRevocationIsImmediate(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(200 * time.Millisecond)
+	waitFor(&allowedBefore, 100)
 	f.set.Add(policy.Revocation{
 		ID: policy.NewRevocationID(), Kind: policy.RevokeToken, Target: claims.ID,
 		EffectiveAt: time.Now(), Reason: "leaked", Actor: "test", CreatedAt: time.Now(),
 	})
 	revokedFlag.Store(true)
-	time.Sleep(200 * time.Millisecond)
+	waitFor(&deniedAfter, 200)
 	cancel()
 	wg.Wait()
 	if allowedBefore.Load() == 0 || deniedAfter.Load() == 0 {

@@ -2,12 +2,13 @@ package authz
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/tokenwarden/tokenwarden/agent/graceful"
 
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -262,7 +263,7 @@ func (s *Server) writeAllowed(w http.ResponseWriter, dec *policy.Decision, forge
 // ServeHTTPMode serves Handler on lis until ctx ends, then stops accepting,
 // lets in-flight checks finish (for at most shutdownGrace) and returns nil.
 func (s *Server) ServeHTTPMode(ctx context.Context, lis net.Listener) error {
-	srv := &http.Server{
+	return graceful.HTTP(ctx, &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: httpReadHeaderTimeout,
 		ReadTimeout:       httpReadTimeout,
@@ -270,28 +271,5 @@ func (s *Server) ServeHTTPMode(ctx context.Context, lis net.Listener) error {
 		IdleTimeout:       httpIdleTimeout,
 		MaxHeaderBytes:    s.maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
-	served := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		select {
-		case <-ctx.Done():
-		case <-served:
-			return
-		}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			_ = srv.Close()
-		}
-	}()
-	err := srv.Serve(lis)
-	if errors.Is(err, http.ErrServerClosed) {
-		<-stopped
-		return nil
-	}
-	close(served)
-	<-stopped
-	return err
+	}, lis, shutdownGrace)
 }

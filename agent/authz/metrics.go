@@ -6,7 +6,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/agent/usage"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -103,32 +102,11 @@ func (m *Metrics) Run(ctx context.Context, interval time.Duration) {
 // Flush exports the per-token counts now (tests, shutdown).
 func (m *Metrics) Flush() { m.tokens.Flush() }
 
-// CountingCache wraps the Decider's token cache so that its hits and misses
-// are counted. Build the Decider with it.
-func (m *Metrics) CountingCache(c policy.TokenCache) policy.TokenCache {
-	return &countingCache{TokenCache: c, hits: m.cacheHits, misses: m.cacheMisses}
-}
+// CacheHit counts a check answered from a cached verification; the
+// Decider calls it (Metrics is its policy.CacheStats).
+func (m *Metrics) CacheHit() { m.cacheHits.Inc() }
 
-type countingCache struct {
-	policy.TokenCache
-	hits, misses prometheus.Counter
-}
+// CacheMiss counts a check whose token signature was verified.
+func (m *Metrics) CacheMiss() { m.cacheMisses.Inc() }
 
-func (c *countingCache) Get(token string, now time.Time) (*policy.Token, bool) {
-	t, ok := c.TokenCache.Get(token, now)
-	if ok {
-		c.hits.Inc()
-	} else {
-		c.misses.Inc()
-	}
-	return t, ok
-}
-
-// RevocationRulesGauge is tokenwarden_revocation_rules, read from set at
-// each scrape. The agent registers it once, wherever it serves metrics.
-func RevocationRulesGauge(set *revocation.Set) prometheus.GaugeFunc {
-	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "tokenwarden_revocation_rules",
-		Help: "Revocation rules held in memory by this node.",
-	}, func() float64 { return float64(set.Len()) })
-}
+var _ policy.CacheStats = (*Metrics)(nil)

@@ -12,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -27,9 +28,9 @@ func metricsFixture(t *testing.T) (*fixture, *Server, *Metrics, *prometheus.Regi
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg.MustRegister(RevocationRulesGauge(f.set))
+	reg.MustRegister(revocation.RulesGauge(f.set))
 	f.decider = policy.NewDecider(policy.DeciderConfig{
-		Env: "prod", Policy: f.policy, Keys: f.decider.Keys(), Cache: m.CountingCache(f.cache), Revocations: f.set,
+		Env: "prod", Policy: f.policy, Keys: f.decider.Keys(), Cache: f.cache, CacheStats: m, Revocations: f.set,
 	})
 	return f, f.server(t, Config{Metrics: m}), m, reg
 }

@@ -7,7 +7,6 @@ package issuer
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,9 +20,6 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
-
-// ActorSystem is the actor of automatic actions (rotation, anomaly, expiry).
-const ActorSystem = "system"
 
 // Auditor records audit records; *audit.Log implements it.
 type Auditor interface {
@@ -49,6 +45,9 @@ type Issuer struct {
 	// one a single step, so concurrent rotations of one token (the
 	// scheduler and an operator) cannot both issue a successor.
 	rotateMu sync.Mutex
+	// rotateKeysMu admits one key rotation (or key reload) at a time; mu
+	// guards the keys in memory only and is never held across I/O.
+	rotateKeysMu sync.Mutex
 
 	mu     sync.Mutex
 	active policy.SigningKey
@@ -86,7 +85,7 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 		return nil, err
 	}
 	if i.active.ID == "" {
-		if _, err := i.RotateKeys(ctx, ActorSystem); err != nil {
+		if _, err := i.RotateKeys(ctx, audit.ActorSystem); err != nil {
 			return nil, err
 		}
 	}
@@ -96,15 +95,18 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 // Reload reads the key records from the store (another node may have
 // rotated keys) and unseals the active one.
 //
-// The read happens under the lock RotateKeys holds while it writes, so a
-// reload can never adopt a snapshot older than this issuer's own rotation.
+// It holds the key-rotation lock (not the issuing lock) while it reads, so
+// a reload can never adopt a snapshot older than this issuer's own
+// rotation, and issuing goes on meanwhile.
 func (i *Issuer) Reload(ctx context.Context) error {
-	i.mu.Lock()
-	defer i.mu.Unlock()
+	i.rotateKeysMu.Lock()
+	defer i.rotateKeysMu.Unlock()
 	keys, err := i.cfg.Store.Keys(ctx)
 	if err != nil {
 		return fmt.Errorf("load signing keys: %w", err)
 	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
 	return i.adopt(keys)
 }
 
@@ -195,8 +197,8 @@ func (i *Issuer) Issue(ctx context.Context, req policy.IssueRequest, actor strin
 		return Issued{}, fmt.Errorf("record token %s: %w", rec.ID, err)
 	}
 	if _, err := i.cfg.Audit.Append(audit.Record{
-		Action: "token.issue", Actor: actor, TokenID: rec.ID, Subject: rec.Subject, Tenant: rec.Tenant,
-		Details: jsonDetails(issueDetails(rec)),
+		Action: audit.ActionTokenIssue, Actor: actor, TokenID: rec.ID, Subject: rec.Subject, Tenant: rec.Tenant,
+		Details: audit.Details(issueDetails(rec)),
 	}); err != nil {
 		return Issued{}, fmt.Errorf("audit issuance of %s: %w", rec.ID, err)
 	}
@@ -226,10 +228,10 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 	}
 	now := i.cfg.Now()
 	if !pred.Live(now) {
-		return Issued{}, &policy.IssueError{Msg: fmt.Sprintf("token %s is %s; only live tokens can be rotated", id, liveness(pred, now))}
+		return Issued{}, &policy.Refusal{Msg: fmt.Sprintf("token %s is %s; only live tokens can be rotated", id, liveness(pred, now))}
 	}
 	if pred.Successor != "" {
-		return Issued{}, &policy.IssueError{Msg: fmt.Sprintf("token %s was already rotated to %s", id, pred.Successor)}
+		return Issued{}, &policy.Refusal{Msg: fmt.Sprintf("token %s was already rotated to %s", id, pred.Successor)}
 	}
 	// A rule that took effect after it was made (a future effective_at)
 	// left the record active; a successor would outlive the revocation.
@@ -238,7 +240,7 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 		return Issued{}, fmt.Errorf("load revocations: %w", err)
 	}
 	if r, ok := revokedBy(rules, pred, now); ok {
-		return Issued{}, &policy.IssueError{Msg: fmt.Sprintf("token %s is revoked (rule %s, effective %s); only live tokens can be rotated", id, r.ID, r.EffectiveAt.UTC().Format(time.RFC3339))}
+		return Issued{}, &policy.Refusal{Msg: fmt.Sprintf("token %s is revoked (rule %s, effective %s); only live tokens can be rotated", id, r.ID, r.EffectiveAt.UTC().Format(time.RFC3339))}
 	}
 	var grace time.Duration
 	scopes := pred.Scopes
@@ -249,7 +251,7 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 		// as an empty list would ask for every scope of the class.
 		scopes = slices.DeleteFunc(slices.Clone(pred.Scopes), func(s string) bool { return !c.AllowsScope(s) })
 		if len(pred.Scopes) > 0 && len(scopes) == 0 {
-			return Issued{}, &policy.IssueError{Msg: fmt.Sprintf("token %s holds no scope class %s still grants (%s); issue a new token instead", id, pred.Class, strings.Join(pred.Scopes, " "))}
+			return Issued{}, &policy.Refusal{Msg: fmt.Sprintf("token %s holds no scope class %s still grants (%s); issue a new token instead", id, pred.Class, strings.Join(pred.Scopes, " "))}
 		}
 	}
 	succ, err := i.Issue(ctx, policy.IssueRequest{
@@ -287,8 +289,8 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 		return Issued{}, err
 	}
 	i.auditDone(audit.Record{
-		Action: "token.rotate", Actor: actor, TokenID: pred.ID, Subject: pred.Subject, Tenant: pred.Tenant,
-		Details: jsonDetails(rotateDetails(succ.Record.ID, rule.EffectiveAt, slices.Sorted(maps.Values(carried)))),
+		Action: audit.ActionTokenRotate, Actor: actor, TokenID: pred.ID, Subject: pred.Subject, Tenant: pred.Tenant,
+		Details: audit.Details(rotateDetails(succ.Record.ID, rule.EffectiveAt, slices.Sorted(maps.Values(carried)))),
 	})
 	return succ, nil
 }
@@ -411,7 +413,7 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 	if r.Actor == "" {
 		// Checked before anything is stored: the audit log refuses a record
 		// without an actor, which would leave a rule in force unaudited.
-		return r, nil, &policy.IssueError{Msg: fmt.Sprintf("revocation needs an actor: the admin token's jti, or %q", ActorSystem)}
+		return r, nil, &policy.Refusal{Msg: fmt.Sprintf("revocation needs an actor: the admin token's jti, or %q", audit.ActorSystem)}
 	}
 	// A reason is free text: a token pasted into it (the leaked one, say)
 	// would be stored, answered and audited. It is redacted here, once, so
@@ -468,14 +470,14 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 			known = known || k.ID == r.Target
 		}
 		if !known {
-			return r, nil, &policy.IssueError{Msg: fmt.Sprintf("no signing key %q (see `tokenwarden keys list`)", r.Target)}
+			return r, nil, &policy.Refusal{Msg: fmt.Sprintf("no signing key %q (see `tokenwarden keys list`)", r.Target)}
 		}
 		i.mu.Lock()
 		active := i.active.ID
 		i.mu.Unlock()
 		if r.Target == active {
 			// Every token minted from here on would be revoked on arrival.
-			return r, nil, &policy.IssueError{Msg: fmt.Sprintf("key %s is the active signing key: run `tokenwarden keys rotate` first, then revoke it", r.Target)}
+			return r, nil, &policy.Refusal{Msg: fmt.Sprintf("key %s is the active signing key: run `tokenwarden keys rotate` first, then revoke it", r.Target)}
 		}
 		recs, err := i.cfg.Store.Tokens(ctx, store.TokenFilter{KeyID: r.Target, LiveAt: now})
 		if err != nil {
@@ -484,7 +486,7 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 		covered = recs
 	}
 	if err := r.Validate(); err != nil {
-		return r, nil, &policy.IssueError{Msg: err.Error()}
+		return r, nil, &policy.Refusal{Msg: err.Error()}
 	}
 	if err := i.cfg.Store.PutRevocation(ctx, r); err != nil {
 		return r, nil, fmt.Errorf("store revocation: %w", err)
@@ -498,12 +500,12 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 		}
 	}
 	ar := audit.Record{
-		Action: "revocation.create", Actor: r.Actor, Reason: r.Reason,
-		Details: jsonDetails(map[string]any{"rule": r.ID, "kind": r.Kind, "target": r.Target, "effective_at": r.EffectiveAt, "covered": len(covered)}),
+		Action: audit.ActionRevocationCreate, Actor: r.Actor, Reason: r.Reason,
+		Details: audit.Details(map[string]any{"rule": r.ID, "kind": r.Kind, "target": r.Target, "effective_at": r.EffectiveAt, "covered": len(covered)}),
 	}
 	switch r.Kind {
 	case policy.RevokeToken:
-		ar.Action, ar.TokenID = "token.revoke", r.Target
+		ar.Action, ar.TokenID = audit.ActionTokenRevoke, r.Target
 		if len(covered) == 1 {
 			ar.Subject, ar.Tenant = covered[0].Subject, covered[0].Tenant
 		}
@@ -518,7 +520,10 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 
 // RotateKeys makes a new active signing key. The previous active key keeps
 // verifying its tokens until they have all expired (policy max lifetime),
-// after which a later rotation retires it.
+// after which a later rotation retires it. The new key and the demotions
+// are stored in one transaction, the new key first: the store is never
+// without an active key. Issuing goes on meanwhile: the issuing lock is
+// held only to read and to swap the keys, not across store or audit I/O.
 func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error) {
 	if err := requireActor(actor); err != nil {
 		return store.Key{}, err
@@ -531,17 +536,15 @@ func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error
 	if err != nil {
 		return store.Key{}, err
 	}
+	i.rotateKeysMu.Lock() // one key rotation at a time
+	defer i.rotateKeysMu.Unlock()
 	now := i.cfg.Now().UTC()
 	maxLife := i.cfg.Policy().MaxLifetime() + policy.ClockSkew
 	i.mu.Lock()
-	defer i.mu.Unlock()
-	nk := store.Key{ID: sk.ID, Public: sk.Private.Public().(ed25519.PublicKey), Sealed: sealed, State: store.KeyActive, CreatedAt: now}
-	// The new key is stored first: other nodes never see a moment without
-	// an active key (while both are active, the newer signs).
-	if err := i.cfg.Store.PutKey(ctx, nk); err != nil {
-		return store.Key{}, fmt.Errorf("store key %s: %w", nk.ID, err)
-	}
 	keys := slices.Clone(i.keys)
+	i.mu.Unlock()
+	nk := store.Key{ID: sk.ID, Public: sk.Private.Public().(ed25519.PublicKey), Sealed: sealed, State: store.KeyActive, CreatedAt: now}
+	changed := []store.Key{nk}
 	for n, k := range keys {
 		switch {
 		case k.State == store.KeyActive:
@@ -553,13 +556,15 @@ func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error
 			continue
 		}
 		keys[n] = k
-		if err := i.cfg.Store.PutKey(ctx, k); err != nil {
-			return store.Key{}, fmt.Errorf("demote key %s: %w", k.ID, err)
-		}
+		changed = append(changed, k)
 	}
-	keys = append(keys, nk)
-	i.keys, i.active = keys, sk
-	i.auditDone(audit.Record{Action: "key.rotate", Actor: actor, Details: jsonDetails(map[string]any{"kid": nk.ID})})
+	if err := i.cfg.Store.PutKeys(ctx, changed...); err != nil {
+		return store.Key{}, fmt.Errorf("store key %s: %w", nk.ID, err)
+	}
+	i.mu.Lock()
+	i.keys, i.active = append(keys, nk), sk
+	i.mu.Unlock()
+	i.auditDone(audit.Record{Action: audit.ActionKeyRotate, Actor: actor, Details: audit.Details(map[string]any{"kid": nk.ID})})
 	nk.Sealed = nil
 	return nk, nil
 }
@@ -617,22 +622,12 @@ func issueDetails(rec store.TokenRecord) map[string]any {
 // change made but unaudited and reported as failed.
 func requireActor(actor string) error {
 	if actor == "" {
-		return fmt.Errorf("issuer: no actor: pass the admin token's jti, or %q", ActorSystem)
+		return fmt.Errorf("issuer: no actor: pass the admin token's jti, or %q", audit.ActorSystem)
 	}
 	return nil
 }
 
 func splitScopes(s string) []string { return strings.Fields(s) }
-
-// jsonDetails encodes audit evidence; a value that cannot be encoded is
-// recorded as its error rather than dropped.
-func jsonDetails(v any) json.RawMessage {
-	b, err := json.Marshal(v)
-	if err != nil {
-		b, _ = json.Marshal(map[string]string{"encode_error": err.Error()})
-	}
-	return b
-}
 
 func liveness(r store.TokenRecord, now time.Time) string {
 	if r.Status == store.TokenRevoked {

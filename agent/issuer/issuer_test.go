@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/agent/testclock"
+
 	"github.com/tokenwarden/tokenwarden/agent/audit"
 	"github.com/tokenwarden/tokenwarden/agent/issuer"
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
@@ -35,24 +37,6 @@ const (
 	// actor is the jti of the admin token the tests act as.
 	actor = "admin-jti-0001"
 )
-
-// clock is a settable time shared by the issuer and the audit log.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
 
 // examplePolicy loads deploy/policy.example.yaml.
 func examplePolicy(t *testing.T) *policy.Policy {
@@ -72,7 +56,7 @@ func examplePolicy(t *testing.T) *policy.Policy {
 // revocation set an agent would keep from the store's Watch.
 type fixture struct {
 	t        *testing.T
-	clock    *clock
+	clock    *testclock.Clock
 	pol      *policy.Policy
 	kek      []byte
 	dbPath   string
@@ -86,7 +70,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, p *policy.Policy) *fixture {
 	t.Helper()
-	f := &fixture{t: t, clock: &clock{now: t0}, pol: p, kek: newKEK(t)}
+	f := &fixture{t: t, clock: testclock.New(t0), pol: p, kek: newKEK(t)}
 	f.dbPath = filepath.Join(t.TempDir(), bolt.FileName)
 	st, err := bolt.Open(f.dbPath)
 	if err != nil {
@@ -257,11 +241,11 @@ func signatureID(t *testing.T, tok string) uint64 {
 	return binary.BigEndian.Uint64(sig)
 }
 
-func asIssueError(t *testing.T, err error) *policy.IssueError {
+func asRefusal(t *testing.T, err error) *policy.Refusal {
 	t.Helper()
-	var ie *policy.IssueError
+	var ie *policy.Refusal
 	if !errors.As(err, &ie) {
-		t.Fatalf("err = %v (%T), want *policy.IssueError", err, err)
+		t.Fatalf("err = %v (%T), want *policy.Refusal", err, err)
 	}
 	return ie
 }
@@ -399,7 +383,7 @@ func TestIssueRefusedByPolicy(t *testing.T) {
 				}
 				return
 			}
-			ie := asIssueError(t, err)
+			ie := asRefusal(t, err)
 			if !strings.Contains(ie.Msg, tc.wantMsg) {
 				t.Errorf("refusal %q does not say %q", ie.Msg, tc.wantMsg)
 			}
@@ -492,7 +476,7 @@ func TestRotateRefused(t *testing.T) {
 	tests := map[string]struct {
 		// setup returns the id to rotate and moves the clock as it needs.
 		setup        func(f *fixture) string
-		wantIssueErr string // substring of the *policy.IssueError
+		wantIssueErr string // substring of the *policy.Refusal
 		wantNotFound bool
 	}{
 		"already rotated": {
@@ -565,7 +549,7 @@ func TestRotateRefused(t *testing.T) {
 					t.Fatalf("err = %v, want store.ErrNotFound", err)
 				}
 			default:
-				if ie := asIssueError(t, err); !strings.Contains(ie.Msg, tc.wantIssueErr) {
+				if ie := asRefusal(t, err); !strings.Contains(ie.Msg, tc.wantIssueErr) {
 					t.Errorf("refusal %q does not say %q", ie.Msg, tc.wantIssueErr)
 				}
 			}
@@ -599,7 +583,7 @@ func TestRotateConcurrentlyMakesOneSuccessor(t *testing.T) {
 			out, err := f.iss.Rotate(context.Background(), id, actor)
 			mu.Lock()
 			defer mu.Unlock()
-			var ie *policy.IssueError
+			var ie *policy.Refusal
 			switch {
 			case err == nil:
 				won = append(won, out.Record.ID)
@@ -848,7 +832,7 @@ func TestRevokeRefused(t *testing.T) {
 				if !errors.Is(err, store.ErrNotFound) {
 					t.Fatalf("err = %v, want store.ErrNotFound", err)
 				}
-			} else if ie := asIssueError(t, err); !strings.Contains(ie.Msg, tc.wantIssueErr) {
+			} else if ie := asRefusal(t, err); !strings.Contains(ie.Msg, tc.wantIssueErr) {
 				t.Errorf("refusal %q does not say %q", ie.Msg, tc.wantIssueErr)
 			}
 			if rules := f.rules(); len(rules) != 0 {
@@ -976,8 +960,8 @@ func TestRotateKeys(t *testing.T) {
 	if recs := f.audited(audit.Filter{Action: audit.ActionKeyRotate}); len(recs) != 1+len(steps) {
 		t.Errorf("%d key.rotate records, want %d (the first key and each rotation)", len(recs), 1+len(steps))
 	} else {
-		if recs[0].Actor != issuer.ActorSystem {
-			t.Errorf("first key's record actor = %q, want %q", recs[0].Actor, issuer.ActorSystem)
+		if recs[0].Actor != audit.ActorSystem {
+			t.Errorf("first key's record actor = %q, want %q", recs[0].Actor, audit.ActorSystem)
 		}
 		for _, r := range recs[1:] {
 			if r.Actor != actor {
@@ -1213,7 +1197,7 @@ func TestRotationCannotOutliveARevocation(t *testing.T) {
 
 			// Rotated twice before the rule takes effect.
 			f.clock.Set(t0.Add(20 * time.Minute))
-			succ, err := f.iss.Rotate(ctx, pred.Record.ID, issuer.ActorSystem)
+			succ, err := f.iss.Rotate(ctx, pred.Record.ID, audit.ActorSystem)
 			if err != nil {
 				t.Fatalf("Rotate: %v", err)
 			}
@@ -1328,7 +1312,114 @@ func TestRotateDropsWithdrawnScopes(t *testing.T) {
 		t.Errorf("successor scope claim %q, want orders:read", got)
 	}
 	_, err = f.iss.Rotate(ctx, writer.Record.ID, actor)
-	if ie := asIssueError(t, err); !strings.Contains(ie.Msg, "no scope") {
+	if ie := asRefusal(t, err); !strings.Contains(ie.Msg, "no scope") {
 		t.Errorf("refusal %q", ie.Msg)
+	}
+}
+
+// keyStore is the fixture's store with PutKeys under the test's control:
+// it can fail, or hold the write until released.
+type keyStore struct {
+	store.Store
+	fail    error
+	entered chan struct{} // closed when PutKeys starts, when not nil
+	release chan struct{} // PutKeys waits for it, when not nil
+}
+
+func (s *keyStore) PutKeys(ctx context.Context, keys ...store.Key) error {
+	if s.entered != nil {
+		close(s.entered)
+		<-s.release
+	}
+	if s.fail != nil {
+		return s.fail
+	}
+	return s.Store.PutKeys(ctx, keys...)
+}
+
+func activeKeys(t *testing.T, st store.Store) []string {
+	t.Helper()
+	keys, err := st.Keys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, k := range keys {
+		if k.State == store.KeyActive {
+			out = append(out, k.ID)
+		}
+	}
+	return out
+}
+
+// TestKeyRotationNeverLeavesTheStoreWithoutAnActiveKey attacks a rotation
+// that demoted the old key before writing the new one: a failed write left
+// the store with no active key, and every node stopped issuing. The new key
+// and the demotion are one write now: when it fails nothing changed.
+func TestKeyRotationNeverLeavesTheStoreWithoutAnActiveKey(t *testing.T) {
+	f := newFixture(t, examplePolicy(t))
+	before := activeKeys(t, f.st)
+	if len(before) != 1 {
+		t.Fatalf("active keys before: %v", before)
+	}
+	cfg := f.config(f.kek)
+	cfg.Store = &keyStore{Store: f.st, fail: errors.New("disk full")}
+	iss, err := issuer.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := iss.RotateKeys(context.Background(), audit.ActorSystem); err == nil {
+		t.Fatal("rotation with a failing store succeeded")
+	}
+	if after := activeKeys(t, f.st); len(after) != 1 || after[0] != before[0] {
+		t.Fatalf("active keys after a failed rotation: %v, want %v", after, before)
+	}
+	if _, err := iss.Issue(context.Background(), policy.IssueRequest{Subject: "svc", Class: "service"}, audit.ActorSystem); err != nil {
+		t.Fatalf("issuing after a failed rotation: %v", err)
+	}
+	// A rotation that succeeds leaves exactly one active key, the new one.
+	k, err := f.iss.RotateKeys(context.Background(), audit.ActorSystem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := activeKeys(t, f.st); len(after) != 1 || after[0] != k.ID {
+		t.Fatalf("active keys after rotation: %v, want [%s]", after, k.ID)
+	}
+}
+
+// TestKeyRotationDoesNotHoldUpIssuing: while a rotation waits on the store,
+// tokens are still issued (with the key in force), instead of every
+// issuance queueing behind the rotation's I/O.
+func TestKeyRotationDoesNotHoldUpIssuing(t *testing.T) {
+	f := newFixture(t, examplePolicy(t))
+	ks := &keyStore{Store: f.st, entered: make(chan struct{}), release: make(chan struct{})}
+	cfg := f.config(f.kek)
+	cfg.Store = ks
+	iss, err := issuer.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotated := make(chan error, 1)
+	go func() {
+		_, err := iss.RotateKeys(context.Background(), audit.ActorSystem)
+		rotated <- err
+	}()
+	<-ks.entered // the rotation is inside its store write
+	issued := make(chan error, 1)
+	go func() {
+		_, err := iss.Issue(context.Background(), policy.IssueRequest{Subject: "svc", Class: "service"}, audit.ActorSystem)
+		issued <- err
+	}()
+	select {
+	case err := <-issued:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("issuing waited for the key rotation's store write")
+	}
+	close(ks.release)
+	if err := <-rotated; err != nil {
+		t.Fatal(err)
 	}
 }

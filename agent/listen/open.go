@@ -19,7 +19,7 @@ import (
 // is an error, so that two agents never steal each other's socket. mode,
 // when not 0, is set on a unix socket file after it is created.
 func Open(addr string, mode fs.FileMode) (net.Listener, error) {
-	path, isUnix := socketPath(addr)
+	path, isUnix := SocketPath(addr)
 	if !isUnix {
 		lis, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -57,8 +57,9 @@ func Open(addr string, mode fs.FileMode) (net.Listener, error) {
 	return lis, nil
 }
 
-// socketPath reports whether addr names a unix socket, and its path.
-func socketPath(addr string) (string, bool) {
+// SocketPath reports whether addr names a unix socket (unix:///path,
+// unix:/path or /path), and its path.
+func SocketPath(addr string) (string, bool) {
 	if rest, ok := strings.CutPrefix(addr, "unix:"); ok {
 		if p, ok := strings.CutPrefix(rest, "//"); ok {
 			return p, true

@@ -1,9 +1,11 @@
 package listen
 
 import (
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -63,5 +65,15 @@ func TestListen(t *testing.T) {
 				t.Errorf("network %q, want %q", got, tc.network)
 			}
 		})
+	}
+}
+
+func TestWarnIfExposed(t *testing.T) {
+	for addr, want := range map[string]int{"127.0.0.1:9003": 0, "[::1]:9003": 0, "/run/tw.sock": 0, "": 0, "0.0.0.0:9003": 1, "10.0.0.5:9003": 1} {
+		var buf strings.Builder
+		WarnIfExposed(slog.New(slog.NewTextHandler(&buf, nil)), "admin", addr, true)
+		if got := strings.Count(buf.String(), "level=WARN"); got != want {
+			t.Errorf("%q: %d warnings, want %d", addr, got, want)
+		}
 	}
 }

@@ -6,7 +6,6 @@ package rotation
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -247,7 +246,7 @@ func (s *Scheduler) rotateDue(ctx context.Context, r store.TokenRecord, now time
 	if rs, ok := s.retry[r.ID]; ok && now.Before(rs.next) {
 		return false, nil
 	}
-	_, err = s.rotate(ctx, r.ID, issuer.ActorSystem, TriggerSchedule)
+	_, err = s.rotate(ctx, r.ID, audit.ActorSystem, TriggerSchedule)
 	if err == nil || errors.Is(err, ErrDelivery) {
 		delete(s.retry, r.ID)
 		return true, err
@@ -257,9 +256,9 @@ func (s *Scheduler) rotateDue(ctx context.Context, r store.TokenRecord, now time
 	rs.next = now.Add(min(s.cfg.Interval<<min(rs.failures-1, 16), maxRetryDelay))
 	s.retry[r.ID] = rs
 	s.appendAudit(audit.Record{
-		Action: audit.ActionRotationFailed, Actor: issuer.ActorSystem, TokenID: r.ID,
+		Action: audit.ActionRotationFailed, Actor: audit.ActorSystem, TokenID: r.ID,
 		Subject: r.Subject, Tenant: r.Tenant, Reason: "schedule",
-		Details: details(map[string]any{"error": err.Error(), "failures": rs.failures, "next_attempt": rs.next.UTC()}),
+		Details: audit.Details(map[string]any{"error": err.Error(), "failures": rs.failures, "next_attempt": rs.next.UTC()}),
 	})
 	return false, err
 }
@@ -320,7 +319,7 @@ func (s *Scheduler) deliver(ctx context.Context, predecessor string, issued issu
 		s.log.Error("successor not delivered", "token_id", rec.ID, "predecessor", predecessor, "sink", b.kind, "err", err)
 		s.appendAudit(audit.Record{
 			Action: audit.ActionDeliveryFailed, Actor: actor, TokenID: rec.ID, Subject: rec.Subject, Tenant: rec.Tenant,
-			Reason: b.kind, Details: details(map[string]any{"sink": b.kind, "error": err.Error(), "predecessor": predecessor}),
+			Reason: b.kind, Details: audit.Details(map[string]any{"sink": b.kind, "error": err.Error(), "predecessor": predecessor}),
 		})
 		failed = append(failed, fmt.Errorf("%s sink: %w", b.kind, err))
 	}
@@ -341,8 +340,8 @@ func (s *Scheduler) warnBefore(r store.TokenRecord) time.Duration {
 
 func (s *Scheduler) warnExpiring(ctx context.Context, r store.TokenRecord, now time.Time) error {
 	if _, err := s.cfg.Audit.Append(audit.Record{
-		Action: audit.ActionTokenExpiring, Actor: issuer.ActorSystem, TokenID: r.ID, Subject: r.Subject, Tenant: r.Tenant,
-		Details: details(map[string]any{"class": r.Class, "expires_at": r.ExpiresAt.UTC(), "remaining": r.ExpiresAt.Sub(now).Round(time.Second).String()}),
+		Action: audit.ActionTokenExpiring, Actor: audit.ActorSystem, TokenID: r.ID, Subject: r.Subject, Tenant: r.Tenant,
+		Details: audit.Details(map[string]any{"class": r.Class, "expires_at": r.ExpiresAt.UTC(), "remaining": r.ExpiresAt.Sub(now).Round(time.Second).String()}),
 	}); err != nil {
 		return fmt.Errorf("audit expiring token %s: %w", r.ID, err)
 	}
@@ -351,8 +350,8 @@ func (s *Scheduler) warnExpiring(ctx context.Context, r store.TokenRecord, now t
 
 func (s *Scheduler) recordExpiry(ctx context.Context, r store.TokenRecord) error {
 	if _, err := s.cfg.Audit.Append(audit.Record{
-		Action: audit.ActionTokenExpire, Actor: issuer.ActorSystem, TokenID: r.ID, Subject: r.Subject, Tenant: r.Tenant,
-		Details: details(map[string]any{"class": r.Class, "expired_at": r.ExpiresAt.UTC(), "status": r.Status}),
+		Action: audit.ActionTokenExpire, Actor: audit.ActorSystem, TokenID: r.ID, Subject: r.Subject, Tenant: r.Tenant,
+		Details: audit.Details(map[string]any{"class": r.Class, "expired_at": r.ExpiresAt.UTC(), "status": r.Status}),
 	}); err != nil {
 		return fmt.Errorf("audit expiry of token %s: %w", r.ID, err)
 	}
@@ -383,12 +382,4 @@ func (s *Scheduler) appendAudit(r audit.Record) {
 	if _, err := s.cfg.Audit.Append(r); err != nil {
 		s.log.Error("audit", "action", r.Action, "token_id", r.TokenID, "err", err)
 	}
-}
-
-func details(v map[string]any) json.RawMessage {
-	b, err := json.Marshal(v)
-	if err != nil {
-		b, _ = json.Marshal(map[string]string{"encode_error": err.Error()})
-	}
-	return b
 }

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/agent/testclock"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -29,24 +31,6 @@ import (
 )
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
-
-// clock is a settable time shared by the issuer, audit log and scheduler.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
 
 // receiver is a webhook endpoint that verifies signatures and answers with
 // a scripted sequence of statuses (200 once the script runs out).
@@ -108,7 +92,7 @@ func (r *receiver) got() (attempts int, deliveries []Delivery, timestamps []stri
 // with a scheduler on top.
 type fixture struct {
 	t         *testing.T
-	clock     *clock
+	clock     *testclock.Clock
 	store     *bolt.Store
 	auditDir  string
 	issuer    *issuer.Issuer
@@ -123,7 +107,7 @@ type fixtureOption func(*Config)
 func newFixture(t *testing.T, statuses []int, opts ...fixtureOption) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	f := &fixture{t: t, clock: &clock{now: t0}, auditDir: filepath.Join(dir, "audit"), reg: prometheus.NewRegistry()}
+	f := &fixture{t: t, clock: testclock.New(t0), auditDir: filepath.Join(dir, "audit"), reg: prometheus.NewRegistry()}
 	secret := []byte("receiver-secret")
 	secretFile := filepath.Join(dir, "webhook.secret")
 	if err := os.WriteFile(secretFile, append(secret, '\n'), 0o600); err != nil {
@@ -289,7 +273,7 @@ func TestScheduleRotatesWhenDue(t *testing.T) {
 		t.Fatalf("predecessor after due tick: successor %q status %s, want a successor and rotated", r.Successor, r.Status)
 	}
 	succ := f.record(r.Successor)
-	if succ.Rotated != pred.Record.ID || succ.Status != store.TokenActive || succ.Actor != issuer.ActorSystem {
+	if succ.Rotated != pred.Record.ID || succ.Status != store.TokenActive || succ.Actor != audit.ActorSystem {
 		t.Errorf("successor record %+v: want rotated=%s, active, actor system", succ, pred.Record.ID)
 	}
 
@@ -537,7 +521,7 @@ func TestExpiryWarnedAndRecordedOnce(t *testing.T) {
 			t.Fatalf("%d %s records, want 2", len(recs), action)
 		}
 		for _, r := range recs {
-			if r.Actor != issuer.ActorSystem || r.Subject != "ci" || (r.TokenID != ids[0] && r.TokenID != ids[1]) {
+			if r.Actor != audit.ActorSystem || r.Subject != "ci" || (r.TokenID != ids[0] && r.TokenID != ids[1]) {
 				t.Errorf("%s record %+v", action, r)
 			}
 		}

@@ -5,10 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/agent/atomicfile"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -97,47 +96,8 @@ func (s *FileSink) Deliver(ctx context.Context, d Delivery) error {
 	if s.Path == "" {
 		return errors.New("file sink: no path")
 	}
-	if err := writeFileAtomic(s.Path, []byte(d.Token)); err != nil {
+	if err := atomicfile.Write(s.Path, []byte(d.Token)); err != nil {
 		return fmt.Errorf("file sink %s: %w", s.Path, err)
 	}
 	return nil
-}
-
-// writeFileAtomic writes data to a temporary file in path's directory (so the
-// rename cannot cross file systems), syncs it, renames it over path and
-// syncs the directory so the rename itself is durable.
-func writeFileAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	// CreateTemp already uses 0600; Chmod makes it explicit and ignores umask.
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

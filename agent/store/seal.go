@@ -13,7 +13,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
+
+	"github.com/tokenwarden/tokenwarden/agent/atomicfile"
 )
 
 // KEKSize is the size of a key-encryption key (AES-256).
@@ -63,45 +64,19 @@ func LoadKEK(path string) ([]byte, error) {
 	return b, nil
 }
 
-// createKEK writes a fresh key to a temporary file and renames it into
-// place, so a crash never leaves a short key file behind.
+// createKEK writes a fresh key in place atomically: a crash never leaves a
+// short key file behind, and of two agents racing on a new data dir the
+// second adopts the first one's key rather than replacing it.
 func createKEK(path string) ([]byte, error) {
 	kek := make([]byte, KEKSize)
 	if _, err := rand.Read(kek); err != nil {
 		return nil, err
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".kek-*")
-	if err != nil {
-		return nil, fmt.Errorf("create key-encryption key in %s: %w", dir, err)
-	}
-	defer os.Remove(tmp.Name())
-	// One err for every step: a failed chmod, write or sync must not be
-	// lost, or a short or unsynced key file would be linked into place.
-	err = tmp.Chmod(0o600)
-	if err == nil {
-		_, err = tmp.Write(kek)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("write key-encryption key %s: %w", path, err)
-	}
-	// Link, not rename: two agents racing on a new data dir must not
-	// replace each other's key.
-	if err := os.Link(tmp.Name(), path); err != nil {
+	if err := atomicfile.Create(path, kek); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return LoadOrCreateKEK(path)
 		}
-		return nil, fmt.Errorf("install key-encryption key %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+		return nil, fmt.Errorf("create key-encryption key %s: %w", path, err)
 	}
 	return kek, nil
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/policy"
@@ -144,7 +145,9 @@ type AuditHead struct {
 // Store is durable state. Implementations: bolt (embedded default, one
 // node) and etcd (many nodes).
 type Store interface {
-	PutKey(ctx context.Context, k Key) error
+	// PutKeys stores keys in one transaction: a key rotation (the new
+	// active key, the old one demoted) is seen whole or not at all.
+	PutKeys(ctx context.Context, keys ...Key) error
 	Keys(ctx context.Context) ([]Key, error)
 
 	PutToken(ctx context.Context, t TokenRecord) error
@@ -177,6 +180,22 @@ type Store interface {
 	Watch(ctx context.Context) (<-chan Event, error)
 
 	Close() error
+}
+
+// EncodeKeys checks and encodes keys for PutKeys, in order.
+func EncodeKeys(keys []Key) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	for n, k := range keys {
+		if k.ID == "" {
+			return nil, errors.New("put key: empty id")
+		}
+		b, err := EncodeRecord(k)
+		if err != nil {
+			return nil, fmt.Errorf("put key %s: %w", k.ID, err)
+		}
+		out[n] = b
+	}
+	return out, nil
 }
 
 // Leader is implemented by backends many agents share (etcd): Lead runs fn

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/tokenwarden/tokenwarden/agent/store"
 )
@@ -101,8 +102,8 @@ func Open(path string, opts ...Option) (*Store, error) {
 	// NoSync stays false: the store's contract is that a write is on stable
 	// storage when the call returns.
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: o.lockTimeout})
-	if errors.Is(err, bbolt.ErrTimeout) {
-		return nil, fmt.Errorf("open store %s: %w (%s): stop it or give this agent its own --data-dir",
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("open store %s: %w (%s): stop it or give this agent its own data directory",
 			path, ErrInUse, describeHolder(path))
 	}
 	if err != nil {
@@ -159,21 +160,32 @@ func (s *Store) view(ctx context.Context, fn func(tx *bbolt.Tx) error) error {
 // returns, and then publishes the event fn built. Nothing is published for a
 // failed transaction.
 func (s *Store) commit(ctx context.Context, fn func(tx *bbolt.Tx) (store.Event, error)) error {
+	return s.commitAll(ctx, func(tx *bbolt.Tx) ([]store.Event, error) {
+		ev, err := fn(tx)
+		return []store.Event{ev}, err
+	})
+}
+
+// commitAll is commit for a transaction that makes several changes.
+func (s *Store) commitAll(ctx context.Context, fn func(tx *bbolt.Tx) ([]store.Event, error)) error {
 	if err := store.Usable(ctx, s.watchers.Closed()); err != nil {
 		return err
 	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	var ev store.Event
+	var evs []store.Event
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		var err error
-		ev, err = fn(tx)
+		evs, err = fn(tx)
 		return err
 	})
 	if err != nil {
 		return closedErr(err)
 	}
-	if ev.Kind != "" { // audit keys and heads are not watched
+	for _, ev := range evs {
+		if ev.Kind == "" { // audit keys and heads are not watched
+			continue
+		}
 		s.watchers.Publish(ev)
 	}
 	return nil
@@ -181,7 +193,7 @@ func (s *Store) commit(ctx context.Context, fn func(tx *bbolt.Tx) (store.Event, 
 
 // closedErr reports a call that raced with Close as store.ErrClosed.
 func closedErr(err error) error {
-	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
 		return store.ErrClosed
 	}
 	return err

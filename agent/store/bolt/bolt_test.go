@@ -36,7 +36,7 @@ func TestReopenAfterClose(t *testing.T) {
 	tok := store.TokenRecord{ID: "tok_a", Subject: "alice", KeyID: "k1", ExpiresAt: t0.Add(time.Hour),
 		LeakHash: [32]byte{1, 2, 3}, Status: store.TokenActive}
 	r := revocation("rv_1")
-	for _, err := range []error{s.PutKey(ctx, k), s.PutToken(ctx, tok), s.PutRevocation(ctx, r)} {
+	for _, err := range []error{s.PutKeys(ctx, k), s.PutToken(ctx, tok), s.PutRevocation(ctx, r)} {
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,7 +84,7 @@ func TestSecondOpenFailsFast(t *testing.T) {
 	if !errors.Is(err, bolt.ErrInUse) {
 		t.Errorf("error = %v, want ErrInUse", err)
 	}
-	for _, want := range []string{path, "data dir is in use by another tokenwarden", "(pid ", "--data-dir"} {
+	for _, want := range []string{path, "data dir is in use by another tokenwarden", "(pid ", "its own data directory"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}

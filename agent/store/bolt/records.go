@@ -17,15 +17,27 @@ import (
 const ctxCheckEvery = 1024
 
 // PutKey stores k, replacing any key with the same ID.
-func (s *Store) PutKey(ctx context.Context, k store.Key) error {
-	if k.ID == "" {
-		return errors.New("put key: empty id")
+func (s *Store) PutKeys(ctx context.Context, keys ...store.Key) error {
+	enc, err := store.EncodeKeys(keys)
+	if err != nil {
+		return err
 	}
-	err := put(ctx, s, bucketKeys, k.ID, k, func(k *store.Key) store.Event {
-		return store.Event{Kind: store.EventKey, Key: k}
+	err = s.commitAll(ctx, func(tx *bbolt.Tx) ([]store.Event, error) {
+		evs := make([]store.Event, 0, len(keys))
+		for n, k := range keys {
+			if err := tx.Bucket(bucketKeys).Put([]byte(k.ID), enc[n]); err != nil {
+				return nil, err
+			}
+			stored, err := store.DecodeRecord[store.Key](enc[n])
+			if err != nil {
+				return nil, err
+			}
+			evs = append(evs, store.Event{Kind: store.EventKey, Key: &stored})
+		}
+		return evs, nil
 	})
 	if err != nil {
-		return fmt.Errorf("put key %s: %w", k.ID, err)
+		return fmt.Errorf("put keys: %w", err)
 	}
 	return nil
 }

@@ -29,12 +29,20 @@ const (
 var errConflict = errors.New("conflicting write")
 
 // PutKey stores k, replacing any key with the same ID.
-func (s *Store) PutKey(ctx context.Context, k store.Key) error {
-	if k.ID == "" {
-		return errors.New("put key: empty id")
+func (s *Store) PutKeys(ctx context.Context, keys ...store.Key) error {
+	enc, err := store.EncodeKeys(keys)
+	if err != nil {
+		return err
 	}
-	if err := s.put(ctx, s.key(nsKeys, k.ID), k); err != nil {
-		return fmt.Errorf("put key %s: %w", k.ID, err)
+	ops := make([]clientv3.Op, len(keys))
+	for n, k := range keys {
+		ops[n] = clientv3.OpPut(s.key(nsKeys, k.ID), string(enc[n]))
+	}
+	if err := s.usable(ctx); err != nil {
+		return err
+	}
+	if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		return fmt.Errorf("put keys: %w", s.fail(ctx, err))
 	}
 	return nil
 }

@@ -110,12 +110,12 @@ func testKeys(t *testing.T, s store.Store) {
 		t.Fatalf("Keys of an empty store = %v, want none", got)
 	}
 	k1, k2 := key("k1", store.KeyActive), key("k2", store.KeyVerifying)
-	must(t, s.PutKey(ctx, k2))
-	must(t, s.PutKey(ctx, k1))
+	must(t, s.PutKeys(ctx, k2))
+	must(t, s.PutKeys(ctx, k1))
 	equal(t, "Keys", mustKeys(t, s), []store.Key{k1, k2})
 
 	k1.State, k1.RetiredAt = store.KeyRetired, t0.Add(time.Hour)
-	must(t, s.PutKey(ctx, k1))
+	must(t, s.PutKeys(ctx, k1))
 	equal(t, "Keys after retiring k1", mustKeys(t, s), []store.Key{k1, k2})
 }
 
@@ -267,7 +267,7 @@ func testIdempotentPut(t *testing.T, s store.Store) {
 	ctx := t.Context()
 	k, tok, r := key("k1", store.KeyActive), tokenRecord("tok_a"), revocation("rv_1", "tok_a")
 	for range 2 {
-		must(t, s.PutKey(ctx, k))
+		must(t, s.PutKeys(ctx, k))
 		must(t, s.PutToken(ctx, tok))
 		must(t, s.PutRevocation(ctx, r))
 	}
@@ -317,7 +317,7 @@ func testRejectsInvalid(t *testing.T, s store.Store) {
 	noIssuedBefore.Kind = policy.RevokeSubject
 
 	tests := map[string]func() error{
-		"key without id":                     func() error { return s.PutKey(ctx, key("", store.KeyActive)) },
+		"key without id":                     func() error { return s.PutKeys(ctx, key("", store.KeyActive)) },
 		"token without id":                   func() error { return s.PutToken(ctx, tokenRecord("")) },
 		"revocation without id":              func() error { return s.PutRevocation(ctx, revocation("", "tok_a")) },
 		"revocation without reason":          func() error { return s.PutRevocation(ctx, noReason) },
@@ -342,7 +342,7 @@ func testRejectsInvalid(t *testing.T, s store.Store) {
 // and closed-store tests.
 func calls(s store.Store) map[string]func(ctx context.Context) error {
 	return map[string]func(ctx context.Context) error{
-		"PutKey":   func(ctx context.Context) error { return s.PutKey(ctx, key("k1", store.KeyActive)) },
+		"PutKeys":  func(ctx context.Context) error { return s.PutKeys(ctx, key("k1", store.KeyActive)) },
 		"Keys":     func(ctx context.Context) error { _, err := s.Keys(ctx); return err },
 		"PutToken": func(ctx context.Context) error { return s.PutToken(ctx, tokenRecord("tok_a")) },
 		"Token":    func(ctx context.Context) error { _, err := s.Token(ctx, "tok_a"); return err },
@@ -386,13 +386,13 @@ func testWatchOrder(t *testing.T, s store.Store) {
 		write func() error
 		want  *store.Event // nil: the write fails and publishes nothing
 	}{
-		{"put key", func() error { return s.PutKey(ctx, k) }, &store.Event{Kind: store.EventKey, Key: &k}},
+		{"put key", func() error { return s.PutKeys(ctx, k) }, &store.Event{Kind: store.EventKey, Key: &k}},
 		{"put token", func() error { return s.PutToken(ctx, tok) }, &store.Event{Kind: store.EventToken, Token: &tok}},
 		{"put revocation", func() error { return s.PutRevocation(ctx, r) }, &store.Event{Kind: store.EventRevocation, Revocation: &r}},
 		{"failed delete", func() error { return s.DeleteToken(ctx, "tok_missing") }, nil},
 		{"delete token", func() error { return s.DeleteToken(ctx, tok.ID) }, &store.Event{Kind: store.EventToken, Deleted: true, Token: &tok}},
 		{"delete revocation", func() error { return s.DeleteRevocation(ctx, r.ID) }, &store.Event{Kind: store.EventRevocation, Deleted: true, Revocation: &r}},
-		{"update key", func() error { return s.PutKey(ctx, retired) }, &store.Event{Kind: store.EventKey, Key: &retired}},
+		{"update key", func() error { return s.PutKeys(ctx, retired) }, &store.Event{Kind: store.EventKey, Key: &retired}},
 	}
 	var want []store.Event
 	for _, st := range steps {

@@ -124,7 +124,7 @@ func newServer(policyFile, tokensOut string, tokens, revocations int) (*authz.Se
 	if err != nil {
 		return nil, err
 	}
-	decider := world.Decider(metrics.CountingCache(cache))
+	decider := world.Decider(cache, metrics)
 	var denied atomic.Int64
 	s, err := authz.New(authz.Config{
 		Decider: decider,

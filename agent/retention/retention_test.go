@@ -1,21 +1,26 @@
-package agent
+package retention
 
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/agent/store/bolt"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
 // TestPruneStore deletes rules past their expiry and token records past the
 // retention, and keeps everything else.
 func TestPruneStore(t *testing.T) {
-	r := startAgentWith(t, Config{})
+	st, err := bolt.Open(filepath.Join(t.TempDir(), "store.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
 	ctx := context.Background()
-	st := r.agent.store
 	now := time.Now()
 	rule := func(id string, expires time.Time) policy.Revocation {
 		return policy.Revocation{ID: id, Kind: policy.RevokeSubject, Target: "x", EffectiveAt: now.Add(-48 * time.Hour),
@@ -36,7 +41,7 @@ func TestPruneStore(t *testing.T) {
 			func() error { return findRule(ctx, st, "rv_live") }, true},
 		"key rule (never expires)": {func() error { return st.PutRevocation(ctx, rule("rv_key", time.Time{})) },
 			func() error { return findRule(ctx, st, "rv_key") }, true},
-		"token past retention": {func() error { return st.PutToken(ctx, record("old", now.Add(-tokenRetention-time.Hour))) },
+		"token past retention": {func() error { return st.PutToken(ctx, record("old", now.Add(-DefaultTokenRetention-time.Hour))) },
 			func() error { _, err := st.Token(ctx, "old"); return err }, false},
 		"recently expired token": {func() error { return st.PutToken(ctx, record("recent", now.Add(-time.Hour))) },
 			func() error { _, err := st.Token(ctx, "recent"); return err }, true},
@@ -46,7 +51,13 @@ func TestPruneStore(t *testing.T) {
 			t.Fatalf("%s: put: %v", name, err)
 		}
 	}
-	r.agent.pruneStore(ctx, now)
+	p, err := Prune(ctx, st, now, DefaultTokenRetention)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p != (Pruned{Rules: 1, Tokens: 1}) {
+		t.Errorf("Prune reports %+v, want one rule and one token", p)
+	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			err := tc.get()

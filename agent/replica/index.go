@@ -1,7 +1,6 @@
-package agent
+package replica
 
 import (
-	"context"
 	"sync"
 	"time"
 
@@ -9,18 +8,18 @@ import (
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
-// tokenIndex knows the live tokens of the node by id and by wire hash: it
+// index knows the live tokens of the node by id and by wire hash: it
 // names kernel counters by token id and subject, and tells the kernel side
 // which hashes a subject, tenant or key revocation covers. It is filled from
 // the store (at start and through Watch) and learns hashes from checks.
-type tokenIndex struct {
+type index struct {
 	mu     sync.RWMutex
 	byID   map[string]*policy.Token
 	byHash map[uint64]*policy.Token
 }
 
-func newTokenIndex() *tokenIndex {
-	return &tokenIndex{byID: map[string]*policy.Token{}, byHash: map[uint64]*policy.Token{}}
+func newIndex() *index {
+	return &index{byID: map[string]*policy.Token{}, byHash: map[uint64]*policy.Token{}}
 }
 
 // tokenOf rebuilds the verified-token shape of a record, for revocation
@@ -37,7 +36,7 @@ func tokenOf(r *store.TokenRecord) *policy.Token {
 
 // put records t, replacing what was known of its id. Entries are never
 // modified once put (readers use them outside the lock).
-func (x *tokenIndex) put(t *policy.Token) {
+func (x *index) put(t *policy.Token) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if old, ok := x.byID[t.ID]; ok && old.WireHash != t.WireHash && x.byHash[old.WireHash] == old {
@@ -49,7 +48,7 @@ func (x *tokenIndex) put(t *policy.Token) {
 	}
 }
 
-func (x *tokenIndex) remove(id string) {
+func (x *index) remove(id string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if t, ok := x.byID[id]; ok {
@@ -65,7 +64,7 @@ func (x *tokenIndex) remove(id string) {
 // longer than until() (called only then: the hot path pays for a look-up
 // alone), as its exp is not in the decision. It reports whether the hash
 // was new.
-func (x *tokenIndex) learn(dec *policy.Decision, until func() time.Time) bool {
+func (x *index) learn(dec *policy.Decision, until func() time.Time) bool {
 	if dec.WireHash == 0 || dec.TokenID == "" {
 		return false
 	}
@@ -90,7 +89,7 @@ func (x *tokenIndex) learn(dec *policy.Decision, until func() time.Time) bool {
 }
 
 // lookup names a wire hash.
-func (x *tokenIndex) lookup(hash uint64) (id, subject string, ok bool) {
+func (x *index) lookup(hash uint64) (id, subject string, ok bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	t, ok := x.byHash[hash]
@@ -104,7 +103,7 @@ func (x *tokenIndex) lookup(hash uint64) (id, subject string, ok bool) {
 // now: what the kernel's revoked map must hold. The index is only read
 // under its lock; the revocation checks run outside it, so the hot path's
 // learn is never held up by a scan of every token.
-func (x *tokenIndex) revokedHashes(rev policy.RevocationChecker, now time.Time) []uint64 {
+func (x *index) revokedHashes(rev policy.RevocationChecker, now time.Time) []uint64 {
 	x.mu.RLock()
 	all := make([]*policy.Token, 0, len(x.byHash))
 	for _, t := range x.byHash {
@@ -122,7 +121,7 @@ func (x *tokenIndex) revokedHashes(rev policy.RevocationChecker, now time.Time) 
 
 // prune forgets tokens past their exp (plus skew): no enforcement point
 // accepts them, so the kernel needs no entry either.
-func (x *tokenIndex) prune(now time.Time) {
+func (x *index) prune(now time.Time) (dropped int) {
 	limit := now.Add(-policy.ClockSkew).Unix()
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -132,31 +131,17 @@ func (x *tokenIndex) prune(now time.Time) {
 			if x.byHash[t.WireHash] == t {
 				delete(x.byHash, t.WireHash)
 			}
+			dropped++
 		}
 	}
+	return dropped
 }
 
-func (x *tokenIndex) len() int {
+func (x *index) get(id string) (*policy.Token, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return len(x.byID)
-}
-
-// load fills the index with every token in the store that has not
-// expired: live ones, and revoked ones, whose hashes the kernel's revoked
-// map must hold (a request that bypasses the sidecar meets only the
-// kernel).
-func (x *tokenIndex) load(ctx context.Context, st store.Store, now time.Time) error {
-	recs, err := st.Tokens(ctx, store.TokenFilter{})
-	if err != nil {
-		return err
-	}
-	for i := range recs {
-		if !expired(&recs[i], now) {
-			x.put(tokenOf(&recs[i]))
-		}
-	}
-	return nil
+	t, ok := x.byID[id]
+	return t, ok
 }
 
 // expired reports whether no enforcement point accepts r's token any more,
