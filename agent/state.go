@@ -52,10 +52,10 @@ func openState(ctx context.Context, cfg Config) ([]byte, store.Store, error) {
 		return kek, st, err
 	case StoreEtcd:
 		if len(cfg.EtcdEndpoints) == 0 {
-			return nil, nil, errors.New("--store=etcd needs --etcd-endpoints (e.g. https://etcd-0.etcd:2379)")
+			return nil, nil, fieldErr("EtcdEndpoints", "", "the etcd store needs at least one endpoint (e.g. https://etcd-0.etcd:2379)")
 		}
 		if cfg.KEKFile == "" {
-			return nil, nil, errors.New("--store=etcd needs --kek-file: the key-encryption key every agent of the mesh shares, from a Kubernetes Secret (32 random bytes: head -c 32 /dev/urandom); it is never generated on one node")
+			return nil, nil, fieldErr("KEKFile", "", "the etcd store needs the key-encryption key every agent of the mesh shares, from a Kubernetes Secret (32 random bytes: head -c 32 /dev/urandom); it is never generated on one node")
 		}
 		kek, err := store.LoadKEK(cfg.KEKFile)
 		if err != nil {
@@ -68,22 +68,22 @@ func openState(ctx context.Context, cfg Config) ([]byte, store.Store, error) {
 		st, err := etcdstore.Open(ctx, ecfg)
 		switch {
 		case errors.Is(err, etcdstore.ErrTLS):
-			return nil, nil, fmt.Errorf("%w (check --etcd-ca, --etcd-cert and --etcd-key)", err)
+			return nil, nil, fmt.Errorf("%w (check Etcd.CAFile, Etcd.CertFile and Etcd.KeyFile)", err)
 		case errors.Is(err, etcdstore.ErrAuth):
-			return nil, nil, fmt.Errorf("%w (check --etcd-username and --etcd-password-file)", err)
+			return nil, nil, fmt.Errorf("%w (check Etcd.Username and Etcd.PasswordFile)", err)
 		case err != nil:
-			return nil, nil, fmt.Errorf("%w (check --etcd-endpoints and --etcd-dial-timeout)", err)
+			return nil, nil, fmt.Errorf("%w (check EtcdEndpoints and Etcd.DialTimeout)", err)
 		}
 		if err := store.VerifyKEK(ctx, st, kek, "etcd prefix "+ecfg.Prefix); err != nil {
 			st.Close()
-			return nil, nil, fmt.Errorf("--kek-file %s: %w", cfg.KEKFile, err)
+			return nil, nil, fmt.Errorf("KEKFile %s: %w", cfg.KEKFile, err)
 		}
 		return kek, st, nil
 	}
-	return nil, nil, fmt.Errorf("--store %q: want bolt or etcd", cfg.StoreBackend)
+	return nil, nil, fieldErr("StoreBackend", cfg.StoreBackend, "want %s or %s", StoreBolt, StoreEtcd)
 }
 
-func kekError(err error) error { return fmt.Errorf("--kek-file: %w", err) }
+func kekError(err error) error { return fmt.Errorf("KEKFile: %w", err) }
 
 func etcdConfig(cfg Config) (etcdstore.Config, error) {
 	e := cfg.Etcd
@@ -94,17 +94,17 @@ func etcdConfig(cfg Config) (etcdstore.Config, error) {
 	if e.CAFile != "" || e.CertFile != "" || e.KeyFile != "" {
 		t, err := etcdstore.ClientTLS(e.CAFile, e.CertFile, e.KeyFile)
 		if err != nil {
-			return ecfg, fmt.Errorf("--etcd-ca/--etcd-cert/--etcd-key: %w", err)
+			return ecfg, fmt.Errorf("Etcd.CAFile/Etcd.CertFile/Etcd.KeyFile: %w", err)
 		}
 		ecfg.TLS = t
 	}
 	if (e.Username == "") != (e.PasswordFile == "") {
-		return ecfg, errors.New("--etcd-username and --etcd-password-file go together")
+		return ecfg, errors.New("Etcd.Username and Etcd.PasswordFile go together")
 	}
 	if e.PasswordFile != "" {
 		pw, err := readPassword(e.PasswordFile)
 		if err != nil {
-			return ecfg, fmt.Errorf("--etcd-password-file: %w", err)
+			return ecfg, fmt.Errorf("Etcd.PasswordFile: %w", err)
 		}
 		ecfg.Password = pw
 	}

@@ -88,31 +88,31 @@ func TestEtcdAccess(t *testing.T) {
 		change func(*Config)
 		want   []string // in the error
 	}{
-		{"wrong CA", func(c *Config) { c.Etcd.CAFile = other.CA }, []string{"--etcd-ca", "certificate"}},
-		{"no CA: system roots do not know the test CA", func(c *Config) { c.Etcd.CAFile = "" }, []string{"--etcd-ca"}},
-		{"client certificate of another CA", func(c *Config) { c.Etcd.CertFile, c.Etcd.KeyFile = other.ClientCert, other.ClientKey }, []string{"--etcd-cert"}},
-		{"certificate without key", func(c *Config) { c.Etcd.KeyFile = "" }, []string{"--etcd-key", "both"}},
-		{"CA file missing", func(c *Config) { c.Etcd.CAFile = "/nonexistent/ca.pem" }, []string{"--etcd-ca", "/nonexistent/ca.pem"}},
-		{"CA file not PEM", func(c *Config) { c.Etcd.CAFile = good }, []string{"--etcd-ca", "no PEM certificate"}},
+		{"wrong CA", func(c *Config) { c.Etcd.CAFile = other.CA }, []string{"Etcd.CAFile", "certificate"}},
+		{"no CA: system roots do not know the test CA", func(c *Config) { c.Etcd.CAFile = "" }, []string{"Etcd.CAFile"}},
+		{"client certificate of another CA", func(c *Config) { c.Etcd.CertFile, c.Etcd.KeyFile = other.ClientCert, other.ClientKey }, []string{"Etcd.CertFile"}},
+		{"certificate without key", func(c *Config) { c.Etcd.KeyFile = "" }, []string{"Etcd.KeyFile", "both"}},
+		{"CA file missing", func(c *Config) { c.Etcd.CAFile = "/nonexistent/ca.pem" }, []string{"Etcd.CAFile", "/nonexistent/ca.pem"}},
+		{"CA file not PEM", func(c *Config) { c.Etcd.CAFile = good }, []string{"Etcd.CAFile", "no PEM certificate"}},
 		{"plain http endpoint with TLS", func(c *Config) {
 			c.EtcdEndpoints = []string{strings.Replace(endpoints[0], "https://", "http://", 1)}
-		}, []string{"--etcd-ca", "not https://"}},
-		{"wrong password", func(c *Config) { c.Etcd.PasswordFile = secret("guess\n", 0o600) }, []string{"--etcd-password-file", "credentials"}},
-		{"unknown user", func(c *Config) { c.Etcd.Username = "mallory" }, []string{"--etcd-username", "credentials"}},
-		{"no credentials on an auth cluster", func(c *Config) { c.Etcd.Username, c.Etcd.PasswordFile = "", "" }, []string{"--etcd-username"}},
-		{"username without password file", func(c *Config) { c.Etcd.PasswordFile = "" }, []string{"--etcd-password-file"}},
-		{"password file others may read", func(c *Config) { c.Etcd.PasswordFile = secret("agent-secret\n", 0o644) }, []string{"--etcd-password-file", "chmod"}},
-		{"password file of two lines", func(c *Config) { c.Etcd.PasswordFile = secret("a\nb\n", 0o600) }, []string{"--etcd-password-file", "one non-empty line"}},
-		{"prefix outside the user's permission", func(c *Config) { c.EtcdPrefix = "/elsewhere/" }, []string{"--etcd-username", "credentials"}},
-		{"no KEK", func(c *Config) { c.KEKFile = "" }, []string{"--kek-file", "never generated"}},
-		{"KEK file missing", func(c *Config) { c.KEKFile = filepath.Join(t.TempDir(), "kek") }, []string{"--kek-file", "no such file"}},
-		{"KEK of the wrong size", func(c *Config) { c.KEKFile = writeKEK(t, 16) }, []string{"--kek-file", "16 bytes, want 32"}},
-		{"another KEK on the same prefix", func(c *Config) { c.KEKFile = writeKEK(t, store.KEKSize) }, []string{"--kek-file", "check value", prefix}},
-		{"no endpoints", func(c *Config) { c.EtcdEndpoints = nil }, []string{"--etcd-endpoints"}},
+		}, []string{"Etcd.CAFile", "not https://"}},
+		{"wrong password", func(c *Config) { c.Etcd.PasswordFile = secret("guess\n", 0o600) }, []string{"Etcd.PasswordFile", "credentials"}},
+		{"unknown user", func(c *Config) { c.Etcd.Username = "mallory" }, []string{"Etcd.Username", "credentials"}},
+		{"no credentials on an auth cluster", func(c *Config) { c.Etcd.Username, c.Etcd.PasswordFile = "", "" }, []string{"Etcd.Username"}},
+		{"username without password file", func(c *Config) { c.Etcd.PasswordFile = "" }, []string{"Etcd.PasswordFile"}},
+		{"password file others may read", func(c *Config) { c.Etcd.PasswordFile = secret("agent-secret\n", 0o644) }, []string{"Etcd.PasswordFile", "chmod"}},
+		{"password file of two lines", func(c *Config) { c.Etcd.PasswordFile = secret("a\nb\n", 0o600) }, []string{"Etcd.PasswordFile", "one non-empty line"}},
+		{"prefix outside the user's permission", func(c *Config) { c.EtcdPrefix = "/elsewhere/" }, []string{"Etcd.Username", "credentials"}},
+		{"no KEK", func(c *Config) { c.KEKFile = "" }, []string{"KEKFile", "never generated"}},
+		{"KEK file missing", func(c *Config) { c.KEKFile = filepath.Join(t.TempDir(), "kek") }, []string{"KEKFile", "no such file"}},
+		{"KEK of the wrong size", func(c *Config) { c.KEKFile = writeKEK(t, 16) }, []string{"KEKFile", "16 bytes, want 32"}},
+		{"another KEK on the same prefix", func(c *Config) { c.KEKFile = writeKEK(t, store.KEKSize) }, []string{"KEKFile", "check value", prefix}},
+		{"no endpoints", func(c *Config) { c.EtcdEndpoints = nil }, []string{"EtcdEndpoints"}},
 		{"nobody listening", func(c *Config) {
 			c.EtcdEndpoints = []string{"https://127.0.0.1:1"}
 			c.Etcd.DialTimeout = 500 * time.Millisecond
-		}, []string{"--etcd-"}},
+		}, []string{"Etcd"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := base()
@@ -148,7 +148,7 @@ func TestBoltKEK(t *testing.T) {
 		t.Fatalf("bolt default did not create <data-dir>/kek: %v", err)
 	}
 	missing := filepath.Join(t.TempDir(), "kek")
-	if _, _, err := openState(t.Context(), Config{DataDir: t.TempDir(), KEKFile: missing}); err == nil || !strings.Contains(err.Error(), "--kek-file") {
+	if _, _, err := openState(t.Context(), Config{DataDir: t.TempDir(), KEKFile: missing}); err == nil || !strings.Contains(err.Error(), "KEKFile") {
 		t.Fatalf("missing --kek-file: err = %v", err)
 	}
 	if _, err := os.Stat(missing); err == nil {

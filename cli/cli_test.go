@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -369,6 +370,20 @@ func TestServeFlagDefaultsAreTheAgents(t *testing.T) {
 	} {
 		if got := f.Lookup(flag).DefValue; got != want {
 			t.Errorf("--%s defaults to %q, want the agent's %q", flag, got, want)
+		}
+	}
+}
+
+// TestAgentErrorsNameFlags: the agent's errors name Config fields; the CLI
+// shows the flags that set them.
+func TestAgentErrorsNameFlags(t *testing.T) {
+	for in, want := range map[string]string{
+		"KEKFile /x: no such file":                               "--kek-file /x: no such file",
+		"tls: bad certificate (check Etcd.CAFile, Etcd.KeyFile)": "tls: bad certificate (check --etcd-ca, --etcd-key)",
+		"EtcdEndpoints and Etcd.DialTimeout":                     "--etcd-endpoints and --etcd-dial-timeout",
+	} {
+		if got := namingFlags(errors.New(in)).Error(); got != want {
+			t.Errorf("%q: got %q, want %q", in, got, want)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"regexp"
 	"sort"
 	"strings"
 	"syscall"
@@ -128,17 +129,30 @@ var serveFlags = map[string]string{
 	"StoreBackend": "--store", "EtcdEndpoints": "--etcd-endpoints", "EtcdPrefix": "--etcd-prefix",
 	"CacheSize": "--cache-size", "TopTokens": "--top-tokens", "Connections": "--max-conns",
 	"XDSCredentials": "--xds-credentials", "NodeName": "--node-name", "AuditMaxBytes": "--audit-max-bytes",
-	"KEKFile": "--kek-file",
+	"KEKFile": "--kek-file", "Etcd.CAFile": "--etcd-ca", "Etcd.CertFile": "--etcd-cert", "Etcd.KeyFile": "--etcd-key",
+	"Etcd.Username": "--etcd-username", "Etcd.PasswordFile": "--etcd-password-file",
+	"Etcd.DialTimeout": "--etcd-dial-timeout", "Etcd.RequestTimeout": "--etcd-request-timeout",
 }
 
-// namingFlags rewrites the agent's configuration errors to name the flags
-// that set the fields; other errors pass unchanged.
+// fieldNames matches the Config field names the agent's errors use.
+var fieldNames = func() *regexp.Regexp {
+	names := make([]string, 0, len(serveFlags))
+	for f := range serveFlags {
+		names = append(names, regexp.QuoteMeta(f))
+	}
+	sort.Slice(names, func(i, j int) bool { return len(names[i]) > len(names[j]) })
+	return regexp.MustCompile(`\b(` + strings.Join(names, "|") + `)\b`)
+}()
+
+// namingFlags rewrites the agent's errors to name the flags that set the
+// Config fields they name. Configuration mistakes (agent.FieldError) are
+// usage errors.
 func namingFlags(err error) error {
 	var out []string
 	for _, e := range unjoin(err) {
 		var fe *agent.FieldError
 		if !errors.As(e, &fe) {
-			return err
+			return errors.New(fieldNames.ReplaceAllStringFunc(err.Error(), func(f string) string { return serveFlags[f] }))
 		}
 		flag := serveFlags[fe.Field]
 		if flag == "" {
