@@ -23,18 +23,21 @@ func TestBadConfigTouchesNothingOnDisk(t *testing.T) {
 		edit  func(*Config)
 		field string
 	}{
-		"unknown store":            {func(c *Config) { c.StoreBackend = "postgres" }, "StoreBackend"},
-		"etcd without endpoints":   {func(c *Config) { c.StoreBackend = StoreEtcd }, "EtcdEndpoints"},
-		"etcd endpoint not a URL":  {func(c *Config) { c.StoreBackend, c.EtcdEndpoints = StoreEtcd, []string{"10.0.0.5:2379"} }, "EtcdEndpoints"},
-		"unknown kernel mode":      {func(c *Config) { c.BPF = "yes" }, "BPF"},
-		"kernel required, no hook": {func(c *Config) { c.BPF = kernel.ModeRequired }, "BPF"},
-		"relative cgroup":          {func(c *Config) { c.BPFCgroup = "sys/fs/cgroup" }, "BPFCgroup"},
-		"admin address":            {func(c *Config) { c.AdminAddr = "9003" }, "AdminAddr"},
-		"metrics on a socket":      {func(c *Config) { c.MetricsAddr = "/run/metrics.sock" }, "MetricsAddr"},
-		"relative authz socket":    {func(c *Config) { c.AuthzGRPCAddr = "unix://run/authz.sock" }, "AuthzGRPCAddr"},
-		"xds address":              {func(c *Config) { c.XDSAddr = "localhost" }, "XDSAddr"},
-		"negative cache":           {func(c *Config) { c.CacheSize = -1 }, "CacheSize"},
-		"no environment":           {func(c *Config) { c.Env = "" }, "Env"},
+		"unknown store":          {func(c *Config) { c.StoreBackend = "postgres" }, "StoreBackend"},
+		"etcd without endpoints": {func(c *Config) { c.StoreBackend, c.KEKFile = StoreEtcd, "/run/kek" }, "EtcdEndpoints"},
+		"etcd endpoint not a URL": {func(c *Config) {
+			c.StoreBackend, c.EtcdEndpoints, c.KEKFile = StoreEtcd, []string{"10.0.0.5:2379"}, "/run/kek"
+		}, "EtcdEndpoints"},
+		"etcd without a shared KEK": {func(c *Config) { c.StoreBackend, c.EtcdEndpoints = StoreEtcd, []string{"http://10.0.0.5:2379"} }, "KEKFile"},
+		"unknown kernel mode":       {func(c *Config) { c.BPF = "yes" }, "BPF"},
+		"kernel required, no hook":  {func(c *Config) { c.BPF = kernel.ModeRequired }, "BPF"},
+		"relative cgroup":           {func(c *Config) { c.BPFCgroup = "sys/fs/cgroup" }, "BPFCgroup"},
+		"admin address":             {func(c *Config) { c.AdminAddr = "9003" }, "AdminAddr"},
+		"metrics on a socket":       {func(c *Config) { c.MetricsAddr = "/run/metrics.sock" }, "MetricsAddr"},
+		"relative authz socket":     {func(c *Config) { c.AuthzGRPCAddr = "unix://run/authz.sock" }, "AuthzGRPCAddr"},
+		"xds address":               {func(c *Config) { c.XDSAddr = "localhost" }, "XDSAddr"},
+		"negative cache":            {func(c *Config) { c.CacheSize = -1 }, "CacheSize"},
+		"no environment":            {func(c *Config) { c.Env = "" }, "Env"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
