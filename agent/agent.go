@@ -154,6 +154,7 @@ type Agent struct {
 	cache    *revocation.Cache
 	decider  *policy.Decider
 	admin    *admin.API
+	adminMux http.Handler // admin API plus verifier endpoints (verifiers.go)
 	registry *prometheus.Registry
 	conns    *listen.Metrics
 
@@ -297,6 +298,9 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		Decider: a.decider, Revocations: a.revoked, Ready: a.readiness, Now: cfg.Now, Logger: cfg.Logger,
 	})
 	if err != nil {
+		return nil, err
+	}
+	if a.adminMux, err = a.verifierEndpoints(); err != nil {
 		return nil, err
 	}
 	if err := a.startXDS(); err != nil {
@@ -638,7 +642,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		listen     func(string) (net.Listener, error)
 		serve      func(net.Listener) func(context.Context) error
 	}{
-		{listen.AdminListener, a.cfg.AdminAddr, tcpListen, serveHTTP(a.admin)},
+		{listen.AdminListener, a.cfg.AdminAddr, tcpListen, serveHTTP(a.adminMux)},
 		{listen.MetricsListener, a.cfg.MetricsAddr, tcpListen, serveHTTP(metricsMux)},
 		{"authz-grpc", a.cfg.AuthzGRPCAddr, socketListen, func(lis net.Listener) func(context.Context) error {
 			return func(ctx context.Context) error { return a.authz.ServeGRPC(ctx, lis) }
