@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
 	"github.com/go-jose/go-jose/v4"
 
+	"github.com/tokenwarden/tokenwarden/agent/introspect"
 	"github.com/tokenwarden/tokenwarden/agent/wellknown"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -140,5 +142,43 @@ func TestWellKnownNeedsNoAuthAndRefusesWrites(t *testing.T) {
 		if resp.StatusCode != tt.want {
 			t.Errorf("%s %s: %d, want %d", tt.method, tt.path, resp.StatusCode, tt.want)
 		}
+	}
+}
+
+// TestIntrospectionOnTheAdminListener: a live agent answers RFC 7662
+// introspection for an introspector token, and stops calling a token
+// active the moment it is revoked.
+func TestIntrospectionOnTheAdminListener(t *testing.T) {
+	r := startAgentWith(t, Config{})
+	caller, _ := issue(t, r, `{"subject":"gateway","class":"introspector"}`)
+	tok, id := issue(t, r, `{"subject":"svc","class":"service","scopes":["orders:read"]}`)
+	ask := func(auth string) (int, map[string]any) {
+		req, _ := http.NewRequest("POST", "http://"+r.AdminAddr+introspect.Path, strings.NewReader("token="+url.QueryEscape(tok)))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Authorization", "Bearer "+auth)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	if status, out := ask(caller); status != http.StatusOK || out["active"] != true || out["jti"] != id || out["scope"] != "orders:read" {
+		t.Fatalf("introspect: %d %v", status, out)
+	}
+	if status, _ := ask(tok); status != http.StatusForbidden {
+		t.Errorf("a service token introspected: %d", status)
+	}
+	admin := readToken(t, r.AdminTokenFile)
+	if status, _ := ask(admin); status != http.StatusForbidden {
+		t.Errorf("the admin token introspected without the introspect scope: %d", status)
+	}
+	if status, out := call(t, "POST", "http://"+r.AdminAddr+"/v1/tokens/"+id+"/revoke", admin, `{"reason":"test"}`); status != http.StatusCreated {
+		t.Fatalf("revoke: %d %v", status, out)
+	}
+	if status, out := ask(caller); status != http.StatusOK || len(out) != 1 || out["active"] != false {
+		t.Errorf("revoked token: %d %v, want exactly {\"active\":false}", status, out)
 	}
 }
