@@ -31,7 +31,11 @@ func (a *Agent) verifierEndpoints() (http.Handler, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--secret-scanning-keys: %w", err)
 		}
-		gh, err := secretscan.New(secretscan.Config{Keys: keys, Tokens: a.decider.Keys, Leaks: a.issuer, Audit: a.audit, Logger: a.log})
+		src, err := secretscan.NewKeySource(keys, a.cfg.SecretScanningKeysURL, nil)
+		if err != nil {
+			return nil, fmt.Errorf("--secret-scanning-keys-url: %w", err)
+		}
+		gh, err := secretscan.New(secretscan.Config{Keys: src, Tokens: a.decider.Keys, Leaks: a.issuer, Audit: a.audit, Logger: a.log})
 		if err != nil {
 			return nil, err
 		}

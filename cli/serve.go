@@ -74,6 +74,7 @@ drain, the audit log is flushed); a second one ends the process at once.`,
 	f.StringVar(&cfg.XDSAuthzAddress, "xds-authz-address", "", "ext_authz address as sidecars reach it, IP:port or unix:///path (default: --authz-grpc)")
 	f.StringVar(&cfg.XDSAppAddress, "xds-app-address", "", "the application behind each sidecar, IP:port or unix:///path (default 127.0.0.1:8080)")
 	f.StringVar(&cfg.SecretScanningKeys, "secret-scanning-keys", "", "GitHub's secret scanning public keys (the JSON of api.github.com/meta/public_keys/secret_scanning); set, "+secretscan.Path+" on the admin listener receives GitHub's alerts (docs/leaks.md)")
+	f.StringVar(&cfg.SecretScanningKeysURL, "secret-scanning-keys-url", "", "https URL of GitHub's secret scanning keys (https://api.github.com/meta/public_keys/secret_scanning), fetched when an alert names a key the file lacks, at most every 5m")
 	f.StringVar(&cfg.XDSCredentials, "xds-credentials", "", "file of sidecar credentials (SHA-256 digests) that decide each sidecar's service; without it every xDS stream is refused (docs/xds.md)")
 	f.BoolVar(&cfg.XDSAllowUnauthenticated, "xds-allow-unauthenticated", false, "DEVELOPMENT ONLY: admit xDS streams without a credential and let them name their own service")
 	f.StringVar(&cfg.BPF, "bpf", agent.BPFAuto, "kernel side: auto (use it when it loads, say so when not), required (refuse to start without it) or off")

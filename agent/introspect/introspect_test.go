@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -65,6 +64,7 @@ func (r *recorder) Append(rec audit.Record) (audit.Record, error) {
 }
 
 type fixture struct {
+	logs    *syncBuffer
 	h       *introspect.Handler
 	audit   *recorder
 	revoked *revocation.Set
@@ -83,7 +83,7 @@ func newFixture(t *testing.T, burst int) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{audit: &recorder{}, revoked: revocation.NewSet(), now: time.Unix(1_800_000_000, 0)}
+	f := &fixture{logs: &syncBuffer{}, audit: &recorder{}, revoked: revocation.NewSet(), now: time.Unix(1_800_000_000, 0)}
 	f.mint = func(class, env string, scopes ...string) (string, string) {
 		c, err := p.Issue(policy.IssueRequest{Subject: "svc-" + class, Class: class, Env: env, Scopes: scopes}, f.now)
 		if err != nil {
@@ -100,7 +100,7 @@ func newFixture(t *testing.T, burst int) *fixture {
 	})
 	f.h, err = introspect.New(introspect.Config{
 		Decider: d, Revocations: f.revoked, Audit: f.audit, Burst: burst, Rate: 1e-9,
-		Now: func() time.Time { return f.now }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: func() time.Time { return f.now }, Logger: slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -125,6 +125,38 @@ func (f *fixture) post(auth, contentType, body string) (*httptest.ResponseRecord
 }
 
 const form = "application/x-www-form-urlencoded"
+
+// syncBuffer collects log output.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// noTokenLogged fails when a log line holds token material.
+func noTokenLogged(t *testing.T, f *fixture, tokens ...string) {
+	t.Helper()
+	logs := f.logs.String()
+	for _, tok := range tokens {
+		if len(tok) > 24 && strings.Contains(logs, tok[len(tok)-24:]) {
+			t.Errorf("a token reached the log:\n%s", logs)
+		}
+	}
+	if strings.Contains(logs, "tw_") {
+		t.Errorf("token prefix in the log:\n%s", logs)
+	}
+}
 
 // TestActiveAndInactive: an allowed token gets its claims; every way of
 // not being allowed gets exactly {"active":false}, whatever the reason,
@@ -178,6 +210,7 @@ func TestActiveAndInactive(t *testing.T) {
 		t.Errorf("expired token: %d %s", rec.Code, rec.Body)
 	}
 
+	noTokenLogged(t, f, good, revoked, wrongEnv, otherKey, f.caller)
 	f.audit.mu.Lock()
 	defer f.audit.mu.Unlock()
 	if len(f.audit.recs) != 2+len(inactive) {
@@ -303,6 +336,10 @@ func TestUnauditedAnswerIsNotGiven(t *testing.T) {
 	if rec.Code != http.StatusInternalServerError || strings.Contains(rec.Body.String(), "active") {
 		t.Errorf("unaudited answer: %d %s", rec.Code, rec.Body)
 	}
+	if !strings.Contains(f.logs.String(), "not audited") {
+		t.Errorf("the failure was not logged: %s", f.logs)
+	}
+	noTokenLogged(t, f, good, f.caller)
 }
 
 // FuzzParseRequest: no input makes the form parser panic, accept a

@@ -2,7 +2,8 @@
 // partner program: GitHub finds strings matching the registered token
 // pattern in public places and POSTs them here, signed. The handler
 // verifies GitHub's ECDSA P-256 signature over the raw body with a key from
-// the operator's key file (unknown key identifier: refused), confirms each
+// the operator's key file or, when configured, fetched from GitHub's key URL
+// (unknown key identifier: refused), confirms each
 // string is a genuine tokenwarden token by its Ed25519 signature (a string
 // that only looks like one is a false positive), revokes genuine ones by
 // their SHA-256 through the same path as POST /v1/leaks, audits the report
@@ -147,7 +148,7 @@ var ErrSignature = errors.New("signature does not verify")
 func (k Keys) Verify(keyID, sig string, body []byte) error {
 	pub, ok := k[keyID]
 	if !ok || keyID == "" {
-		return fmt.Errorf("%w: unknown key identifier", ErrSignature)
+		return ErrUnknownKey
 	}
 	der, err := base64.StdEncoding.Strict().DecodeString(sig)
 	if err != nil || len(der) == 0 || len(der) > 128 {
@@ -193,7 +194,7 @@ type Auditor interface {
 
 // Config configures the handler.
 type Config struct {
-	Keys   Keys                  // GitHub's public keys
+	Keys   *KeySource            // GitHub's public keys
 	Tokens func() *policy.KeySet // keys that verify tokenwarden tokens
 	Leaks  Leaks
 	Audit  Auditor
@@ -205,7 +206,7 @@ type Handler struct{ cfg Config }
 
 // New builds the handler.
 func New(cfg Config) (*Handler, error) {
-	if len(cfg.Keys) == 0 || cfg.Tokens == nil || cfg.Leaks == nil || cfg.Audit == nil {
+	if cfg.Keys == nil || cfg.Tokens == nil || cfg.Leaks == nil || cfg.Audit == nil {
 		return nil, errors.New("secretscan: Keys, Tokens, Leaks and Audit are required")
 	}
 	if cfg.Logger == nil {
@@ -240,7 +241,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, "could not read the body")
 		return
 	}
-	if err := h.cfg.Keys.Verify(r.Header.Get(KeyIDHeader), r.Header.Get(SignatureHeader), body); err != nil {
+	if err := h.cfg.Keys.Verify(r.Context(), r.Header.Get(KeyIDHeader), r.Header.Get(SignatureHeader), body); err != nil {
 		h.cfg.Logger.Warn("secret scanning alert refused: signature", "key_id", printable(r.Header.Get(KeyIDHeader)), "remote", r.RemoteAddr, "err", err)
 		fail(w, http.StatusUnauthorized, "signature does not verify")
 		return

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -104,6 +103,7 @@ func (a *auditLog) Append(r audit.Record) (audit.Record, error) {
 }
 
 type fixture struct {
+	logs      *strings.Builder
 	gh        github
 	h         *secretscan.Handler
 	leaks     *leaks
@@ -131,7 +131,7 @@ func newFixture(t *testing.T) *fixture {
 		}
 		return tok, k
 	}
-	f := &fixture{t: t, gh: newGitHub(t, "gh-key-1"), leaks: &leaks{revoked: map[[32]byte]int{}, known: map[[32]byte]string{}}, audit: &auditLog{}}
+	f := &fixture{logs: &strings.Builder{}, t: t, gh: newGitHub(t, "gh-key-1"), leaks: &leaks{revoked: map[[32]byte]int{}, known: map[[32]byte]string{}}, audit: &auditLog{}}
 	var key policy.SigningKey
 	f.genuine, key = mint()
 	f.foreign, _ = mint()
@@ -146,9 +146,13 @@ func newFixture(t *testing.T) *fixture {
 	}
 	f.genuineID = tok.ID
 	f.leaks.known[policy.LeakHash(f.genuine)] = tok.ID
+	src, err := secretscan.NewKeySource(keys, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	f.h, err = secretscan.New(secretscan.Config{
-		Keys: keys, Tokens: func() *policy.KeySet { return set }, Leaks: f.leaks, Audit: f.audit,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Keys: src, Tokens: func() *policy.KeySet { return set }, Leaks: f.leaks, Audit: f.audit,
+		Logger: slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -285,6 +289,9 @@ func TestForgedAndHostileReports(t *testing.T) {
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Errorf("GET: %d", rec.Code)
 	}
+	if !strings.Contains(f.logs.String(), "signature") || strings.Contains(f.logs.String(), "tw_") {
+		t.Errorf("refusals not logged, or logged with token material:\n%s", f.logs)
+	}
 	if len(f.leaks.revoked) != 0 || len(f.audit.recs) != 0 {
 		t.Errorf("hostile reports revoked %d tokens, audited %d reports", len(f.leaks.revoked), len(f.audit.recs))
 	}
@@ -298,6 +305,9 @@ func TestRevocationFailureAsksForARetry(t *testing.T) {
 	body := alerts(f.genuine)
 	if rec := f.send(body, f.signed(body)); rec.Code != http.StatusInternalServerError || strings.Contains(rec.Body.String(), "tw_") {
 		t.Errorf("%d %s", rec.Code, rec.Body)
+	}
+	if logs := f.logs.String(); !strings.Contains(logs, "not fully handled") || strings.Contains(logs, "tw_") || strings.Contains(logs, f.genuine[len(f.genuine)-24:]) {
+		t.Errorf("failure log missing or holds token material:\n%s", logs)
 	}
 }
 
