@@ -179,6 +179,9 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	if err := a.verifierEndpoints(); err != nil {
+		return nil, err
+	}
 	if cfg.XDSAddr != "" {
 		if a.xds, err = xds.New(xds.Config{
 			AuthzAddress: cfg.XDSAuthzAddress, AppAddress: cfg.XDSAppAddress,

@@ -44,6 +44,11 @@ type Config struct {
 	// refused, unless XDSAllowUnauthenticated (development only).
 	XDSCredentials          string
 	XDSAllowUnauthenticated bool
+	// SecretScanningKeys is GitHub's secret scanning public key document;
+	// set, the admin listener receives GitHub's alerts (docs/leaks.md).
+	// SecretScanningKeysURL, optional, is fetched for keys GitHub rotated in.
+	SecretScanningKeys    string
+	SecretScanningKeysURL string
 	// StripAuthorization removes Authorization from allowed requests
 	// before the application sees them (the kernel side then cannot count
 	// them where the application receives them).

@@ -109,7 +109,11 @@ Secret scanners can use the same pattern: ` + policy.CandidatePattern,
 							fmt.Fprintf(out, ": NOT revoked: %v\n", err)
 							continue
 						}
-						fmt.Fprintf(out, ": revoked (rule %s)", lr.Revocation.ID)
+						if lr.AlreadyRevoked {
+							fmt.Fprint(out, ": already revoked")
+						} else {
+							fmt.Fprintf(out, ": revoked (rule %s)", lr.Revocation.ID)
+						}
 					}
 					fmt.Fprintln(out)
 				}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/agent"
 	"github.com/tokenwarden/tokenwarden/agent/audit"
+	"github.com/tokenwarden/tokenwarden/agent/secretscan"
 	"github.com/tokenwarden/tokenwarden/buildinfo"
 )
 
@@ -91,6 +92,8 @@ prefix refuses to start.`,
 	f.StringVar(&cfg.XDSAuthzAddress, "xds-authz-address", "", "ext_authz address as sidecars reach it, IP:port or unix:///path (default: --authz-grpc)")
 	f.StringVar(&cfg.XDSAppAddress, "xds-app-address", "", "the application behind each sidecar, IP:port or unix:///path (default 127.0.0.1:8080)")
 	f.StringVar(&cfg.XDSCredentials, "xds-credentials", "", "file of sidecar credentials (SHA-256 digests) that decide each sidecar's service; without it every xDS stream is refused (docs/xds.md)")
+	f.StringVar(&cfg.SecretScanningKeys, "secret-scanning-keys", "", "GitHub's secret scanning public keys (the JSON of api.github.com/meta/public_keys/secret_scanning); set, "+secretscan.Path+" on the admin listener receives GitHub's alerts (docs/leaks.md)")
+	f.StringVar(&cfg.SecretScanningKeysURL, "secret-scanning-keys-url", "", "https URL of GitHub's secret scanning keys (https://api.github.com/meta/public_keys/secret_scanning), fetched when an alert names a key the file lacks, at most every 5m")
 	f.BoolVar(&cfg.XDSAllowUnauthenticated, "xds-allow-unauthenticated", false, "DEVELOPMENT ONLY: admit xDS streams without a credential and let them name their own service")
 	f.StringVar(&cfg.BPF, "bpf", agent.DefaultBPF, "kernel side: auto (use it when it loads, say so when not), required (refuse to start without it) or off")
 	f.StringArrayVar(&cfg.BPFInterfaces, "bpf-iface", nil, "interface to attach the eBPF programs to with TCX, ingress and egress (repeatable)")
@@ -128,7 +131,7 @@ var serveFlags = map[string]string{
 	"BPF": "--bpf", "BPFInterfaces": "--bpf-iface", "BPFCgroup": "--bpf-cgroup",
 	"StoreBackend": "--store", "EtcdEndpoints": "--etcd-endpoints", "EtcdPrefix": "--etcd-prefix",
 	"CacheSize": "--cache-size", "TopTokens": "--top-tokens", "Connections": "--max-conns",
-	"XDSCredentials": "--xds-credentials", "NodeName": "--node-name", "AuditMaxBytes": "--audit-max-bytes",
+	"XDSCredentials": "--xds-credentials", "SecretScanningKeys": "--secret-scanning-keys", "SecretScanningKeysURL": "--secret-scanning-keys-url", "NodeName": "--node-name", "AuditMaxBytes": "--audit-max-bytes",
 	"KEKFile": "--kek-file", "Etcd.CAFile": "--etcd-ca", "Etcd.CertFile": "--etcd-cert", "Etcd.KeyFile": "--etcd-key",
 	"Etcd.Username": "--etcd-username", "Etcd.PasswordFile": "--etcd-password-file",
 	"Etcd.DialTimeout": "--etcd-dial-timeout", "Etcd.RequestTimeout": "--etcd-request-timeout",

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"net/url"
 	"regexp"
 	"sort"
 	"strings"
@@ -42,7 +43,38 @@ var (
 	namePattern   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
 	hostPattern   = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$`)
 	methodPattern = regexp.MustCompile(`^[A-Z]+$`)
+	// issuerNamePattern is an issuer that is a name: dot-separated
+	// lower-case DNS labels.
+	issuerNamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 )
+
+// maxIssuerLen bounds the issuer: it is in every token.
+const maxIssuerLen = 253
+
+// IssuerIsName reports whether iss is an issuer in name form: lower-case
+// DNS labels, such as tokenwarden.example. Such an issuer has no discovery
+// document (there is no URL to publish it under).
+func IssuerIsName(iss string) bool {
+	return len(iss) <= maxIssuerLen && issuerNamePattern.MatchString(iss)
+}
+
+// IssuerIsURL reports whether iss is an issuer in URL form, the form OpenID
+// Connect Discovery and RFC 8414 require: https, a host, an optional
+// port and path, and no user, query, fragment or trailing slash (the
+// discovery document is at iss + "/.well-known/openid-configuration", and
+// iss must equal the "issuer" it names, byte for byte).
+func IssuerIsURL(iss string) bool {
+	if len(iss) > maxIssuerLen || !strings.HasPrefix(iss, "https://") {
+		return false
+	}
+	u, err := url.Parse(iss)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.Hostname() == "" || u.User != nil ||
+		u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Opaque != "" || u.RawPath != "" ||
+		strings.HasSuffix(iss, "/") || strings.ContainsAny(iss, " \t\r\n#?@\\") {
+		return false
+	}
+	return u.String() == iss
+}
 
 // Load decodes, validates and compiles a policy file. name is used in
 // problem positions only. On errors it returns a *LoadError listing every
@@ -84,6 +116,8 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 	}
 	if d.Issuer == "" && f.decoded("issuer") {
 		f.errorf(fieldNode(root, "issuer"), "issuer: required (the iss claim of every token, e.g. tokenwarden.example)")
+	} else if d.Issuer != "" && !IssuerIsURL(d.Issuer) && !IssuerIsName(d.Issuer) {
+		f.errorf(fieldNode(root, "issuer"), "issuer: %q is neither an https URL (https://host[:port][/path], no query, fragment, user or trailing slash) nor a name (lower-case DNS labels, e.g. tokenwarden.example)", d.Issuer)
 	}
 	if len(d.Environments) == 0 && f.decoded("environments") {
 		f.errorf(fieldNode(root, "environments"), "environments: define at least one, e.g. prod: { max_ttl: 24h }")

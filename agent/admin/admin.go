@@ -145,6 +145,11 @@ func endStreamsOn(ctx context.Context, h http.Handler) http.Handler {
 // ServeHTTP implements http.Handler.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
+// Handle serves h at pattern on the admin listener, beside the API, with
+// h's own authentication: the endpoints verifiers outside the mesh use
+// (agent/wellknown, agent/introspect, agent/secretscan).
+func (a *API) Handle(pattern string, h http.Handler) { a.mux.Handle(pattern, h) }
+
 // caller is the authenticated admin.
 type caller struct{ tokenID string }
 
@@ -408,10 +413,13 @@ type LeakReport struct {
 type LeakResponse struct {
 	TokenID    string            `json:"token_id"`
 	Subject    string            `json:"subject"`
-	Revocation policy.Revocation `json:"revocation"`
+	Revocation policy.Revocation `json:"revocation"` // zero when AlreadyRevoked
+	// AlreadyRevoked: the token was revoked before; no rule was added.
+	AlreadyRevoked bool `json:"already_revoked,omitempty"`
 }
 
-// reportLeak revokes the token whose sha256 a scanner found in the wild.
+// reportLeak revokes the token whose sha256 a scanner found in the wild. A
+// token revoked before is left as it is (200, already_revoked).
 func (a *API) reportLeak(w http.ResponseWriter, r *http.Request, c caller) error {
 	var req LeakReport
 	if err := decodeBody(r, &req); err != nil {
@@ -423,24 +431,18 @@ func (a *API) reportLeak(w http.ResponseWriter, r *http.Request, c caller) error
 	} else {
 		copy(h[:], b)
 	}
-	if len(req.Source) > 512 {
-		return badRequest("source: at most 512 bytes")
+	if len(req.Source) > issuer.MaxLeakSourceBytes {
+		return badRequest("source: at most %d bytes", issuer.MaxLeakSourceBytes)
 	}
-	rec, err := a.cfg.Store.TokenByLeakHash(r.Context(), h)
-	if err != nil {
-		return fmt.Errorf("no token issued here has that hash: %w", err)
-	}
-	reason := "leak"
-	if req.Source != "" {
-		reason = "leak: found in " + req.Source
-	}
-	rule, _, err := a.cfg.Revoker.Revoke(r.Context(), policy.Revocation{
-		Kind: policy.RevokeToken, Target: rec.ID, Reason: reason, Actor: c.tokenID,
-	})
+	leak, err := a.cfg.Issuer.RevokeLeak(r.Context(), h, req.Source, c.tokenID)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, LeakResponse{TokenID: rec.ID, Subject: rec.Subject, Revocation: rule})
+	status := http.StatusCreated
+	if leak.Already {
+		status = http.StatusOK
+	}
+	writeJSON(w, status, LeakResponse{TokenID: leak.Token.ID, Subject: leak.Token.Subject, Revocation: leak.Revocation, AlreadyRevoked: leak.Already})
 	return nil
 }
 

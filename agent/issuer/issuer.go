@@ -380,6 +380,45 @@ func (i *Issuer) Revoke(ctx context.Context, r policy.Revocation) (policy.Revoca
 	return stored, n, nil
 }
 
+// Leak is the outcome of RevokeLeak.
+type Leak struct {
+	Token      store.TokenRecord
+	Revocation policy.Revocation // zero when Already
+	// Already is true when the token was revoked before: no new rule is
+	// made, so a replayed report changes nothing.
+	Already bool
+}
+
+// MaxLeakSourceBytes bounds where a leak was found, as recorded.
+const MaxLeakSourceBytes = 512
+
+// RevokeLeak revokes, now, the token whose SHA-256 (policy.LeakHash) was
+// found where it should not be: `scan`, POST /v1/leaks and GitHub
+// secret-scanning alerts all come here. source says where (at most
+// MaxLeakSourceBytes); store.ErrNotFound when no token issued here has
+// that hash.
+func (i *Issuer) RevokeLeak(ctx context.Context, h [32]byte, source, actor string) (Leak, error) {
+	if len(source) > MaxLeakSourceBytes {
+		return Leak{}, &policy.Refusal{Msg: fmt.Sprintf("source: at most %d bytes", MaxLeakSourceBytes)}
+	}
+	rec, err := i.cfg.Store.TokenByLeakHash(ctx, h)
+	if err != nil {
+		return Leak{}, fmt.Errorf("no token issued here has that hash: %w", err)
+	}
+	if rec.Status == store.TokenRevoked {
+		return Leak{Token: rec, Already: true}, nil
+	}
+	reason := "leak"
+	if source != "" {
+		reason = "leak: found in " + source
+	}
+	rule, _, err := i.Revoke(ctx, policy.Revocation{Kind: policy.RevokeToken, Target: rec.ID, Reason: reason, Actor: actor})
+	if err != nil {
+		return Leak{}, err
+	}
+	return Leak{Token: rec, Revocation: rule}, nil
+}
+
 // maxLineage bounds how far a revocation follows successors. A chain is
 // short in practice (a predecessor is retired a rotation_grace after its
 // successor is issued, and expires soon after); the bound keeps a corrupt
