@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/secretscan"
+	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/agent/store/etcd/etcdtest"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -45,18 +46,13 @@ func TestGitHubLeakDeniedOnEveryNode(t *testing.T) {
 	}
 	t.Cleanup(e.Close)
 	const prefix = "/tokenwarden-leak/"
-	first := startAgentWith(t, Config{StoreBackend: StoreEtcd, EtcdEndpoints: endpoints, EtcdPrefix: prefix, SecretScanningKeys: keysFile})
-	kek, err := os.ReadFile(filepath.Join(first.agent.cfg.DataDir, kekFile))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Every node is given the same key-encryption key, as a DaemonSet's
+	// pods are through one Secret.
+	kek := writeKEK(t, store.KEKSize)
+	first := startAgentWith(t, Config{StoreBackend: StoreEtcd, EtcdEndpoints: endpoints, EtcdPrefix: prefix, KEKFile: kek, SecretScanningKeys: keysFile})
 	nodes := []runningAgent{first}
 	for range 2 {
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, kekFile), kek, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, startAgentWith(t, Config{DataDir: dir, StoreBackend: StoreEtcd, EtcdEndpoints: endpoints, EtcdPrefix: prefix}))
+		nodes = append(nodes, startAgentWith(t, Config{StoreBackend: StoreEtcd, EtcdEndpoints: endpoints, EtcdPrefix: prefix, KEKFile: kek}))
 	}
 
 	token, _ := issue(t, first, `{"subject":"svc","class":"service","scopes":["orders:read"]}`)
