@@ -18,6 +18,10 @@ type Request struct {
 	// (Policy.MatchService): Host must be one of its hosts. When empty,
 	// Host chooses the service (Policy.Match).
 	Service string
+	// Principal is the peer's workload identity (a SPIFFE ID) as the
+	// proxy established it over mTLS (Envoy's source.principal); "" when
+	// the connection has none. Only a token bound to a workload reads it.
+	Principal string
 }
 
 // Decision is the answer to a Request. It never holds the token string.
@@ -31,6 +35,9 @@ type Decision struct {
 	Scopes   []string
 	Rule     string // the matched route's ID, "" when none matched
 	WireHash uint64
+	// Bound is the workload identity the token is bound to (its
+	// cnf.spiffe_id), "" for a bearer token.
+	Bound string
 }
 
 // TokenCache remembers verified tokens so that a token seen before skips the
@@ -134,6 +141,14 @@ func (d *Decider) Decide(req Request, now time.Time) Decision {
 	}
 	if d.revocations.Revoked(tok, now) {
 		return denyToken(dec, ReasonRevoked)
+	}
+	if cnf := tok.Cnf; cnf != nil {
+		// Verify refused a cnf without spiffe_id. Identities are public:
+		// a plain compare leaks nothing.
+		dec.Bound = cnf.SPIFFEID
+		if req.Principal == "" || req.Principal != cnf.SPIFFEID {
+			return denyToken(dec, ReasonSenderMismatch)
+		}
 	}
 	for _, s := range route.Scopes {
 		if !tok.HasScope(s) {

@@ -41,6 +41,7 @@ func TestReasonStatusAndChallenge(t *testing.T) {
 		policy.ReasonInsufficientScope:     {http.StatusForbidden, scope(policy.ReasonInsufficientScope)},
 		policy.ReasonNoMatchingRoute:       {http.StatusForbidden, scope(policy.ReasonNoMatchingRoute)},
 		policy.ReasonInternalError:         {http.StatusForbidden, realm}, // nothing the client can fix
+		policy.ReasonSenderMismatch:        {http.StatusUnauthorized, invalid(policy.ReasonSenderMismatch)},
 	}
 	if len(tests) != len(policy.Reasons) {
 		t.Errorf("the table has %d reasons, policy.Reasons %d", len(tests), len(policy.Reasons))

@@ -22,6 +22,10 @@ const (
 	ReasonInsufficientScope     Reason = "insufficient_scope"
 	ReasonNoMatchingRoute       Reason = "no_matching_route"
 	ReasonInternalError         Reason = "internal_error"
+	// ReasonSenderMismatch: the token is bound to a sender (cnf) and the
+	// request did not come from it, or came over a connection without a
+	// peer identity.
+	ReasonSenderMismatch Reason = "sender_mismatch"
 )
 
 // Reasons lists every reason code, for metrics pre-registration and docs.
@@ -30,12 +34,14 @@ var Reasons = []Reason{
 	ReasonBadSignature, ReasonUnknownKey, ReasonExpired, ReasonNotYetValid,
 	ReasonLifetimeExceedsPolicy, ReasonWrongEnvironment, ReasonUnknownClass,
 	ReasonRevoked, ReasonInsufficientScope, ReasonNoMatchingRoute, ReasonInternalError,
+	ReasonSenderMismatch,
 }
 
 // Status is the HTTP status of a decision with this reason (RFC 6750):
 // 401 for token faults (the client needs another token: missing, malformed,
 // bad signature, unknown key, expired, not yet valid, living longer than
-// policy allows, of a class the policy no longer has, revoked), 403 for scope, environment and route faults (the
+// policy allows, of a class the policy no longer has, revoked, presented by a
+// sender it is not bound to), 403 for scope, environment and route faults (the
 // token is fine but not for this request), 200 when allowed. An internal
 // fault denies with 403.
 func (r Reason) Status() int {
@@ -95,6 +101,8 @@ func (r Reason) Message() string {
 		return "no policy route allows this request"
 	case ReasonInternalError:
 		return "the request could not be checked; denied"
+	case ReasonSenderMismatch:
+		return "the token is bound to another sender"
 	}
 	return ""
 }
