@@ -130,6 +130,10 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 	}()
 	attrs := req.GetAttributes()
 	ev.Source = attrs.GetSource().GetAddress().GetSocketAddress().GetAddress()
+	// Envoy sets source.principal from the peer certificate (its URI SAN,
+	// a SPIFFE ID under Istio or SPIRE) when the downstream connection is
+	// mTLS, and leaves it empty otherwise.
+	ev.Principal = attrs.GetSource().GetPrincipal()
 	httpReq := attrs.GetRequest().GetHttp()
 	if httpReq == nil {
 		ev.Decision = denyDecision(policy.ReasonInternalError)
@@ -146,6 +150,8 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 		Method: httpReq.GetMethod(),
 		Host:   httpReq.GetHost(),
 		Path:   httpReq.GetPath(),
+
+		Principal: ev.Principal,
 	})
 	if !ev.Decision.Allow {
 		return s.denied(ev.Decision.Reason).grpc

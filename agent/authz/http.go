@@ -126,6 +126,12 @@ func (s *Server) checkHTTP(w http.ResponseWriter, r *http.Request, ev *Event, to
 		// As Envoy does: joined, they make one malformed token.
 		req.Token = policy.BearerToken(strings.Join(auth, ","))
 	}
+	if s.clientCert != "" && strings.HasPrefix(r.URL.Path, PathEnvoy+"/") {
+		if v := r.Header[s.clientCert]; len(v) == 1 {
+			req.Principal, _ = xfccURI(v[0])
+		}
+		ev.Principal = req.Principal
+	}
 	*token = req.Token
 	ev.Decision = s.decide(req)
 	if !ev.Decision.Allow {
