@@ -68,6 +68,9 @@ type Config struct {
 	// before the application sees them (the kernel side then cannot count
 	// them where the application receives them).
 	StripAuthorization bool
+	// ClientCertHeader is authz.Config.ClientCertHeader: where HTTP mode
+	// reads the peer's workload identity; "" reads none.
+	ClientCertHeader string
 	// Connections bounds each enforcement listener (ext_authz, xDS); zero
 	// fields are derived from RLIMIT_NOFILE (see listen.NewPlan).
 	Connections listen.Limits
@@ -287,7 +290,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	if a.authz, err = authz.New(authz.Config{
-		Decider: a.decider, Now: cfg.Now, StripAuthorization: cfg.StripAuthorization,
+		Decider: a.decider, Now: cfg.Now, StripAuthorization: cfg.StripAuthorization, ClientCertHeader: cfg.ClientCertHeader,
 		Observer: authz.ObserverFunc(a.observeCheck), Metrics: a.authzMetrics, ListenerMetrics: a.conns, Logger: cfg.Logger,
 	}); err != nil {
 		return nil, err

@@ -29,13 +29,14 @@ func newTokenIssueCommand(af *adminFlags) *cobra.Command {
 	var req admin.IssueRequest
 	var ttl time.Duration
 	cmd := &cobra.Command{
-		Use:   "issue --subject S --class C [--scope X]... [--ttl D] [--tenant T]",
+		Use:   "issue --subject S --class C [--scope X]... [--ttl D] [--tenant T] [--bind-workload SPIFFE-ID]",
 		Short: "Issue a token within policy; prints the token alone on stdout",
 		Long: `Issue a token within policy. The token is printed alone on stdout, once:
 tokenwarden keeps only its id and hashes. Its id and expiry go to stderr.
 
 Refused (exit 1) when a scope is outside the class, the TTL is above the
-policy's limit, or the class is not allowed in the agent's environment.`,
+policy's limit, or the class is not allowed in the agent's environment,
+or the workload binding does not fit the class (docs/binding.md).`,
 		Example: `  TOKEN=$(tokenwarden token issue --subject ci --class service --scope orders:read --ttl 30m)`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -65,6 +66,7 @@ policy's limit, or the class is not allowed in the agent's environment.`,
 	f.StringArrayVar(&req.Scopes, "scope", nil, "scope to grant (repeatable; default: every scope of the class)")
 	f.DurationVar(&ttl, "ttl", 0, "lifetime (default: the class default_ttl)")
 	f.StringVar(&req.Tenant, "tenant", "", "tenant the token belongs to")
+	f.StringVar(&req.BindWorkload, "bind-workload", "", "SPIFFE ID the token is bound to (required for, and only for, a class with binding: workload)")
 	cmd.MarkFlagRequired("subject")
 	cmd.MarkFlagRequired("class")
 	return cmd

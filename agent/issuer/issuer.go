@@ -185,6 +185,9 @@ func (i *Issuer) Issue(ctx context.Context, req policy.IssueRequest, actor strin
 		LeakHash: policy.LeakHash(tok), WireHash: policy.WireHash(tok),
 		Rotated: claims.Rotated, Status: store.TokenActive, Actor: actor,
 	}
+	if claims.Cnf != nil {
+		rec.Workload = claims.Cnf.SPIFFEID
+	}
 	if err := i.cfg.Store.PutToken(ctx, rec); err != nil {
 		return Issued{}, fmt.Errorf("record token %s: %w", rec.ID, err)
 	}
@@ -248,7 +251,7 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 	}
 	succ, err := i.Issue(ctx, policy.IssueRequest{
 		Subject: pred.Subject, Class: pred.Class, Env: pred.Env, Scopes: scopes,
-		Tenant: pred.Tenant, Rotated: pred.ID,
+		Tenant: pred.Tenant, Rotated: pred.ID, BindWorkload: pred.Workload,
 	}, actor)
 	if err != nil {
 		return Issued{}, err
@@ -600,6 +603,9 @@ func issueDetails(rec store.TokenRecord) map[string]any {
 	d := map[string]any{"class": rec.Class, "scopes": rec.Scopes, "expires_at": rec.ExpiresAt, "kid": rec.KeyID}
 	if rec.Rotated != "" {
 		d["rotated"] = rec.Rotated
+	}
+	if rec.Workload != "" {
+		d["workload"] = rec.Workload
 	}
 	return d
 }
