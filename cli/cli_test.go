@@ -337,3 +337,30 @@ func TestErrorsRedactTokens(t *testing.T) {
 		t.Fatalf("exit %d; stderr:\n%s", code, errOut)
 	}
 }
+
+// TestIssueBoundToWorkload issues a workload-bound token through the CLI
+// and reads its binding back; a bound class refuses a token without one.
+func TestIssueBoundToWorkload(t *testing.T) {
+	r := startAgent(t)
+	t.Setenv(envServer, r.AdminAddr)
+	t.Setenv(envAdminTokenFile, r.AdminTokenFile)
+	const id = "spiffe://cluster.local/ns/ci/sa/deployer"
+	out, errOut, code := run(t, "token", "issue", "--subject", "ci", "--class", "ci-bound", "--bind-workload", id)
+	if code != 0 || !strings.HasPrefix(out, "tw_") {
+		t.Fatalf("issue: exit %d: %s", code, errOut)
+	}
+	jti := strings.Fields(strings.TrimPrefix(errOut, "issued "))[0]
+	if out, errOut, code = run(t, "token", "show", jti); code != 0 || !strings.Contains(out, `"workload": "`+id+`"`) {
+		t.Fatalf("show: exit %d: %s %s", code, out, errOut)
+	}
+	for name, args := range map[string][]string{
+		"bound class without workload":  {"--class", "ci-bound"},
+		"workload outside the patterns": {"--class", "ci-bound", "--bind-workload", "spiffe://cluster.local/ns/prod/sa/x"},
+		"workload for a bearer class":   {"--class", "service", "--bind-workload", id},
+	} {
+		out, errOut, code := run(t, append([]string{"token", "issue", "--subject", "x"}, args...)...)
+		if code != 1 || out != "" {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want a refusal", name, code, out, errOut)
+		}
+	}
+}
