@@ -23,6 +23,9 @@ const spiffeScheme = "spiffe://"
 // unbound because a verifier did not understand its binding.
 type Confirmation struct {
 	SPIFFEID string `json:"spiffe_id,omitempty"`
+	// JKT is the RFC 7638 SHA-256 thumbprint of the client's key (RFC
+	// 9449): requests must carry a DPoP proof signed by it.
+	JKT string `json:"jkt,omitempty"`
 }
 
 // ValidSPIFFEID reports why id is not a SPIFFE ID ("" when it is):
@@ -171,14 +174,21 @@ func (c *Class) AllowsWorkload(id string) bool {
 // still allows (so narrowing workloads, or adding binding to a class, cuts
 // off tokens issued before, as a lifetime cut does).
 func (c *Class) checkBinding(cnf *Confirmation) *VerifyError {
-	if cnf != nil && cnf.SPIFFEID == "" {
-		return reject(ReasonMalformedToken, "cnf names no confirmation method this node enforces")
+	if cnf != nil && (cnf.SPIFFEID == "") == (cnf.JKT == "") {
+		return reject(ReasonMalformedToken, "cnf must name exactly one confirmation method this node enforces")
 	}
-	if c.Binding != BindingWorkload {
+	switch c.Binding {
+	case BindingDPoP:
+		if cnf == nil || cnf.JKT == "" {
+			return reject(ReasonSenderMismatch, fmt.Sprintf("class %q binds tokens to a DPoP key; this token is not", c.Name))
+		}
+		return nil
+	case BindingWorkload:
+	default:
 		return nil
 	}
-	if cnf == nil {
-		return reject(ReasonSenderMismatch, fmt.Sprintf("class %q binds tokens to a workload; this token is unbound", c.Name))
+	if cnf == nil || cnf.SPIFFEID == "" {
+		return reject(ReasonSenderMismatch, fmt.Sprintf("class %q binds tokens to a workload; this token is not", c.Name))
 	}
 	if !c.AllowsWorkload(cnf.SPIFFEID) {
 		return reject(ReasonSenderMismatch, fmt.Sprintf("bound to a workload class %q no longer allows", c.Name))

@@ -82,8 +82,9 @@ func TestPolicyCheckBinding(t *testing.T) {
 	tests := map[string]string{
 		"    binding: workload\n": "",
 		"    binding: workload\n    workloads: [\"spiffe://td/ns/*/sa/x\", \"spiffe://td/a/**\"]\n": "",
-		"    binding: dpop\n":                                              "dpop is not supported",
-		"    binding: mtls\n":                                              `want workload, got "mtls"`,
+		"    binding: dpop\n": "",
+		"    binding: dpop\n    workloads: [\"spiffe://td/a\"]\n": "workloads needs binding: workload",
+		"    binding: mtls\n":                                              `want workload or dpop, got "mtls"`,
 		"    workloads: [\"spiffe://td/a\"]\n":                             "workloads needs binding: workload",
 		"    binding: workload\n    workloads: [\"https://td/a\"]\n":       "does not start with spiffe://",
 		"    binding: workload\n    workloads: [\"spiffe://*/a\"]\n":       "trust domain",

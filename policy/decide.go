@@ -22,6 +22,12 @@ type Request struct {
 	// proxy established it over mTLS (Envoy's source.principal); "" when
 	// the connection has none. Only a token bound to a workload reads it.
 	Principal string
+	// DPoP is set when Authorization used the DPoP scheme (RFC 9449);
+	// Proof is the DPoP header ("" when absent or repeated) and Scheme the
+	// request's URL scheme (htu is checked against Scheme://Host+Path).
+	DPoP   bool
+	Proof  string
+	Scheme string
 }
 
 // Decision is the answer to a Request. It never holds the token string.
@@ -58,6 +64,7 @@ type Decider struct {
 	env         string
 	cache       TokenCache
 	revocations RevocationChecker
+	dpop        *DPoPChecker
 	verifier    atomic.Pointer[Verifier]
 }
 
@@ -69,11 +76,17 @@ type DeciderConfig struct {
 	Keys        *KeySet
 	Cache       TokenCache
 	Revocations RevocationChecker
+	// DPoP checks proofs of DPoP-bound tokens; nil: a checker with the
+	// default window and replay cache size.
+	DPoP *DPoPChecker
 }
 
 // NewDecider builds a Decider.
 func NewDecider(cfg DeciderConfig) *Decider {
-	d := &Decider{env: cfg.Env, cache: cfg.Cache, revocations: cfg.Revocations}
+	d := &Decider{env: cfg.Env, cache: cfg.Cache, revocations: cfg.Revocations, dpop: cfg.DPoP}
+	if d.dpop == nil {
+		d.dpop = NewDPoPChecker(0, 0)
+	}
 	d.verifier.Store(&Verifier{Keys: cfg.Keys, Policy: cfg.Policy, Env: cfg.Env})
 	return d
 }
@@ -143,12 +156,12 @@ func (d *Decider) Decide(req Request, now time.Time) Decision {
 		return denyToken(dec, ReasonRevoked)
 	}
 	if cnf := tok.Cnf; cnf != nil {
-		// Verify refused a cnf without spiffe_id. Identities are public:
-		// a plain compare leaks nothing.
-		dec.Bound = cnf.SPIFFEID
-		if req.Principal == "" || req.Principal != cnf.SPIFFEID {
-			return denyToken(dec, ReasonSenderMismatch)
+		if r := d.checkSender(cnf, &req, &dec, now); r != "" {
+			return denyToken(dec, r)
 		}
+	} else if req.DPoP {
+		// The DPoP scheme carries DPoP-bound tokens only (RFC 9449 7.1).
+		return denyToken(dec, ReasonDPoPInvalid)
 	}
 	for _, s := range route.Scopes {
 		if !tok.HasScope(s) {
@@ -157,6 +170,26 @@ func (d *Decider) Decide(req Request, now time.Time) Decision {
 	}
 	dec.Allow = true
 	return dec
+}
+
+// checkSender checks a bound token's sender; Verify refused a cnf that
+// names no method, or two.
+func (d *Decider) checkSender(cnf *Confirmation, req *Request, dec *Decision, now time.Time) Reason {
+	if cnf.JKT != "" {
+		dec.Bound = "jkt:" + cnf.JKT
+		if !req.DPoP {
+			return ReasonDPoPInvalid
+		}
+		return d.dpop.Check(req.Proof, cnf.JKT, ProofRequest{
+			Method: req.Method, Scheme: req.Scheme, Host: req.Host, Path: req.Path, Token: req.Token,
+		}, now)
+	}
+	// Identities are public: a plain compare leaks nothing.
+	dec.Bound = cnf.SPIFFEID
+	if req.Principal == "" || req.Principal != cnf.SPIFFEID || req.DPoP {
+		return ReasonSenderMismatch
+	}
+	return ""
 }
 
 // verified returns the verified token, from the cache when seen before.
@@ -191,6 +224,17 @@ func deny(r Reason) Decision { return Decision{Status: r.Status(), Reason: r} }
 func denyToken(dec Decision, r Reason) Decision {
 	dec.Allow, dec.Status, dec.Reason = false, r.Status(), r
 	return dec
+}
+
+// DPoPToken extracts the token of an Authorization header value of the
+// DPoP scheme ("DPoP <token>", RFC 9449 section 7.1), read as BearerToken
+// reads its scheme; "" for any other.
+func DPoPToken(authorization string) string {
+	const scheme = "dpop "
+	if len(authorization) <= len(scheme) || !strings.EqualFold(authorization[:len(scheme)], scheme) {
+		return ""
+	}
+	return strings.TrimRight(strings.TrimLeft(authorization[len(scheme):], " "), " \t")
 }
 
 // BearerToken extracts the token of an Authorization header value

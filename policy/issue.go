@@ -18,6 +18,10 @@ type IssueRequest struct {
 	// BindWorkload is the SPIFFE ID a token of a workload-bound class is
 	// bound to (required for such a class, refused for any other).
 	BindWorkload string
+	// BindJKT is the RFC 7638 thumbprint of the client key a token of a
+	// DPoP-bound class is bound to (required for such a class, refused for
+	// any other).
+	BindJKT string
 }
 
 // IssueError is a request that policy refuses; its message says why and how
@@ -64,7 +68,18 @@ func (p *Policy) Issue(req IssueRequest, now time.Time) (Claims, error) {
 		}
 		cnf = &Confirmation{SPIFFEID: req.BindWorkload}
 	case req.BindWorkload != "":
-		return Claims{}, refuse("class %s does not bind tokens: drop the workload binding or use a class with binding: workload", class.Name)
+		return Claims{}, refuse("class %s does not bind tokens to a workload: drop the workload binding or use a class with binding: workload", class.Name)
+	}
+	switch {
+	case class.Binding == BindingDPoP && req.BindJKT == "":
+		return Claims{}, refuse("class %s binds tokens to a DPoP key: give the client's public key (--bind-jwk FILE)", class.Name)
+	case class.Binding == BindingDPoP:
+		if why := ValidJKT(req.BindJKT); why != "" {
+			return Claims{}, refuse("bind jkt: %s", why)
+		}
+		cnf = &Confirmation{JKT: req.BindJKT}
+	case req.BindJKT != "":
+		return Claims{}, refuse("class %s does not bind tokens to a DPoP key: drop the key binding or use a class with binding: dpop", class.Name)
 	}
 	scopes := req.Scopes
 	if len(scopes) == 0 {

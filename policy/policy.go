@@ -148,11 +148,9 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 			f.errorf(fieldNode(cn, "delivery", "webhook"), "%s.delivery.webhook.url: required", where)
 		}
 		switch c.Binding {
-		case "", BindingWorkload:
-		case "dpop":
-			f.errorf(fieldNode(cn, "binding"), "%s.binding: dpop is not supported by this version; use workload (docs/binding.md)", where)
+		case "", BindingWorkload, BindingDPoP:
 		default:
-			f.errorf(fieldNode(cn, "binding"), "%s.binding: want workload, got %q", where, c.Binding)
+			f.errorf(fieldNode(cn, "binding"), "%s.binding: want workload or dpop, got %q", where, c.Binding)
 		}
 		if len(c.Workloads) > 0 && c.Binding != BindingWorkload && f.decoded(where+".binding") {
 			f.errorf(fieldNode(cn, "workloads"), "%s.workloads needs binding: workload: set it or drop workloads", where)
