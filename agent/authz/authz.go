@@ -44,6 +44,7 @@ const (
 
 	headerPrefix        = "x-tokenwarden-"
 	headerAuthorization = "authorization"
+	headerDPoP          = "dpop"
 )
 
 // Config configures a Server.

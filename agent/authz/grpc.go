@@ -145,14 +145,26 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 		return s.denied(policy.ReasonInternalError).grpc
 	}
 	*token = policy.BearerToken(h.authorization)
-	ev.Decision = s.decide(policy.Request{
+	preq := policy.Request{
 		Token:  *token,
 		Method: httpReq.GetMethod(),
 		Host:   httpReq.GetHost(),
 		Path:   httpReq.GetPath(),
 
 		Principal: ev.Principal,
-	})
+	}
+	if *token == "" {
+		if t := policy.DPoPToken(h.authorization); t != "" {
+			*token = t
+			preq.Token, preq.DPoP, preq.Scheme = t, true, httpReq.GetScheme()
+			if m := httpReq.GetHeaders(); len(m) > 0 {
+				preq.Proof = m[headerDPoP]
+			} else {
+				preq.Proof = h.dpop
+			}
+		}
+	}
+	ev.Decision = s.decide(preq)
 	if !ev.Decision.Allow {
 		return s.denied(ev.Decision.Reason).grpc
 	}
@@ -163,6 +175,7 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 type checkHeaders struct {
 	authorization string
 	forged        []string // incoming x-tokenwarden- header names
+	dpop          string   // the DPoP header, from the raw header list only
 }
 
 // readHeaders finds Authorization and forged x-tokenwarden- headers in
@@ -201,6 +214,13 @@ func (s *Server) readHeaders(r *authv3.AttributeContext_HttpRequest) (checkHeade
 				h.authorization += "," + string(v)
 			} else {
 				h.authorization = string(v)
+			}
+		case len(k) == len(headerDPoP) && equalFold(k, headerDPoP):
+			// Two proofs joined make one invalid proof (RFC 9449 4.3).
+			if h.dpop != "" {
+				h.dpop += "," + string(v)
+			} else {
+				h.dpop = string(v)
 			}
 		}
 	}
