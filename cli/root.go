@@ -158,6 +158,7 @@ command or flag, missing argument); scan exits 3 when it finds tokens.`,
 		newAuditCommand(admin),
 		newXDSCommand(),
 		newScanCommand(admin),
+		newDPoPCommand(),
 	)
 	// A command group run without a subcommand shows its help; an unknown
 	// subcommand is a usage error rather than the group's help.

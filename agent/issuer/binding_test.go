@@ -69,3 +69,20 @@ func TestIssueAndRotateKeepWorkloadBinding(t *testing.T) {
 		t.Fatal("a bound class issued an unbound token")
 	}
 }
+
+// A DPoP-bound token keeps its key binding through rotation.
+func TestRotateKeepsDPoPBinding(t *testing.T) {
+	f := newFixture(t, examplePolicy(t))
+	jkt := strings.Repeat("A", 43)
+	pred := f.issue(policy.IssueRequest{Subject: "partner", Class: "partner", BindJKT: jkt})
+	if pred.Record.JKT != jkt {
+		t.Fatalf("record jkt %q", pred.Record.JKT)
+	}
+	succ, err := f.iss.Rotate(context.Background(), pred.Record.ID, actor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := f.verify(succ.Token); succ.Record.JKT != jkt || tok.Cnf == nil || tok.Cnf.JKT != jkt {
+		t.Fatalf("successor record %q, cnf %+v", succ.Record.JKT, tok.Cnf)
+	}
+}

@@ -186,7 +186,7 @@ func (i *Issuer) Issue(ctx context.Context, req policy.IssueRequest, actor strin
 		Rotated: claims.Rotated, Status: store.TokenActive, Actor: actor,
 	}
 	if claims.Cnf != nil {
-		rec.Workload = claims.Cnf.SPIFFEID
+		rec.Workload, rec.JKT = claims.Cnf.SPIFFEID, claims.Cnf.JKT
 	}
 	if err := i.cfg.Store.PutToken(ctx, rec); err != nil {
 		return Issued{}, fmt.Errorf("record token %s: %w", rec.ID, err)
@@ -251,7 +251,7 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 	}
 	succ, err := i.Issue(ctx, policy.IssueRequest{
 		Subject: pred.Subject, Class: pred.Class, Env: pred.Env, Scopes: scopes,
-		Tenant: pred.Tenant, Rotated: pred.ID, BindWorkload: pred.Workload,
+		Tenant: pred.Tenant, Rotated: pred.ID, BindWorkload: pred.Workload, BindJKT: pred.JKT,
 	}, actor)
 	if err != nil {
 		return Issued{}, err
@@ -606,6 +606,9 @@ func issueDetails(rec store.TokenRecord) map[string]any {
 	}
 	if rec.Workload != "" {
 		d["workload"] = rec.Workload
+	}
+	if rec.JKT != "" {
+		d["jkt"] = rec.JKT
 	}
 	return d
 }

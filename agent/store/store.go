@@ -72,7 +72,10 @@ type TokenRecord struct {
 	Rotated  string `json:"rotated,omitempty"` // predecessor jti
 	// Workload is the SPIFFE ID the token is bound to (its cnf.spiffe_id);
 	// "" for a bearer token.
-	Workload  string      `json:"workload,omitempty"`
+	Workload string `json:"workload,omitempty"`
+	// JKT is the RFC 7638 thumbprint of the client key the token is bound
+	// to (its cnf.jkt, DPoP); "" for a token not bound to a key.
+	JKT       string      `json:"jkt,omitempty"`
 	Successor string      `json:"successor,omitempty"` // successor jti
 	Status    TokenStatus `json:"status"`
 	Actor     string      `json:"actor"` // jti of the admin token that issued it, or "system"
