@@ -171,8 +171,8 @@ func (u *UseRecorder) DenySender(tokenID, subject, route, source, bound, peer st
 		peer = peer[:maxPeerBytes] // a SPIFFE ID is at most 2048 bytes
 	}
 	details, _ := json.Marshal(struct {
-		Bound string `json:"bound_workload"`
-		Peer  string `json:"peer_workload"`
+		Bound string `json:"bound"`
+		Peer  string `json:"peer"`
 	}{bound, peer})
 	u.enqueue(Record{Action: ActionAuthzDeny, Actor: ActorSystem, Reason: "sender_mismatch", TokenID: tokenID, Subject: subject, Route: route, Source: source, Details: details})
 }

@@ -217,10 +217,10 @@ func TestDenySenderRecordsBothIdentities(t *testing.T) {
 	if err := json.Unmarshal(rs[0].Details, &m); err != nil {
 		t.Fatal(err)
 	}
-	if rs[0].Reason != "sender_mismatch" || rs[0].TokenID != "tok1" || m["bound_workload"] != "spiffe://td/ns/ci/sa/deployer" || m["peer_workload"] != "spiffe://td/ns/ci/sa/intruder" {
+	if rs[0].Reason != "sender_mismatch" || rs[0].TokenID != "tok1" || m["bound"] != "spiffe://td/ns/ci/sa/deployer" || m["peer"] != "spiffe://td/ns/ci/sa/intruder" {
 		t.Fatalf("record %+v details %s", rs[0], rs[0].Details)
 	}
-	if err := json.Unmarshal(rs[1].Details, &m); err != nil || len(m["peer_workload"]) != maxPeerBytes {
-		t.Fatalf("peer kept %d bytes, want %d", len(m["peer_workload"]), maxPeerBytes)
+	if err := json.Unmarshal(rs[1].Details, &m); err != nil || len(m["peer"]) != maxPeerBytes {
+		t.Fatalf("peer kept %d bytes, want %d", len(m["peer"]), maxPeerBytes)
 	}
 }
