@@ -105,8 +105,14 @@ func proofParts(t testing.TB, key crypto.Signer, token string, jti string) (map[
 func TestDPoPProofRules(t *testing.T) {
 	const token = "tw_the.access.token"
 	req := policy.ProofRequest{Method: "GET", Scheme: "https", Host: "orders", Path: "/orders/1?page=2", Token: token}
-	ecJWKWithD := publicJWK(t, clientEC)
-	ecJWKWithD["d"] = b64.EncodeToString(clientEC.D.FillBytes(make([]byte, 32)))
+	privJSON, err := jose.JSONWebKey{Key: clientEC}.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ecJWKWithD map[string]any
+	if err := json.Unmarshal(privJSON, &ecJWKWithD); err != nil || ecJWKWithD["d"] == nil {
+		t.Fatalf("private JWK %s: %v", privJSON, err)
+	}
 	tests := map[string]struct {
 		key    crypto.Signer
 		edit   func(h, c map[string]any)
