@@ -168,7 +168,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	if a.authz, err = authz.New(authz.Config{
-		Decider: a.decider, Now: cfg.Now, StripAuthorization: cfg.StripAuthorization,
+		Decider: a.decider, Now: cfg.Now, StripAuthorization: cfg.StripAuthorization, ClientCertHeader: cfg.ClientCertHeader,
 		Observer: authz.ObserverFunc(a.observeCheck), Metrics: a.metrics, ListenerMetrics: a.conns, Logger: cfg.Logger,
 	}); err != nil {
 		return nil, err

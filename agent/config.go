@@ -53,6 +53,9 @@ type Config struct {
 	// before the application sees them (the kernel side then cannot count
 	// them where the application receives them).
 	StripAuthorization bool
+	// ClientCertHeader is authz.Config.ClientCertHeader: where HTTP mode
+	// reads the peer's workload identity; "" reads none.
+	ClientCertHeader string
 	// Connections bounds each enforcement listener (ext_authz, xDS); zero
 	// fields are derived from RLIMIT_NOFILE (see listen.NewPlan).
 	Connections listen.Limits

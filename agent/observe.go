@@ -20,6 +20,8 @@ func (a *Agent) observeCheck(ev authz.Event) {
 		if d.TokenID != "" {
 			a.use.Allow(d.TokenID, d.Subject, d.Tenant, d.Rule, ev.Source)
 		}
+	} else if d.Reason == policy.ReasonSenderMismatch {
+		a.use.DenySender(d.TokenID, d.Subject, d.Rule, ev.Source, d.Bound, ev.Principal)
 	} else {
 		a.use.Deny(string(d.Reason), d.TokenID, d.Subject, d.Rule, ev.Source)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tokenwarden/tokenwarden/agent"
+	"github.com/tokenwarden/tokenwarden/policy"
 )
 
 // run executes one command line in-process and returns stdout, stderr and
@@ -385,5 +386,81 @@ func TestAgentErrorsNameFlags(t *testing.T) {
 		if got := namingFlags(errors.New(in)).Error(); got != want {
 			t.Errorf("%q: got %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestIssueBoundToWorkload issues a workload-bound token through the CLI
+// and reads its binding back; a bound class refuses a token without one.
+func TestIssueBoundToWorkload(t *testing.T) {
+	r := startAgent(t)
+	t.Setenv(envServer, r.AdminAddr)
+	t.Setenv(envAdminTokenFile, r.AdminTokenFile)
+	const id = "spiffe://cluster.local/ns/ci/sa/deployer"
+	out, errOut, code := run(t, "token", "issue", "--subject", "ci", "--class", "ci-bound", "--bind-workload", id)
+	if code != 0 || !strings.HasPrefix(out, "tw_") {
+		t.Fatalf("issue: exit %d: %s", code, errOut)
+	}
+	jti := strings.Fields(strings.TrimPrefix(errOut, "issued "))[0]
+	if out, errOut, code = run(t, "token", "show", jti); code != 0 || !strings.Contains(out, `"workload": "`+id+`"`) {
+		t.Fatalf("show: exit %d: %s %s", code, out, errOut)
+	}
+	for name, args := range map[string][]string{
+		"bound class without workload":  {"--class", "ci-bound"},
+		"workload outside the patterns": {"--class", "ci-bound", "--bind-workload", "spiffe://cluster.local/ns/prod/sa/x"},
+		"workload for a bearer class":   {"--class", "service", "--bind-workload", id},
+	} {
+		out, errOut, code := run(t, append([]string{"token", "issue", "--subject", "x"}, args...)...)
+		if code != 1 || out != "" {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want a refusal", name, code, out, errOut)
+		}
+	}
+}
+
+// TestDPoPKeygenIssueProof: a DPoP key made by the CLI binds a token at
+// issuance, and the proofs the CLI makes with it verify against the token's
+// binding and name the request.
+func TestDPoPKeygenIssueProof(t *testing.T) {
+	r := startAgent(t)
+	t.Setenv(envServer, r.AdminAddr)
+	t.Setenv(envAdminTokenFile, r.AdminTokenFile)
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "client.jwk")
+	out, errOut, code := run(t, "dpop", "keygen", "--out", keyFile)
+	if code != 0 {
+		t.Fatalf("keygen: exit %d: %s", code, errOut)
+	}
+	jkt := strings.TrimSpace(out)
+	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", fi, err)
+	}
+	if _, _, code := run(t, "dpop", "keygen", "--out", keyFile); code == 0 {
+		t.Fatal("keygen overwrote an existing key")
+	}
+	out, errOut, code = run(t, "token", "issue", "--subject", "partner", "--class", "partner", "--bind-jwk", keyFile)
+	if code != 0 {
+		t.Fatalf("issue: exit %d: %s", code, errOut)
+	}
+	token := strings.TrimSpace(out)
+	jti := strings.Fields(strings.TrimPrefix(errOut, "issued "))[0]
+	if out, errOut, code = run(t, "token", "show", jti); code != 0 || !strings.Contains(out, `"jkt": "`+jkt+`"`) {
+		t.Fatalf("show: exit %d: %s %s", code, out, errOut)
+	}
+	tokFile := filepath.Join(dir, "tok")
+	if err := os.WriteFile(tokFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = run(t, "dpop", "proof", "--key", keyFile, "--method", "GET", "--url", "https://orders/orders/1?x=1", "--token-file", tokFile)
+	if code != 0 {
+		t.Fatalf("proof: exit %d: %s", code, errOut)
+	}
+	p, why := policy.ParseDPoPProof(strings.TrimSpace(out))
+	if why != "" || p.JKT != jkt || p.HTM != "GET" || p.HTU != "https://orders/orders/1" || p.ATH != policy.AccessTokenHash(token) {
+		t.Fatalf("proof %+v (%s)", p, why)
+	}
+	if strings.Contains(out, token) {
+		t.Fatal("proof printed the token")
+	}
+	if _, _, code := run(t, "token", "issue", "--subject", "partner", "--class", "partner"); code != 1 {
+		t.Fatalf("a dpop class issued without a key: exit %d", code)
 	}
 }

@@ -85,6 +85,7 @@ prefix refuses to start.`,
 	f.StringVar(&cfg.MetricsAddr, "metrics", agent.DefaultMetricsAddr, `Prometheus /metrics listen address ("" disables)`)
 	f.StringVar(&cfg.AuthzGRPCAddr, "authz-grpc", agent.DefaultAuthzGRPC, `Envoy ext_authz gRPC listen address, or a unix socket path ("" disables)`)
 	f.StringVar(&cfg.AuthzHTTPAddr, "authz-http", agent.DefaultAuthzHTTP, `ext_authz HTTP mode (Envoy HTTP, nginx auth_request, Caddy forward_auth) listen address ("" disables)`)
+	f.StringVar(&cfg.ClientCertHeader, "authz-client-cert-header", "", "HTTP mode: read the peer's workload identity (for workload-bound tokens) from the URI= of this header on /envoy/ checks, e.g. x-forwarded-client-cert; only for an Envoy that sets it with forward_client_cert_details: SANITIZE_SET (docs/binding.md). Off by default")
 	f.BoolVar(&cfg.StripAuthorization, "strip-authorization", false, "remove Authorization from allowed requests before the application sees them (the kernel side then cannot count tokens where the application receives them)")
 	f.IntVar(&cfg.Connections.Conns, "max-conns", 0, "connections each ext_authz and xDS listener holds at most (0: derived from the file-descriptor limit, see docs/operations.md)")
 	f.IntVar(&cfg.Connections.ConnsPerClient, "max-conns-per-client", 0, "connections one client (IP address, or process over a unix socket) holds on each ext_authz and xDS listener (0: derived)")

@@ -28,14 +28,16 @@ func newTokenCommand(af *adminFlags) *cobra.Command {
 func newTokenIssueCommand(af *adminFlags) *cobra.Command {
 	var req admin.IssueRequest
 	var ttl time.Duration
+	var bindJWK string
 	cmd := &cobra.Command{
-		Use:   "issue --subject S --class C [--scope X]... [--ttl D] [--tenant T]",
+		Use:   "issue --subject S --class C [--scope X]... [--ttl D] [--tenant T] [--bind-workload SPIFFE-ID | --bind-jwk FILE]",
 		Short: "Issue a token within policy; prints the token alone on stdout",
 		Long: `Issue a token within policy. The token is printed alone on stdout, once:
 tokenwarden keeps only its id and hashes. Its id and expiry go to stderr.
 
 Refused (exit 1) when a scope is outside the class, the TTL is above the
-policy's limit, or the class is not allowed in the agent's environment.`,
+policy's limit, or the class is not allowed in the agent's environment,
+or the workload binding does not fit the class (docs/binding.md).`,
 		Example: `  TOKEN=$(tokenwarden token issue --subject ci --class service --scope orders:read --ttl 30m)`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -48,6 +50,13 @@ policy's limit, or the class is not allowed in the agent's environment.`,
 			}
 			if ttl > 0 {
 				req.TTL = ttl.String()
+			}
+			if bindJWK != "" {
+				jkt, err := jwkFileThumbprint(bindJWK)
+				if err != nil {
+					return usageErrorf("--bind-jwk %s: %v", bindJWK, err)
+				}
+				req.BindJKT = jkt
 			}
 			var out issuer.Issued
 			if err := c.do(cmd.Context(), "POST", "/v1/tokens", req, &out); err != nil {
@@ -65,6 +74,8 @@ policy's limit, or the class is not allowed in the agent's environment.`,
 	f.StringArrayVar(&req.Scopes, "scope", nil, "scope to grant (repeatable; default: every scope of the class)")
 	f.DurationVar(&ttl, "ttl", 0, "lifetime (default: the class default_ttl)")
 	f.StringVar(&req.Tenant, "tenant", "", "tenant the token belongs to")
+	f.StringVar(&bindJWK, "bind-jwk", "", "file holding the client's JWK (public, or private: only its public part is used) a token of a class with binding: dpop is bound to")
+	f.StringVar(&req.BindWorkload, "bind-workload", "", "SPIFFE ID the token is bound to (required for, and only for, a class with binding: workload)")
 	cmd.MarkFlagRequired("subject")
 	cmd.MarkFlagRequired("class")
 	return cmd

@@ -18,6 +18,16 @@ type Request struct {
 	// (Policy.MatchService): Host must be one of its hosts. When empty,
 	// Host chooses the service (Policy.Match).
 	Service string
+	// Principal is the peer's workload identity (a SPIFFE ID) as the
+	// proxy established it over mTLS (Envoy's source.principal); "" when
+	// the connection has none. Only a token bound to a workload reads it.
+	Principal string
+	// DPoP is set when Authorization used the DPoP scheme (RFC 9449);
+	// Proof is the DPoP header ("" when absent or repeated) and Scheme the
+	// request's URL scheme (htu is checked against Scheme://Host+Path).
+	DPoP   bool
+	Proof  string
+	Scheme string
 }
 
 // Decision is the answer to a Request. It never holds the token string.
@@ -31,6 +41,9 @@ type Decision struct {
 	Scopes   []string
 	Rule     string // the matched route's ID, "" when none matched
 	WireHash uint64
+	// Bound is the workload identity the token is bound to (its
+	// cnf.spiffe_id), "" for a bearer token.
+	Bound string
 }
 
 // TokenCache remembers verified tokens so that a token seen before skips the
@@ -59,6 +72,7 @@ type Decider struct {
 	cache       TokenCache
 	stats       CacheStats
 	revocations RevocationChecker
+	dpop        *DPoPChecker
 	verifier    atomic.Pointer[Verifier]
 }
 
@@ -71,11 +85,17 @@ type DeciderConfig struct {
 	Cache       TokenCache
 	CacheStats  CacheStats
 	Revocations RevocationChecker
+	// DPoP checks proofs of DPoP-bound tokens; nil: a checker with the
+	// default window and replay cache size.
+	DPoP *DPoPChecker
 }
 
 // NewDecider builds a Decider.
 func NewDecider(cfg DeciderConfig) *Decider {
-	d := &Decider{env: cfg.Env, cache: cfg.Cache, stats: cfg.CacheStats, revocations: cfg.Revocations}
+	d := &Decider{env: cfg.Env, cache: cfg.Cache, stats: cfg.CacheStats, revocations: cfg.Revocations, dpop: cfg.DPoP}
+	if d.dpop == nil {
+		d.dpop = NewDPoPChecker(0, 0)
+	}
 	d.verifier.Store(&Verifier{Keys: cfg.Keys, Policy: cfg.Policy, Env: cfg.Env})
 	return d
 }
@@ -151,6 +171,14 @@ func (d *Decider) Decide(req Request, now time.Time) Decision {
 	if d.revocations.Revoked(tok, now) {
 		return denyToken(dec, ReasonRevoked)
 	}
+	if cnf := tok.Cnf; cnf != nil {
+		if r := d.checkSender(cnf, &req, &dec, now); r != "" {
+			return denyToken(dec, r)
+		}
+	} else if req.DPoP {
+		// The DPoP scheme carries DPoP-bound tokens only (RFC 9449 7.1).
+		return denyToken(dec, ReasonDPoPInvalid)
+	}
 	for _, s := range route.Scopes {
 		if !tok.HasScope(s) {
 			return denyToken(dec, ReasonInsufficientScope)
@@ -158,6 +186,26 @@ func (d *Decider) Decide(req Request, now time.Time) Decision {
 	}
 	dec.Allow = true
 	return dec
+}
+
+// checkSender checks a bound token's sender; Verify refused a cnf that
+// names no method, or two.
+func (d *Decider) checkSender(cnf *Confirmation, req *Request, dec *Decision, now time.Time) Reason {
+	if cnf.JKT != "" {
+		dec.Bound = "jkt:" + cnf.JKT
+		if !req.DPoP {
+			return ReasonDPoPInvalid
+		}
+		return d.dpop.Check(req.Proof, cnf.JKT, ProofRequest{
+			Method: req.Method, Scheme: req.Scheme, Host: req.Host, Path: req.Path, Token: req.Token,
+		}, now)
+	}
+	// Identities are public: a plain compare leaks nothing.
+	dec.Bound = cnf.SPIFFEID
+	if req.Principal == "" || req.Principal != cnf.SPIFFEID || req.DPoP {
+		return ReasonSenderMismatch
+	}
+	return ""
 }
 
 // verified returns the verified token, from the cache when seen before.
@@ -206,6 +254,17 @@ func deny(r Reason) Decision { return Decision{Status: r.Status(), Reason: r} }
 func denyToken(dec Decision, r Reason) Decision {
 	dec.Allow, dec.Status, dec.Reason = false, r.Status(), r
 	return dec
+}
+
+// DPoPToken extracts the token of an Authorization header value of the
+// DPoP scheme ("DPoP <token>", RFC 9449 section 7.1), read as BearerToken
+// reads its scheme; "" for any other.
+func DPoPToken(authorization string) string {
+	const scheme = "dpop "
+	if len(authorization) <= len(scheme) || !strings.EqualFold(authorization[:len(scheme)], scheme) {
+		return ""
+	}
+	return strings.TrimRight(strings.TrimLeft(authorization[len(scheme):], " "), " \t")
 }
 
 // BearerToken extracts the token of an Authorization header value

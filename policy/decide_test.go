@@ -41,6 +41,9 @@ func TestReasonStatusAndChallenge(t *testing.T) {
 		policy.ReasonInsufficientScope:     {http.StatusForbidden, scope(policy.ReasonInsufficientScope)},
 		policy.ReasonNoMatchingRoute:       {http.StatusForbidden, scope(policy.ReasonNoMatchingRoute)},
 		policy.ReasonInternalError:         {http.StatusForbidden, realm}, // nothing the client can fix
+		policy.ReasonSenderMismatch:        {http.StatusUnauthorized, invalid(policy.ReasonSenderMismatch) + `, DPoP algs="ES256 EdDSA", error="invalid_token", error_description="sender_mismatch"`},
+		policy.ReasonDPoPInvalid:           {http.StatusUnauthorized, `DPoP algs="ES256 EdDSA", error="invalid_dpop_proof", error_description="dpop_invalid"`},
+		policy.ReasonDPoPReplayed:          {http.StatusUnauthorized, `DPoP algs="ES256 EdDSA", error="invalid_dpop_proof", error_description="dpop_replayed"`},
 	}
 	if len(tests) != len(policy.Reasons) {
 		t.Errorf("the table has %d reasons, policy.Reasons %d", len(tests), len(policy.Reasons))

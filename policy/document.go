@@ -44,6 +44,12 @@ type ClassSpec struct {
 	RotationGrace Duration      `yaml:"rotation_grace"`
 	Environments  []string      `yaml:"environments"`
 	Delivery      *DeliverySpec `yaml:"delivery"`
+	// Binding, when "workload", makes every token of the class bound to
+	// the workload identity named at issuance (docs/binding.md).
+	Binding string `yaml:"binding"`
+	// Workloads are the SPIFFE ID patterns a token of a workload-bound
+	// class may be bound to; empty allows any SPIFFE ID.
+	Workloads []string `yaml:"workloads"`
 }
 
 // DeliverySpec says where successors of rotated tokens are delivered.

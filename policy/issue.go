@@ -15,6 +15,13 @@ type IssueRequest struct {
 	TTL     time.Duration // zero: the class default_ttl
 	Tenant  string
 	Rotated string // jti of the predecessor, for rotation
+	// BindWorkload is the SPIFFE ID a token of a workload-bound class is
+	// bound to (required for such a class, refused for any other).
+	BindWorkload string
+	// BindJKT is the RFC 7638 thumbprint of the client key a token of a
+	// DPoP-bound class is bound to (required for such a class, refused for
+	// any other).
+	BindJKT string
 }
 
 // Refusal is a request refused for what it asks (an issuance beyond
@@ -49,6 +56,32 @@ func (p *Policy) Issue(req IssueRequest, now time.Time) (Claims, error) {
 	}
 	if !class.envs[req.Env] {
 		return Claims{}, refuse("class %s may not be issued in %s (allowed: %s)", class.Name, req.Env, strings.Join(class.Environments, ", "))
+	}
+	var cnf *Confirmation
+	switch {
+	case class.Binding == BindingWorkload && req.BindWorkload == "":
+		return Claims{}, refuse("class %s binds tokens to a workload: name its SPIFFE ID (--bind-workload spiffe://...)", class.Name)
+	case class.Binding == BindingWorkload:
+		if why := ValidSPIFFEID(req.BindWorkload); why != "" {
+			return Claims{}, refuse("bind workload: not a SPIFFE ID: it %s", why)
+		}
+		if !class.AllowsWorkload(req.BindWorkload) {
+			return Claims{}, refuse("class %s may not be bound to %s (its workloads: %s)", class.Name, req.BindWorkload, strings.Join(class.Workloads, " "))
+		}
+		cnf = &Confirmation{SPIFFEID: req.BindWorkload}
+	case req.BindWorkload != "":
+		return Claims{}, refuse("class %s does not bind tokens to a workload: drop the workload binding or use a class with binding: workload", class.Name)
+	}
+	switch {
+	case class.Binding == BindingDPoP && req.BindJKT == "":
+		return Claims{}, refuse("class %s binds tokens to a DPoP key: give the client's public key (--bind-jwk FILE)", class.Name)
+	case class.Binding == BindingDPoP:
+		if why := ValidJKT(req.BindJKT); why != "" {
+			return Claims{}, refuse("bind jkt: %s", why)
+		}
+		cnf = &Confirmation{JKT: req.BindJKT}
+	case req.BindJKT != "":
+		return Claims{}, refuse("class %s does not bind tokens to a DPoP key: drop the key binding or use a class with binding: dpop", class.Name)
 	}
 	scopes := req.Scopes
 	if len(scopes) == 0 {
@@ -89,5 +122,6 @@ func (p *Policy) Issue(req IssueRequest, now time.Time) (Claims, error) {
 		Class:     class.Name,
 		Tenant:    req.Tenant,
 		Rotated:   req.Rotated,
+		Cnf:       cnf,
 	}, nil
 }

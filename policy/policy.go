@@ -28,8 +28,9 @@ type Policy struct {
 type Class struct {
 	Name string
 	ClassSpec
-	scopes map[string]bool
-	envs   map[string]bool
+	scopes    map[string]bool
+	envs      map[string]bool
+	workloads []workloadPattern
 }
 
 // AllowsScope reports whether a token of this class may hold scope.
@@ -179,6 +180,22 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 		}
 		if c.Delivery != nil && c.Delivery.Webhook != nil && c.Delivery.Webhook.URL == "" && f.decoded(where+".delivery.webhook.url") {
 			f.errorf(fieldNode(cn, "delivery", "webhook"), "%s.delivery.webhook.url: required", where)
+		}
+		switch c.Binding {
+		case "", BindingWorkload, BindingDPoP:
+		default:
+			f.errorf(fieldNode(cn, "binding"), "%s.binding: want workload or dpop, got %q", where, c.Binding)
+		}
+		if len(c.Workloads) > 0 && c.Binding != BindingWorkload && f.decoded(where+".binding") {
+			f.errorf(fieldNode(cn, "workloads"), "%s.workloads needs binding: workload: set it or drop workloads", where)
+		}
+		for i, w := range c.Workloads {
+			if !f.decoded(fmt.Sprintf("%s.workloads[%d]", where, i)) {
+				continue
+			}
+			if _, err := parseWorkloadPattern(w); err != nil {
+				f.errorf(seqItem(fieldNode(cn, "workloads"), i), "%s.workloads[%d]: %v", where, i, err)
+			}
 		}
 		if len(c.Environments) == 0 && f.decoded(where+".environments") {
 			f.errorf(cn, "%s.environments: list the environments this class may be issued in", where)
@@ -357,6 +374,13 @@ func compile(d *Document) (*Policy, error) {
 		}
 		for _, e := range c.Environments {
 			cl.envs[e] = true
+		}
+		for _, w := range c.Workloads {
+			wp, err := parseWorkloadPattern(w)
+			if err != nil {
+				return nil, fmt.Errorf("class %s: workloads: %w", name, err)
+			}
+			cl.workloads = append(cl.workloads, wp)
 		}
 		p.classes[name] = cl
 	}

@@ -22,6 +22,17 @@ const (
 	ReasonInsufficientScope     Reason = "insufficient_scope"
 	ReasonNoMatchingRoute       Reason = "no_matching_route"
 	ReasonInternalError         Reason = "internal_error"
+	// ReasonSenderMismatch: the token is bound to a sender (cnf) and the
+	// request did not come from it, or came over a connection without a
+	// peer identity.
+	ReasonSenderMismatch Reason = "sender_mismatch"
+	// ReasonDPoPInvalid: a DPoP-bound token without a valid proof for this
+	// request (RFC 9449 section 4.3), or the DPoP scheme with a token that
+	// is not DPoP-bound.
+	ReasonDPoPInvalid Reason = "dpop_invalid"
+	// ReasonDPoPReplayed: a DPoP proof whose jti this node has seen within
+	// the proof window.
+	ReasonDPoPReplayed Reason = "dpop_replayed"
 )
 
 // Reasons lists every reason code, for metrics pre-registration and docs.
@@ -30,12 +41,14 @@ var Reasons = []Reason{
 	ReasonBadSignature, ReasonUnknownKey, ReasonExpired, ReasonNotYetValid,
 	ReasonLifetimeExceedsPolicy, ReasonWrongEnvironment, ReasonUnknownClass,
 	ReasonRevoked, ReasonInsufficientScope, ReasonNoMatchingRoute, ReasonInternalError,
+	ReasonSenderMismatch, ReasonDPoPInvalid, ReasonDPoPReplayed,
 }
 
 // Status is the HTTP status of a decision with this reason (RFC 6750):
 // 401 for token faults (the client needs another token: missing, malformed,
 // bad signature, unknown key, expired, not yet valid, living longer than
-// policy allows, of a class the policy no longer has, revoked), 403 for scope, environment and route faults (the
+// policy allows, of a class the policy no longer has, revoked, presented by a
+// sender it is not bound to), 403 for scope, environment and route faults (the
 // token is fine but not for this request), 200 when allowed. An internal
 // fault denies with 403.
 func (r Reason) Status() int {
@@ -55,6 +68,14 @@ func (r Reason) Status() int {
 // A request without a token, and an internal fault, get no error code: the
 // client did nothing wrong that another token or scope would fix.
 func (r Reason) Challenge() string {
+	switch r {
+	case ReasonDPoPInvalid, ReasonDPoPReplayed:
+		return `DPoP algs="` + DPoPAlgs + `", error="invalid_dpop_proof", error_description="` + string(r) + `"`
+	case ReasonSenderMismatch:
+		// Workload- or key-bound: both schemes' challenges (RFC 9110
+		// section 11.6.1 allows several in one field).
+		return `Bearer realm="tokenwarden", error="invalid_token", error_description="sender_mismatch", DPoP algs="` + DPoPAlgs + `", error="invalid_token", error_description="sender_mismatch"`
+	}
 	switch {
 	case r == ReasonMissingToken || r == ReasonInternalError:
 		return `Bearer realm="tokenwarden"`
@@ -95,6 +116,12 @@ func (r Reason) Message() string {
 		return "no policy route allows this request"
 	case ReasonInternalError:
 		return "the request could not be checked; denied"
+	case ReasonSenderMismatch:
+		return "the token is bound to another sender"
+	case ReasonDPoPInvalid:
+		return "the token needs a valid DPoP proof for this request"
+	case ReasonDPoPReplayed:
+		return "the DPoP proof was used before"
 	}
 	return ""
 }

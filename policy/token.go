@@ -44,6 +44,9 @@ type Claims struct {
 	Class     string `json:"cls"`
 	Tenant    string `json:"ten,omitempty"`
 	Rotated   string `json:"rot,omitempty"`
+	// Cnf binds the token to its sender (RFC 7800); nil for a bearer
+	// token. See Confirmation.
+	Cnf *Confirmation `json:"cnf,omitempty"`
 }
 
 // Token is a verified token: its claims, parsed scopes, signing key and the
@@ -357,6 +360,9 @@ func (v *Verifier) checkClaims(t *Token, now time.Time) *VerifyError {
 	// let an everlasting token through.
 	if t.Expires-t.IssuedAt > int64(limit/time.Second) {
 		return reject(ReasonLifetimeExceedsPolicy, fmt.Sprintf("lifetime above the policy's %s", limit))
+	}
+	if r := class.checkBinding(t.Cnf); r != nil {
+		return r
 	}
 	t.Scopes = class.grantedOf(t.Scopes)
 	return nil

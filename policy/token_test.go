@@ -337,7 +337,7 @@ func TestIssue(t *testing.T) {
 		"ttl below a second":       {req: policy.IssueRequest{Subject: "svc", Class: "service", Env: "prod", TTL: time.Millisecond}, wantRefuse: "at least 1s"},
 		"negative ttl":             {req: policy.IssueRequest{Subject: "svc", Class: "service", Env: "prod", TTL: -time.Hour}, wantRefuse: "at least 1s"},
 		"class not allowed in env": {req: policy.IssueRequest{Subject: "svc", Class: "sandbox", Env: "prod"}, wantRefuse: "class sandbox may not be issued in prod (allowed: dev)"},
-		"unknown class":            {req: policy.IssueRequest{Subject: "svc", Class: "root", Env: "prod"}, wantRefuse: `unknown class "root" (the policy defines: admin, sandbox, service)`},
+		"unknown class":            {req: policy.IssueRequest{Subject: "svc", Class: "root", Env: "prod"}, wantRefuse: `unknown class "root" (the policy defines: admin, deployer, sandbox, service)`},
 		"unknown environment":      {req: policy.IssueRequest{Subject: "svc", Class: "service", Env: "qa"}, wantRefuse: `unknown environment "qa"`},
 		"no subject":               {req: policy.IssueRequest{Class: "service", Env: "prod"}, wantRefuse: "subject is required"},
 		"subject with a space":     {req: policy.IssueRequest{Subject: "a b", Class: "service", Env: "prod"}, wantRefuse: "subject is required"},

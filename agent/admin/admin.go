@@ -264,6 +264,12 @@ type IssueRequest struct {
 	Scopes  []string `json:"scopes,omitempty"`
 	TTL     string   `json:"ttl,omitempty"` // Go duration; empty: the class default
 	Tenant  string   `json:"tenant,omitempty"`
+	// BindWorkload is the SPIFFE ID a token of a workload-bound class is
+	// bound to (docs/binding.md).
+	BindWorkload string `json:"bind_workload,omitempty"`
+	// BindJKT is the RFC 7638 thumbprint of the client key a token of a
+	// DPoP-bound class is bound to.
+	BindJKT string `json:"bind_jkt,omitempty"`
 }
 
 func (a *API) issue(w http.ResponseWriter, r *http.Request, c caller) error {
@@ -281,6 +287,7 @@ func (a *API) issue(w http.ResponseWriter, r *http.Request, c caller) error {
 	}
 	out, err := a.cfg.Issuer.Issue(r.Context(), policy.IssueRequest{
 		Subject: req.Subject, Class: req.Class, Scopes: req.Scopes, TTL: ttl, Tenant: req.Tenant,
+		BindWorkload: req.BindWorkload, BindJKT: req.BindJKT,
 	}, c.tokenID)
 	if err != nil {
 		return err

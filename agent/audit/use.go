@@ -163,6 +163,26 @@ func (u *UseRecorder) Deny(reason, tokenID, subject, route, source string) {
 	u.enqueue(Record{Action: ActionAuthzDeny, Actor: ActorSystem, Reason: reason, TokenID: tokenID, Subject: subject, Route: route, Source: source})
 }
 
+// DenySender records a sender_mismatch denial with both identities: the
+// workload the token is bound to and the peer that presented it ("" when
+// the connection had none). It shares Deny's budget.
+func (u *UseRecorder) DenySender(tokenID, subject, route, source, bound, peer string) {
+	if !u.denyBudget(source) {
+		return
+	}
+	if len(peer) > maxPeerBytes {
+		peer = peer[:maxPeerBytes] // a SPIFFE ID is at most 2048 bytes
+	}
+	details := Details(struct {
+		Bound string `json:"bound"`
+		Peer  string `json:"peer"`
+	}{bound, peer})
+	u.enqueue(Record{Action: ActionAuthzDeny, Actor: ActorSystem, Reason: "sender_mismatch", TokenID: tokenID, Subject: subject, Route: route, Source: source, Details: details})
+}
+
+// maxPeerBytes bounds the peer identity a sender_mismatch record keeps.
+const maxPeerBytes = 2048
+
 // denyBudget reports whether a deny from source may be written this
 // second, counting it as suppressed when not.
 func (u *UseRecorder) denyBudget(source string) bool {

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -245,5 +246,33 @@ func TestEveryWriteFailureIsLogged(t *testing.T) {
 	}
 	if got := h.attrs[1]["unlogged_since_last"]; got != uint64(4) {
 		t.Errorf("second line unlogged_since_last = %v, want 4", got)
+	}
+}
+
+// A sender_mismatch names both identities: whose token it was, and who
+// presented it; a huge peer identity is cut to a SPIFFE ID's length.
+func TestDenySenderRecordsBothIdentities(t *testing.T) {
+	log := &memLog{}
+	u := NewUseRecorder(UseConfig{Log: log, Interval: time.Hour, DenyPerSecond: 20, DenyPerClient: 100})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { u.Run(ctx); close(done) }()
+	u.DenySender("tok1", "ci", "orders#0", "10.0.0.9", "spiffe://td/ns/ci/sa/deployer", "spiffe://td/ns/ci/sa/intruder")
+	u.DenySender("tok1", "ci", "orders#0", "10.0.0.9", "spiffe://td/ns/ci/sa/deployer", strings.Repeat("x", 10000))
+	cancel()
+	<-done
+	rs := log.byAction()[ActionAuthzDeny]
+	if len(rs) != 2 {
+		t.Fatalf("%d deny records, want 2", len(rs))
+	}
+	var m map[string]string
+	if err := json.Unmarshal(rs[0].Details, &m); err != nil {
+		t.Fatal(err)
+	}
+	if rs[0].Reason != "sender_mismatch" || rs[0].TokenID != "tok1" || m["bound"] != "spiffe://td/ns/ci/sa/deployer" || m["peer"] != "spiffe://td/ns/ci/sa/intruder" {
+		t.Fatalf("record %+v details %s", rs[0], rs[0].Details)
+	}
+	if err := json.Unmarshal(rs[1].Details, &m); err != nil || len(m["peer"]) != maxPeerBytes {
+		t.Fatalf("peer kept %d bytes, want %d", len(m["peer"]), maxPeerBytes)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -37,6 +38,7 @@ const (
 
 	headerPrefix        = "x-tokenwarden-"
 	headerAuthorization = "authorization"
+	headerDPoP          = "dpop"
 )
 
 // Config configures a Server.
@@ -64,6 +66,15 @@ type Config struct {
 	// Logger receives internal faults; slog.Default() when nil. Tokens are
 	// never logged.
 	Logger *slog.Logger
+	// ClientCertHeader names the request header from which HTTP mode reads
+	// the peer's workload identity, for workload-bound tokens: Envoy's
+	// x-forwarded-client-cert, whose one element's URI= value is the
+	// client certificate's URI SAN. Only the /envoy endpoint reads it, and
+	// only an Envoy that sets it with forward_client_cert_details:
+	// SANITIZE_SET (so a client can never send its own) may be trusted
+	// with it (docs/binding.md). Empty (the default): HTTP mode never reads
+	// a peer identity, and workload-bound tokens are denied there.
+	ClientCertHeader string
 }
 
 // Server answers checks over gRPC and HTTP. It is safe for concurrent use.
@@ -80,6 +91,7 @@ type Server struct {
 	public       *authv3.CheckResponse // allowed without a token (public route)
 	identities   *identities
 	strip        []string // headers removed from every allowed request
+	clientCert   string   // canonical ClientCertHeader, "" when off
 	grpcOnce     sync.Once
 	grpcServer   *grpc.Server
 	healthServer *health.Server
@@ -114,6 +126,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if cfg.ClientCertHeader != "" {
+		s.clientCert = http.CanonicalHeaderKey(cfg.ClientCertHeader)
 	}
 	if cfg.StripAuthorization {
 		s.strip = []string{headerAuthorization}

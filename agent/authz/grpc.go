@@ -131,6 +131,10 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 	}()
 	attrs := req.GetAttributes()
 	ev.Source = attrs.GetSource().GetAddress().GetSocketAddress().GetAddress()
+	// Envoy sets source.principal from the peer certificate (its URI SAN,
+	// a SPIFFE ID under Istio or SPIRE) when the downstream connection is
+	// mTLS, and leaves it empty otherwise.
+	ev.Principal = attrs.GetSource().GetPrincipal()
 	httpReq := attrs.GetRequest().GetHttp()
 	if httpReq == nil {
 		ev.Decision = denyDecision(policy.ReasonInternalError)
@@ -142,12 +146,26 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 		return s.denied(policy.ReasonInternalError).grpc
 	}
 	*token = policy.BearerToken(h.authorization)
-	ev.Decision = s.decide(policy.Request{
+	preq := policy.Request{
 		Token:  *token,
 		Method: httpReq.GetMethod(),
 		Host:   httpReq.GetHost(),
 		Path:   httpReq.GetPath(),
-	})
+
+		Principal: ev.Principal,
+	}
+	if *token == "" {
+		if t := policy.DPoPToken(h.authorization); t != "" {
+			*token = t
+			preq.Token, preq.DPoP, preq.Scheme = t, true, httpReq.GetScheme()
+			if m := httpReq.GetHeaders(); len(m) > 0 {
+				preq.Proof = m[headerDPoP]
+			} else {
+				preq.Proof = h.dpop
+			}
+		}
+	}
+	ev.Decision = s.decide(preq)
 	if !ev.Decision.Allow {
 		return s.denied(ev.Decision.Reason).grpc
 	}
@@ -158,6 +176,7 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 type checkHeaders struct {
 	authorization string
 	forged        []string // incoming x-tokenwarden- header names
+	dpop          string   // the DPoP header, from the raw header list only
 }
 
 // readHeaders finds Authorization and forged x-tokenwarden- headers in
@@ -196,6 +215,13 @@ func (s *Server) readHeaders(r *authv3.AttributeContext_HttpRequest) (checkHeade
 				h.authorization += "," + string(v)
 			} else {
 				h.authorization = string(v)
+			}
+		case len(k) == len(headerDPoP) && equalFold(k, headerDPoP):
+			// Two proofs joined make one invalid proof (RFC 9449 4.3).
+			if h.dpop != "" {
+				h.dpop += "," + string(v)
+			} else {
+				h.dpop = string(v)
 			}
 		}
 	}

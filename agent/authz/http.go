@@ -57,6 +57,8 @@ const (
 	hForwardedURI    = "X-Forwarded-Uri"
 	hForwardedHost   = "X-Forwarded-Host"
 	hForwardedFor    = "X-Forwarded-For"
+	hForwardedProto  = "X-Forwarded-Proto"
+	hDPoP            = "Dpop"
 	hSubject         = "X-Tokenwarden-Subject"
 	hTokenID         = "X-Tokenwarden-Token-Id"
 	hScopes          = "X-Tokenwarden-Scopes"
@@ -119,13 +121,34 @@ func (s *Server) checkHTTP(w http.ResponseWriter, r *http.Request, ev *Event, to
 		s.writeDenial(w, s.denied(policy.ReasonInternalError))
 		return
 	}
-	switch auth := r.Header[hAuthorization]; len(auth) {
+	var auth string
+	switch v := r.Header[hAuthorization]; len(v) {
 	case 0:
 	case 1:
-		req.Token = policy.BearerToken(auth[0])
+		auth = v[0]
 	default:
 		// As Envoy does: joined, they make one malformed token.
-		req.Token = policy.BearerToken(strings.Join(auth, ","))
+		auth = strings.Join(v, ",")
+	}
+	req.Token = policy.BearerToken(auth)
+	if req.Token == "" {
+		if t := policy.DPoPToken(auth); t != "" {
+			req.Token, req.DPoP = t, true
+			// One proof, or none (RFC 9449 4.3 check 1).
+			if v := r.Header[hDPoP]; len(v) == 1 {
+				req.Proof = v[0]
+			}
+			req.Scheme = "https"
+			if v := r.Header[hForwardedProto]; len(v) == 1 && (v[0] == "http" || v[0] == "https") {
+				req.Scheme = v[0]
+			}
+		}
+	}
+	if s.clientCert != "" && strings.HasPrefix(r.URL.Path, PathEnvoy+"/") {
+		if v := r.Header[s.clientCert]; len(v) == 1 {
+			req.Principal, _ = xfccURI(v[0])
+		}
+		ev.Principal = req.Principal
 	}
 	*token = req.Token
 	ev.Decision = s.decide(req)

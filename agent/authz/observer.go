@@ -28,8 +28,13 @@ type Event struct {
 	// side computes it; 0 when the request carried none. With
 	// Decision.TokenID it maps kernel counters to token ids.
 	WireHash uint64
-	Protocol Protocol
-	Duration time.Duration
+	// Principal is the peer's workload identity as the proxy established
+	// it (Envoy's source.principal, or the trusted client-certificate
+	// header in HTTP mode); "" when none. With Decision.Bound it tells whom
+	// a bound token was stolen from and who presented it.
+	Principal string
+	Protocol  Protocol
+	Duration  time.Duration
 }
 
 // Observer sees every check, allowed or denied. ObserveCheck is called

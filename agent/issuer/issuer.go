@@ -193,6 +193,9 @@ func (i *Issuer) Issue(ctx context.Context, req policy.IssueRequest, actor strin
 		LeakHash: policy.LeakHash(tok), WireHash: policy.WireHash(tok),
 		Rotated: claims.Rotated, Status: store.TokenActive, Actor: actor,
 	}
+	if claims.Cnf != nil {
+		rec.Workload, rec.JKT = claims.Cnf.SPIFFEID, claims.Cnf.JKT
+	}
 	if err := i.cfg.Store.PutToken(ctx, rec); err != nil {
 		return Issued{}, fmt.Errorf("record token %s: %w", rec.ID, err)
 	}
@@ -256,7 +259,7 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 	}
 	succ, err := i.Issue(ctx, policy.IssueRequest{
 		Subject: pred.Subject, Class: pred.Class, Env: pred.Env, Scopes: scopes,
-		Tenant: pred.Tenant, Rotated: pred.ID,
+		Tenant: pred.Tenant, Rotated: pred.ID, BindWorkload: pred.Workload, BindJKT: pred.JKT,
 	}, actor)
 	if err != nil {
 		return Issued{}, err
@@ -652,6 +655,12 @@ func issueDetails(rec store.TokenRecord) map[string]any {
 	d := map[string]any{"class": rec.Class, "scopes": rec.Scopes, "expires_at": rec.ExpiresAt, "kid": rec.KeyID}
 	if rec.Rotated != "" {
 		d["rotated"] = rec.Rotated
+	}
+	if rec.Workload != "" {
+		d["workload"] = rec.Workload
+	}
+	if rec.JKT != "" {
+		d["jkt"] = rec.JKT
 	}
 	return d
 }

@@ -69,8 +69,14 @@ type TokenRecord struct {
 	// which cannot be re-derived (the token is not stored), so they read
 	// as 0 (unknown) and the agent learns the identity at the token's
 	// first check.
-	WireHash  uint64      `json:"wire_id"`
-	Rotated   string      `json:"rotated,omitempty"`   // predecessor jti
+	WireHash uint64 `json:"wire_id"`
+	Rotated  string `json:"rotated,omitempty"` // predecessor jti
+	// Workload is the SPIFFE ID the token is bound to (its cnf.spiffe_id);
+	// "" for a bearer token.
+	Workload string `json:"workload,omitempty"`
+	// JKT is the RFC 7638 thumbprint of the client key the token is bound
+	// to (its cnf.jkt, DPoP); "" for a token not bound to a key.
+	JKT       string      `json:"jkt,omitempty"`
 	Successor string      `json:"successor,omitempty"` // successor jti
 	Status    TokenStatus `json:"status"`
 	Actor     string      `json:"actor"` // jti of the admin token that issued it, or "system"
