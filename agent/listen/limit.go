@@ -73,8 +73,9 @@ func (l *limited) Accept() (net.Conn, error) {
 		}
 		client := clientOf(c)
 		if reason := l.admit(client); reason != "" {
-			c.Close()
+			// Counted first: whoever sees the close also sees the count.
 			l.obs.refuse(reason)
+			c.Close()
 			l.warn("listener: connection refused over the limit", "reason", reason,
 				"limit", l.limits.Conns, "per_client", l.limits.ConnsPerClient)
 			continue
