@@ -34,7 +34,11 @@ func helmBin(t *testing.T) string {
 	home, _ := os.UserHomeDir()
 	p := filepath.Join(home, "go", "bin", "helm")
 	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("helm is not installed (go install helm.sh/helm/v3/cmd/helm@v3.21.4, as .ci/run does)")
+		const install = "helm is not installed (go install helm.sh/helm/v3/cmd/helm@v3.21.4, as .ci/run does)"
+		if os.Getenv("CI") == "true" || os.Getenv("TOKENWARDEN_REQUIRE_BPF") == "1" {
+			t.Fatal(install + "; required in CI")
+		}
+		t.Skip(install)
 	}
 	return p
 }
