@@ -138,6 +138,18 @@ type AuditKey struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
+// EncodeAuditKey checks k and encodes it for CreateAuditKey (both backends).
+func EncodeAuditKey(k AuditKey) ([]byte, error) {
+	if k.ID == "" || len(k.Sealed) == 0 {
+		return nil, errors.New("create audit key: empty id or secret")
+	}
+	v, err := EncodeRecord(k)
+	if err != nil {
+		return nil, fmt.Errorf("create audit key: %w", err)
+	}
+	return v, nil
+}
+
 // AuditHead is the last record of one node's audit chain, as that node
 // recorded it: a log that no longer holds it, or ends before it, was cut.
 type AuditHead struct {

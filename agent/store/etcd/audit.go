@@ -30,12 +30,9 @@ func (s *Store) AuditKey(ctx context.Context) (store.AuditKey, error) {
 // CreateAuditKey stores k unless a key exists, in one transaction, and
 // returns the key in force.
 func (s *Store) CreateAuditKey(ctx context.Context, k store.AuditKey) (store.AuditKey, error) {
-	if k.ID == "" || len(k.Sealed) == 0 {
-		return store.AuditKey{}, errors.New("create audit key: empty id or secret")
-	}
-	v, err := store.EncodeRecord(k)
+	v, err := store.EncodeAuditKey(k)
 	if err != nil {
-		return store.AuditKey{}, fmt.Errorf("create audit key: %w", err)
+		return store.AuditKey{}, err
 	}
 	if err := s.usable(ctx); err != nil {
 		return store.AuditKey{}, err
