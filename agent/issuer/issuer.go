@@ -653,6 +653,11 @@ func (i *Issuer) rotateKeys(ctx context.Context, actor string, immediate bool) (
 	i.mu.Lock()
 	i.keys = append(keys, nk)
 	i.signers[sk.ID] = sk
+	for _, k := range keys {
+		if k.State != store.KeyActive && k.State != store.KeyPending {
+			delete(i.signers, k.ID) // signs nothing again: drop its private half
+		}
+	}
 	i.mu.Unlock()
 	d := map[string]any{"kid": nk.ID, "state": nk.State}
 	if !nk.ActivateAt.IsZero() {
