@@ -84,16 +84,25 @@ func TestJWKSInteropWithGoJose(t *testing.T) {
 		t.Errorf("claims %+v", c)
 	}
 
-	// Rotation: the new key appears and the old one stays while its
-	// tokens may live; tokens of both verify offline.
+	// Rotation: the new key is published before it signs anything.
 	status, out := call(t, "POST", "http://"+r.AdminAddr+"/v1/keys/rotate", readToken(t, r.AdminTokenFile), "")
-	if status != http.StatusCreated && status != http.StatusOK {
+	if status != http.StatusCreated {
 		t.Fatalf("rotate keys: %d %v", status, out)
+	}
+	set, _ = fetchJWKS(t, r.AdminAddr)
+	if len(set.Keys) != 2 || len(set.Key(out["id"].(string))) != 1 {
+		t.Fatalf("after rotation the set holds %d keys, want 2 (active and pending)", len(set.Keys))
+	}
+	// The emergency rotation signs at once: the old keys stay while their
+	// tokens may live; tokens of both verify offline.
+	status, out = call(t, "POST", "http://"+r.AdminAddr+"/v1/keys/rotate?now=true", readToken(t, r.AdminTokenFile), "")
+	if status != http.StatusCreated {
+		t.Fatalf("rotate keys now: %d %v", status, out)
 	}
 	tok2, _ := issue(t, r, `{"subject":"svc2","class":"service","scopes":["orders:read"]}`)
 	set, _ = fetchJWKS(t, r.AdminAddr)
-	if len(set.Keys) != 2 {
-		t.Fatalf("after rotation the set holds %d keys, want 2 (active and verifying)", len(set.Keys))
+	if len(set.Keys) != 3 {
+		t.Fatalf("after rotation the set holds %d keys, want 3 (active and verifying)", len(set.Keys))
 	}
 	for _, tk := range []string{tok, tok2} {
 		if _, err := verifyOffline(set, tk); err != nil {

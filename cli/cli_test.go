@@ -105,8 +105,14 @@ func TestReadmeWalkthrough(t *testing.T) {
 	if out, _, code = run(t, "revoke", "--subject", "ci", "--reason", "role change"); code != 0 || !strings.Contains(out, "covers 0 live token(s)") {
 		t.Errorf("revoke --subject: exit %d: %s", code, out)
 	}
-	if out, _, code = run(t, "keys", "rotate"); code != 0 || !strings.Contains(out, "is active") {
+	if out, _, code = run(t, "keys", "rotate"); code != 0 || !strings.Contains(out, "is published; it signs from") {
 		t.Errorf("keys rotate: exit %d: %s", code, out)
+	}
+	if out, _, code = run(t, "keys", "list"); code != 0 || !strings.Contains(out, "pending") || !strings.Contains(out, "SIGNS FROM") {
+		t.Errorf("keys list: exit %d: %s", code, out)
+	}
+	if out, _, code = run(t, "keys", "rotate", "--now"); code != 0 || !strings.Contains(out, "is active") {
+		t.Errorf("keys rotate --now: exit %d: %s", code, out)
 	}
 }
 

@@ -12,23 +12,34 @@ import (
 
 func newKeysCommand(af *adminFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "keys", Short: "List and rotate signing keys"}
-	cmd.AddCommand(&cobra.Command{
+	var now bool
+	rotate := &cobra.Command{
 		Use:   "rotate",
-		Short: "Make a new signing key active; old keys keep verifying until their tokens expire",
+		Short: "Publish a new signing key; it signs after the JWK Set cache lead time, old keys verify until their tokens expire",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
+			path := "/v1/keys/rotate"
+			if now {
+				path += "?now=true"
+			}
 			var k store.Key
-			if err := c.do(cmd.Context(), "POST", "/v1/keys/rotate", nil, &k); err != nil {
+			if err := c.do(cmd.Context(), "POST", path, nil, &k); err != nil {
 				return err
+			}
+			if k.State == store.KeyPending {
+				fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s is published; it signs from %s\n", k.ID, k.ActivateAt.Format(time.RFC3339))
+				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s is active\n", k.ID)
 			return nil
 		},
-	}, &cobra.Command{
+	}
+	rotate.Flags().BoolVar(&now, "now", false, "emergency (key compromise): sign with the new key at once; verifiers that cached the JWK Set must refetch it on an unknown kid")
+	cmd.AddCommand(rotate, &cobra.Command{
 		Use:   "list",
 		Short: "List signing keys and their state",
 		Args:  cobra.NoArgs,
@@ -44,9 +55,9 @@ func newKeysCommand(af *adminFlags) *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "KID\tSTATE\tCREATED")
+			fmt.Fprintln(tw, "KID\tSTATE\tCREATED\tSIGNS FROM")
 			for _, k := range out.Keys {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", k.ID, k.State, k.CreatedAt.Format(time.RFC3339))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.ID, k.State, k.CreatedAt.Format(time.RFC3339), k.SignsFrom().Format(time.RFC3339))
 			}
 			return tw.Flush()
 		},

@@ -489,7 +489,11 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request, c caller) error {
 }
 
 func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, c caller) error {
-	k, err := a.cfg.Issuer.RotateKeys(r.Context(), c.tokenID)
+	rotate := a.cfg.Issuer.RotateKeys // published ahead (issuer.KeyLead)
+	if r.URL.Query().Get("now") == "true" {
+		rotate = a.cfg.Issuer.RotateKeysNow // emergency: signs at once
+	}
+	k, err := rotate(r.Context(), c.tokenID)
 	if err != nil {
 		return err
 	}

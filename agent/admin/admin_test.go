@@ -906,8 +906,9 @@ func TestCreateRevocation(t *testing.T) {
 		},
 		"key": {
 			body: func(s *server) any {
-				// Only a key that no longer signs can be revoked.
-				if _, err := s.iss.RotateKeys(context.Background(), s.adminID); err != nil {
+				// Only a key that no longer signs can be revoked: a
+				// compromised key is rotated out at once.
+				if _, err := s.iss.RotateKeysNow(context.Background(), s.adminID); err != nil {
 					s.t.Fatal(err)
 				}
 				return map[string]string{"kind": "key", "target": s.record(s.adminID).KeyID, "reason": "compromised"}
@@ -1110,24 +1111,39 @@ func TestKeys(t *testing.T) {
 		State  store.KeyState `json:"state"`
 	}
 	json.Unmarshal(r.body, &nk)
-	if nk.ID == "" || nk.ID == first || nk.State != store.KeyActive || len(nk.Public) == 0 {
+	if nk.ID == "" || nk.ID == first || nk.State != store.KeyPending || len(nk.Public) == 0 {
 		t.Errorf("rotated key %s", r.body)
 	}
 
-	r = s.as(http.MethodGet, "/v1/keys", nil)
-	wantStatus(t, r, http.StatusOK)
 	var list struct {
 		Keys []map[string]any `json:"keys"`
 	}
-	json.Unmarshal(r.body, &list)
-	states := map[string]any{}
-	for _, k := range list.Keys {
-		states[k["id"].(string)] = k["state"]
-		if _, ok := k["sealed"]; ok {
-			t.Errorf("key %v is listed with its sealed private key", k["id"])
+	listStates := func() map[string]any {
+		r = s.as(http.MethodGet, "/v1/keys", nil)
+		wantStatus(t, r, http.StatusOK)
+		json.Unmarshal(r.body, &list)
+		states := map[string]any{}
+		for _, k := range list.Keys {
+			states[k["id"].(string)] = k["state"]
+			if _, ok := k["sealed"]; ok {
+				t.Errorf("key %v is listed with its sealed private key", k["id"])
+			}
 		}
+		return states
 	}
-	if states[first] != string(store.KeyVerifying) || states[nk.ID] != string(store.KeyActive) || len(states) != 2 {
+	// Published ahead: the old key signs until the lead time has passed.
+	if states := listStates(); states[first] != string(store.KeyActive) || states[nk.ID] != string(store.KeyPending) || len(states) != 2 {
+		t.Errorf("key states %v, want %s active and %s pending", states, first, nk.ID)
+	}
+	r = s.as(http.MethodPost, "/v1/tokens", map[string]any{"subject": "early-admin", "class": "admin"})
+	wantStatus(t, r, http.StatusCreated)
+	var early issuedView
+	r.decode(t, &early)
+	if early.Record.KeyID != first {
+		t.Errorf("token within the lead time signed by %s, want %s", early.Record.KeyID, first)
+	}
+	s.clock.Add(issuer.KeyLead)
+	if states := listStates(); states[first] != string(store.KeyVerifying) || states[nk.ID] != string(store.KeyActive) || len(states) != 2 {
 		t.Errorf("key states %v, want %s verifying and %s active", states, first, nk.ID)
 	}
 	stored, err := s.st.Keys(context.Background())
@@ -1158,6 +1174,17 @@ func TestKeys(t *testing.T) {
 
 	if recs := s.audited(audit.Filter{Action: audit.ActionKeyRotate}); len(recs) != 2 || recs[1].Actor != s.adminID {
 		t.Errorf("key.rotate records %+v, want the first key's and one by %s", recs, s.adminID)
+	}
+
+	// The emergency rotation signs at once.
+	r = s.as(http.MethodPost, "/v1/keys/rotate?now=true", nil)
+	wantStatus(t, r, http.StatusCreated)
+	json.Unmarshal(r.body, &nk)
+	if nk.State != store.KeyActive {
+		t.Errorf("emergency rotation made a %s key, want active", nk.State)
+	}
+	if states := listStates(); states[nk.ID] != string(store.KeyActive) || states[first] != string(store.KeyVerifying) {
+		t.Errorf("key states after an emergency rotation %v", states)
 	}
 }
 

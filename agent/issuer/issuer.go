@@ -18,6 +18,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/agent/audit"
 	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/agent/wellknown"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -49,10 +50,17 @@ type Issuer struct {
 	// guards the keys in memory only and is never held across I/O.
 	rotateKeysMu sync.Mutex
 
-	mu     sync.Mutex
-	active policy.SigningKey
-	keys   []store.Key
+	mu      sync.Mutex
+	signers map[string]policy.SigningKey // unsealed active and pending keys by id
+	keys    []store.Key
 }
+
+// KeyLead is how long a rotated-in key is published before it signs: the
+// JWK Set's cache lifetime (wellknown.MaxAge, its Cache-Control max-age)
+// plus a margin for clock skew and slow fetches. A verifier that honours
+// Cache-Control has the new key before any token signed by it exists.
+// MaxAge must never exceed KeyLead (TestKeyLeadCoversJWKSCache).
+const KeyLead = wellknown.MaxAge + time.Minute
 
 // Issued is a freshly minted token. Token is shown once, to the caller, and
 // never stored or logged.
@@ -84,8 +92,9 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	if err := i.Reload(ctx); err != nil {
 		return nil, err
 	}
-	if i.active.ID == "" {
-		if _, err := i.RotateKeys(ctx, audit.ActorSystem); err != nil {
+	if len(i.signers) == 0 {
+		// A new store: no verifier has a key set to be out of date.
+		if _, err := i.RotateKeysNow(ctx, audit.ActorSystem); err != nil {
 			return nil, err
 		}
 	}
@@ -111,28 +120,37 @@ func (i *Issuer) Reload(ctx context.Context) error {
 }
 
 func (i *Issuer) adopt(keys []store.Key) error {
-	var active policy.SigningKey
-	var activeAt time.Time
+	signers := map[string]policy.SigningKey{}
 	for _, k := range keys {
-		if k.State != store.KeyActive || len(k.Sealed) == 0 {
-			continue
-		}
-		// A rotation stores the new key before it demotes the old one, so
-		// another node may see both active for a moment: the newer signs.
-		if active.ID != "" && !k.CreatedAt.After(activeAt) {
+		if (k.State != store.KeyActive && k.State != store.KeyPending) || len(k.Sealed) == 0 {
 			continue
 		}
 		priv, err := store.Unseal(i.cfg.KEK, k.ID, k.Sealed)
 		if err != nil {
 			return err
 		}
-		active, activeAt = policy.SigningKey{ID: k.ID, Private: priv}, k.CreatedAt
+		signers[k.ID] = policy.SigningKey{ID: k.ID, Private: priv}
 	}
-	i.keys, i.active = keys, active
+	i.keys, i.signers = keys, signers
 	return nil
 }
 
-// KeySet is the set of keys that verify tokens: active and verifying ones.
+// signer returns the key that signs at now: the active key of
+// store.KeysAt. A pending key signs once its activation time has passed,
+// on every node at once (up to clock skew), with no store write.
+func (i *Issuer) signer(now time.Time) policy.SigningKey {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	for _, k := range store.KeysAt(i.keys, now) {
+		if k.State == store.KeyActive {
+			return i.signers[k.ID]
+		}
+	}
+	return policy.SigningKey{}
+}
+
+// KeySet is the set of keys that verify tokens: pending, active and
+// verifying ones.
 func (i *Issuer) KeySet() *policy.KeySet {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -143,21 +161,23 @@ func (i *Issuer) KeySet() *policy.KeySet {
 func KeySetOf(keys []store.Key) *policy.KeySet {
 	m := map[string]ed25519.PublicKey{}
 	for _, k := range keys {
-		if k.State == store.KeyActive || k.State == store.KeyVerifying {
+		if k.State == store.KeyPending || k.State == store.KeyActive || k.State == store.KeyVerifying {
 			m[k.ID] = k.Public
 		}
 	}
 	return policy.NewKeySet(m)
 }
 
-// Keys lists the key records (public halves only).
+// Keys lists the key records (public halves only) as they stand now
+// (store.KeysAt): a pending key whose activation time has passed is listed
+// active.
 func (i *Issuer) Keys() []store.Key {
+	now := i.cfg.Now()
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	out := make([]store.Key, len(i.keys))
-	for n, k := range i.keys {
-		k.Sealed = nil
-		out[n] = k
+	out := store.KeysAt(i.keys, now)
+	for n := range out {
+		out[n].Sealed = nil
 	}
 	return out
 }
@@ -176,9 +196,7 @@ func (i *Issuer) Issue(ctx context.Context, req policy.IssueRequest, actor strin
 	if err != nil {
 		return Issued{}, err
 	}
-	i.mu.Lock()
-	key := i.active
-	i.mu.Unlock()
+	key := i.signer(now)
 	if key.ID == "" {
 		return Issued{}, errors.New("no active signing key: run `tokenwarden keys rotate`")
 	}
@@ -514,12 +532,15 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 		if !known {
 			return r, nil, &policy.Refusal{Msg: fmt.Sprintf("no signing key %q (see `tokenwarden keys list`)", r.Target)}
 		}
-		i.mu.Lock()
-		active := i.active.ID
-		i.mu.Unlock()
-		if r.Target == active {
+		if r.Target == i.signer(now).ID {
 			// Every token minted from here on would be revoked on arrival.
-			return r, nil, &policy.Refusal{Msg: fmt.Sprintf("key %s is the active signing key: run `tokenwarden keys rotate` first, then revoke it", r.Target)}
+			return r, nil, &policy.Refusal{Msg: fmt.Sprintf("key %s is the active signing key: run `tokenwarden keys rotate --now` first, then revoke it", r.Target)}
+		}
+		for _, k := range i.Keys() {
+			if k.ID == r.Target && k.State == store.KeyPending {
+				// It would sign revoked tokens once it activates.
+				return r, nil, &policy.Refusal{Msg: fmt.Sprintf("key %s is the next signing key: run `tokenwarden keys rotate --now` first, then revoke it", r.Target)}
+			}
 		}
 		recs, err := i.cfg.Store.Tokens(ctx, store.TokenFilter{KeyID: r.Target, LiveAt: now})
 		if err != nil {
@@ -560,13 +581,30 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 	return r, covered, nil
 }
 
-// RotateKeys makes a new active signing key. The previous active key keeps
-// verifying its tokens until they have all expired (policy max lifetime),
-// after which a later rotation retires it. The new key and the demotions
-// are stored in one transaction, the new key first: the store is never
-// without an active key. Issuing goes on meanwhile: the issuing lock is
-// held only to read and to swap the keys, not across store or audit I/O.
+// RotateKeys makes a new signing key and publishes it ahead: it is stored
+// pending, in the JWK Set at once, and signs from KeyLead on, when every
+// verifier that honours the set's Cache-Control has it. The active key
+// signs until then and afterwards keeps verifying its tokens until they
+// have all expired (policy max lifetime), after which a later rotation
+// retires it. A rotation while another is pending is refused: the pending
+// key is already the next one.
 func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error) {
+	return i.rotateKeys(ctx, actor, false)
+}
+
+// RotateKeysNow is the emergency rotation (the active key is compromised):
+// the new key signs at once, and a pending key, if any, is demoted too.
+// Verifiers that cached the JWK Set see tokens with a kid they do not know
+// until they fetch it again (docs/verifiers.md: refetch on an unknown kid).
+func (i *Issuer) RotateKeysNow(ctx context.Context, actor string) (store.Key, error) {
+	return i.rotateKeys(ctx, actor, true)
+}
+
+// rotateKeys stores the new key and the demotions in one transaction, the
+// new key first: the store is never without a key that signs. Issuing goes
+// on meanwhile: the issuing lock is held only to read and to swap the
+// keys, not across store or audit I/O.
+func (i *Issuer) rotateKeys(ctx context.Context, actor string, immediate bool) (store.Key, error) {
 	if err := requireActor(actor); err != nil {
 		return store.Key{}, err
 	}
@@ -583,17 +621,26 @@ func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error
 	now := i.cfg.Now().UTC()
 	maxLife := i.cfg.Policy().MaxLifetime() + policy.ClockSkew
 	i.mu.Lock()
-	keys := slices.Clone(i.keys)
+	stored := slices.Clone(i.keys)
 	i.mu.Unlock()
-	nk := store.Key{ID: sk.ID, Public: sk.Private.Public().(ed25519.PublicKey), Sealed: sealed, State: store.KeyActive, CreatedAt: now}
+	// Write back the states as they stand now (a pending key that has
+	// started signing, the key it superseded), then rotate from there.
+	keys := store.KeysAt(stored, now)
+	nk := store.Key{ID: sk.ID, Public: sk.Private.Public().(ed25519.PublicKey), Sealed: sealed, State: store.KeyPending, CreatedAt: now, ActivateAt: now.Add(KeyLead)}
+	if immediate {
+		nk.State, nk.ActivateAt = store.KeyActive, time.Time{}
+	}
 	changed := []store.Key{nk}
 	for n, k := range keys {
 		switch {
-		case k.State == store.KeyActive:
+		case k.State == store.KeyPending && !immediate:
+			return store.Key{}, &policy.Refusal{Msg: fmt.Sprintf("key %s is already rotating in (signs from %s): wait, or rotate now (--now) if a key is compromised", k.ID, k.ActivateAt.Format(time.RFC3339))}
+		case k.State == store.KeyPending || (k.State == store.KeyActive && immediate):
 			k.State, k.RetiredAt = store.KeyVerifying, now
 		case k.State == store.KeyVerifying && now.Sub(k.RetiredAt) > maxLife:
 			// Every token it signed has expired: it verifies nothing now.
 			k.State, k.Sealed = store.KeyRetired, nil
+		case k.State != stored[n].State || !k.RetiredAt.Equal(stored[n].RetiredAt):
 		default:
 			continue
 		}
@@ -604,9 +651,19 @@ func (i *Issuer) RotateKeys(ctx context.Context, actor string) (store.Key, error
 		return store.Key{}, fmt.Errorf("store key %s: %w", nk.ID, err)
 	}
 	i.mu.Lock()
-	i.keys, i.active = append(keys, nk), sk
+	i.keys = append(keys, nk)
+	i.signers[sk.ID] = sk
+	for _, k := range keys {
+		if k.State != store.KeyActive && k.State != store.KeyPending {
+			delete(i.signers, k.ID) // signs nothing again: drop its private half
+		}
+	}
 	i.mu.Unlock()
-	i.auditDone(audit.Record{Action: audit.ActionKeyRotate, Actor: actor, Details: audit.Details(map[string]any{"kid": nk.ID})})
+	d := map[string]any{"kid": nk.ID, "state": nk.State}
+	if !nk.ActivateAt.IsZero() {
+		d["activate_at"] = nk.ActivateAt
+	}
+	i.auditDone(audit.Record{Action: audit.ActionKeyRotate, Actor: actor, Details: audit.Details(d)})
 	nk.Sealed = nil
 	return nk, nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/agent/store/bolt"
+	"github.com/tokenwarden/tokenwarden/agent/wellknown"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -637,7 +638,7 @@ func issuePopulation(f *fixture) population {
 		f.t.Fatalf("Revoke alice-globex: covered %d, %v", n, err)
 	}
 	// The active key cannot be revoked: it would sign revoked tokens.
-	if _, err := f.iss.RotateKeys(context.Background(), actor); err != nil {
+	if _, err := f.iss.RotateKeysNow(context.Background(), actor); err != nil {
 		f.t.Fatal(err)
 	}
 	return p
@@ -857,11 +858,7 @@ func TestRotateKeys(t *testing.T) {
 	k1 := first.Record.KeyID
 	keyState := func(id string) store.KeyState {
 		t.Helper()
-		keys, err := f.st.Keys(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, k := range keys {
+		for _, k := range f.iss.Keys() {
 			if k.ID == id {
 				return k.State
 			}
@@ -884,14 +881,14 @@ func TestRotateKeys(t *testing.T) {
 		},
 		{
 			name: "a verifying key younger than the max lifetime keeps verifying",
-			at:   t0.Add(time.Hour + maxLife),
+			at:   t0.Add(time.Hour + issuer.KeyLead + maxLife),
 			states: func(k3 string) map[string]store.KeyState {
 				return map[string]store.KeyState{k1: store.KeyVerifying, k3: store.KeyActive}
 			},
 		},
 		{
 			name: "a verifying key older than the max lifetime is retired",
-			at:   t0.Add(time.Hour + maxLife + policy.ClockSkew + time.Second),
+			at:   t0.Add(time.Hour + 2*issuer.KeyLead + maxLife + policy.ClockSkew + time.Second),
 			states: func(k4 string) map[string]store.KeyState {
 				return map[string]store.KeyState{k1: store.KeyRetired, k4: store.KeyActive}
 			},
@@ -899,6 +896,7 @@ func TestRotateKeys(t *testing.T) {
 	}
 	var issuedBy []string // token per key, in key order
 	issuedBy = append(issuedBy, first.Token)
+	prev := k1
 	for n, step := range steps {
 		f.clock.Set(step.at)
 		nk, err := f.iss.RotateKeys(ctx, actor)
@@ -908,6 +906,25 @@ func TestRotateKeys(t *testing.T) {
 		if len(nk.Sealed) != 0 {
 			t.Errorf("%s: RotateKeys returned the sealed private key", step.name)
 		}
+		// Published ahead: the new key verifies at once but signs nothing
+		// until the lead time has passed; the previous key signs meanwhile.
+		if nk.State != store.KeyPending || !nk.ActivateAt.Equal(step.at.Add(issuer.KeyLead)) {
+			t.Errorf("%s: new key %s activates at %v, want pending until %v", step.name, nk.State, nk.ActivateAt, step.at.Add(issuer.KeyLead))
+		}
+		if got := keyState(nk.ID); got != store.KeyPending {
+			t.Errorf("%s: new key is %s, want pending", step.name, got)
+		}
+		if !f.iss.KeySet().Has(nk.ID) {
+			t.Errorf("%s: the pending key is not in the key set", step.name)
+		}
+		for _, at := range []time.Duration{0, issuer.KeyLead - time.Second} {
+			f.clock.Set(step.at.Add(at))
+			if out := f.issue(policy.IssueRequest{Subject: "orders-api", Class: "service"}); out.Record.KeyID != prev {
+				t.Errorf("%s: token %v after the rotation signed by %s, want the previous key %s", step.name, at, out.Record.KeyID, prev)
+			}
+		}
+		f.clock.Set(step.at.Add(issuer.KeyLead))
+		prev = nk.ID
 		for id, want := range step.states(nk.ID) {
 			if got := keyState(id); got != want {
 				t.Errorf("%s: key %s is %s, want %s", step.name, id, got, want)
@@ -923,7 +940,7 @@ func TestRotateKeys(t *testing.T) {
 		if n == 0 {
 			// The first token is still within its lifetime: the demoted
 			// key must keep verifying it.
-			f.clock.Set(step.at.Add(time.Minute))
+			f.clock.Set(step.at.Add(issuer.KeyLead + time.Minute))
 			if pt := f.verify(first.Token); pt.KeyID != k1 {
 				t.Errorf("first token verified with %s", pt.KeyID)
 			}
@@ -1174,7 +1191,7 @@ func TestRotationCannotOutliveARevocation(t *testing.T) {
 		},
 		"by key: the successor is signed by the new key and lives on": {
 			rule: func(f *fixture, pred store.TokenRecord) policy.Revocation {
-				if _, err := f.iss.RotateKeys(context.Background(), actor); err != nil {
+				if _, err := f.iss.RotateKeysNow(context.Background(), actor); err != nil {
 					f.t.Fatal(err)
 				}
 				return policy.Revocation{Kind: policy.RevokeKey, Target: pred.KeyID}
@@ -1377,13 +1394,113 @@ func TestKeyRotationNeverLeavesTheStoreWithoutAnActiveKey(t *testing.T) {
 	if _, err := iss.Issue(context.Background(), policy.IssueRequest{Subject: "svc", Class: "service"}, audit.ActorSystem); err != nil {
 		t.Fatalf("issuing after a failed rotation: %v", err)
 	}
-	// A rotation that succeeds leaves exactly one active key, the new one.
-	k, err := f.iss.RotateKeys(context.Background(), audit.ActorSystem)
+	// A rotation published ahead leaves the old key active until the
+	// new one signs; an emergency rotation leaves exactly one active key,
+	// the new one.
+	if _, err := f.iss.RotateKeys(context.Background(), audit.ActorSystem); err != nil {
+		t.Fatal(err)
+	}
+	if after := activeKeys(t, f.st); len(after) != 1 || after[0] != before[0] {
+		t.Fatalf("active keys after a rotation published ahead: %v, want %v", after, before)
+	}
+	k, err := f.iss.RotateKeysNow(context.Background(), audit.ActorSystem)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if after := activeKeys(t, f.st); len(after) != 1 || after[0] != k.ID {
 		t.Fatalf("active keys after rotation: %v, want [%s]", after, k.ID)
+	}
+}
+
+// TestKeyLeadCoversJWKSCache: a verifier that cached the JWK Set for as
+// long as its Cache-Control allows must already hold a rotated-in key
+// when it starts signing.
+func TestKeyLeadCoversJWKSCache(t *testing.T) {
+	if issuer.KeyLead <= wellknown.MaxAge {
+		t.Fatalf("KeyLead %v does not exceed the JWK Set max-age %v", issuer.KeyLead, wellknown.MaxAge)
+	}
+}
+
+// TestRotationPublishesAhead attacks the window a rotation opens: tokens
+// signed by a key that verifiers holding a cached JWK Set do not know yet.
+// The new key is in the JWK Set at once, signs only after KeyLead, a second
+// rotation cannot cut the lead short, and the pending key cannot be revoked
+// (it would sign revoked tokens); --now is the emergency way out.
+func TestRotationPublishesAhead(t *testing.T) {
+	f := newFixture(t, examplePolicy(t))
+	ctx := context.Background()
+	old := f.issue(policy.IssueRequest{Subject: "svc", Class: "service"}).Record.KeyID
+	at := f.clock.Now()
+	nk, err := f.iss.RotateKeys(ctx, actor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inSet := func(kid string) bool {
+		for _, k := range wellknown.Set(f.iss.Keys()).Keys {
+			if k.KeyID == kid {
+				return true
+			}
+		}
+		return false
+	}
+	if !inSet(nk.ID) || !inSet(old) {
+		t.Fatalf("JWK Set right after the rotation lacks %s or %s", nk.ID, old)
+	}
+	if _, err := f.iss.RotateKeys(ctx, actor); err == nil {
+		t.Error("a second rotation during the lead time was accepted")
+	}
+	var refusal *policy.Refusal
+	if _, _, err := f.iss.Revoke(ctx, policy.Revocation{Kind: policy.RevokeKey, Target: nk.ID, Reason: "test", Actor: actor}); !errors.As(err, &refusal) {
+		t.Errorf("revoking the pending key: %v, want a refusal", err)
+	}
+	f.clock.Set(at.Add(issuer.KeyLead - time.Nanosecond))
+	if kid := f.issue(policy.IssueRequest{Subject: "svc", Class: "service"}).Record.KeyID; kid != old {
+		t.Fatalf("token before the lead time signed by %s, want %s", kid, old)
+	}
+	f.clock.Set(at.Add(issuer.KeyLead))
+	if kid := f.issue(policy.IssueRequest{Subject: "svc", Class: "service"}).Record.KeyID; kid != nk.ID {
+		t.Fatalf("token at the activation time signed by %s, want %s", kid, nk.ID)
+	}
+	// The activation needs no store write: the stored records still say
+	// pending, and an issuer started fresh from them signs with the new key.
+	iss2, err := issuer.New(ctx, f.config(f.kek))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := iss2.Issue(ctx, policy.IssueRequest{Subject: "svc", Class: "service"}, actor)
+	if err != nil || out.Record.KeyID != nk.ID {
+		t.Fatalf("a fresh issuer signs with %s (%v), want %s", out.Record.KeyID, err, nk.ID)
+	}
+	// The next rotation writes the states back.
+	f.clock.Set(at.Add(issuer.KeyLead + time.Minute))
+	if _, err := f.iss.RotateKeys(ctx, actor); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := f.st.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		want := map[string]store.KeyState{old: store.KeyVerifying, nk.ID: store.KeyActive}[k.ID]
+		if want != "" && k.State != want {
+			t.Errorf("stored key %s is %s, want %s", k.ID, k.State, want)
+		}
+		if k.ID == old && !k.RetiredAt.Equal(at.Add(issuer.KeyLead).UTC()) {
+			t.Errorf("old key retired at %v, want when the new one started signing %v", k.RetiredAt, at.Add(issuer.KeyLead))
+		}
+	}
+	// Emergency: signs at once, over a pending rotation.
+	now, err := f.iss.RotateKeysNow(ctx, actor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kid := f.issue(policy.IssueRequest{Subject: "svc", Class: "service"}).Record.KeyID; kid != now.ID {
+		t.Fatalf("token after an emergency rotation signed by %s, want %s", kid, now.ID)
+	}
+	for _, k := range f.iss.Keys() {
+		if k.ID != now.ID && (k.State == store.KeyActive || k.State == store.KeyPending) {
+			t.Errorf("key %s is still %s after an emergency rotation", k.ID, k.State)
+		}
 	}
 }
 

@@ -25,6 +25,7 @@ var ErrClosed = errors.New("store is closed")
 type KeyState string
 
 const (
+	KeyPending   KeyState = "pending"   // published to verifiers; signs from ActivateAt on
 	KeyActive    KeyState = "active"    // signs new tokens (one at a time)
 	KeyVerifying KeyState = "verifying" // no longer signs; its tokens still verify
 	KeyRetired   KeyState = "retired"   // verifies nothing
@@ -39,6 +40,51 @@ type Key struct {
 	State     KeyState          `json:"state"`
 	CreatedAt time.Time         `json:"created_at"`
 	RetiredAt time.Time         `json:"retired_at,omitzero"`
+	// ActivateAt is when a pending key starts signing (a rotation publishes
+	// the key ahead of it); zero for a key that signed from CreatedAt.
+	ActivateAt time.Time `json:"activate_at,omitzero"`
+}
+
+// SignsFrom is when k starts (or started) signing.
+func (k Key) SignsFrom() time.Time {
+	if k.ActivateAt.IsZero() {
+		return k.CreatedAt
+	}
+	return k.ActivateAt
+}
+
+// KeysAt returns the key records as they stand at now. A stored rotation
+// is lazy: the pending key becomes active once its ActivateAt has passed,
+// and the key it supersedes becomes verifying from that instant, whether or
+// not a node has written the change back yet. Every node computes the same
+// states from the same records (up to clock skew). Of the keys that may
+// sign at now, the one that signs from the latest instant is active.
+func KeysAt(keys []Key, now time.Time) []Key {
+	out := make([]Key, len(keys))
+	copy(out, keys)
+	signer := -1
+	for n, k := range out {
+		if (k.State != KeyActive && k.State != KeyPending) || k.SignsFrom().After(now) {
+			continue
+		}
+		if signer < 0 || k.SignsFrom().After(out[signer].SignsFrom()) ||
+			(k.SignsFrom().Equal(out[signer].SignsFrom()) && k.CreatedAt.After(out[signer].CreatedAt)) {
+			signer = n
+		}
+	}
+	for n, k := range out {
+		switch {
+		case n == signer:
+			out[n].State = KeyActive
+		case k.State == KeyActive || (k.State == KeyPending && !k.SignsFrom().After(now)):
+			// Superseded: it stopped signing when the signer started.
+			out[n].State = KeyVerifying
+			if out[n].RetiredAt.IsZero() && signer >= 0 {
+				out[n].RetiredAt = out[signer].SignsFrom()
+			}
+		}
+	}
+	return out
 }
 
 // TokenStatus is where a token is in its life.

@@ -28,10 +28,11 @@ const (
 	IntrospectPath = "/oauth2/introspect"
 )
 
-// MaxAge is how long a verifier may cache the JWK Set. A rotated-out key
-// keeps verifying for the policy's longest token lifetime, far longer
-// than this, so a cached set never lacks a key that still verifies for
-// longer than MaxAge after a rotation (docs/verifiers.md).
+// MaxAge is how long a verifier may cache the JWK Set. A rotation
+// publishes the new key ahead, for longer than MaxAge (issuer.KeyLead),
+// before it signs; a rotated-out key keeps verifying for the policy's
+// longest token lifetime, far longer than this. So a set cached for at
+// most MaxAge has every key that signs a live token (docs/verifiers.md).
 const MaxAge = 5 * time.Minute
 
 // Config configures the handler.
@@ -63,13 +64,14 @@ func New(cfg Config) (*Handler, error) {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
-// Set is the JWK Set of the keys that verify tokens now: the active key and
-// those rotated out whose tokens may still be live. Retired keys verify
-// nothing and are left out.
+// Set is the JWK Set of the keys that verify tokens now: the active key,
+// the pending one published ahead of its first signature, and those
+// rotated out whose tokens may still be live. Retired keys verify nothing
+// and are left out.
 func Set(keys []store.Key) jose.JSONWebKeySet {
 	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{}}
 	for _, k := range keys {
-		if k.State != store.KeyActive && k.State != store.KeyVerifying {
+		if k.State != store.KeyPending && k.State != store.KeyActive && k.State != store.KeyVerifying {
 			continue
 		}
 		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.Public, KeyID: k.ID, Algorithm: string(jose.EdDSA), Use: "sig"})

@@ -109,14 +109,15 @@ func testKeys(t *testing.T, s store.Store) {
 	if got := mustKeys(t, s); len(got) != 0 {
 		t.Fatalf("Keys of an empty store = %v, want none", got)
 	}
-	k1, k2 := key("k1", store.KeyActive), key("k2", store.KeyVerifying)
+	k1, k2, k3 := key("k1", store.KeyActive), key("k2", store.KeyVerifying), key("k3", store.KeyPending)
+	k3.ActivateAt = t0.Add(6 * time.Minute)
 	must(t, s.PutKeys(ctx, k2))
-	must(t, s.PutKeys(ctx, k1))
-	equal(t, "Keys", mustKeys(t, s), []store.Key{k1, k2})
+	must(t, s.PutKeys(ctx, k1, k3))
+	equal(t, "Keys", mustKeys(t, s), []store.Key{k1, k2, k3})
 
 	k1.State, k1.RetiredAt = store.KeyRetired, t0.Add(time.Hour)
 	must(t, s.PutKeys(ctx, k1))
-	equal(t, "Keys after retiring k1", mustKeys(t, s), []store.Key{k1, k2})
+	equal(t, "Keys after retiring k1", mustKeys(t, s), []store.Key{k1, k2, k3})
 }
 
 func testTokenRoundTrip(t *testing.T, s store.Store) {
