@@ -242,7 +242,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.cfg.Keys.Verify(r.Context(), r.Header.Get(KeyIDHeader), r.Header.Get(SignatureHeader), body); err != nil {
-		h.cfg.Logger.Warn("secret scanning alert refused: signature", "key_id", printable(r.Header.Get(KeyIDHeader)), "remote", r.RemoteAddr, "err", err)
+		h.cfg.Logger.Warn("secret scanning alert refused: signature", "key_id", truncate(r.Header.Get(KeyIDHeader), 128), "remote", r.RemoteAddr, "err", err)
 		fail(w, http.StatusUnauthorized, "signature does not verify")
 		return
 	}
