@@ -1,8 +1,11 @@
 // Package admin is the admin HTTP API under /v1/: issue, list, show, rotate
 // and revoke tokens, revoke by subject, tenant or key, rotate keys, read and
-// follow the audit log. Every call is authenticated by a tokenwarden token
-// holding the tokenwarden:admin scope. /healthz and /readyz are served here
-// too, unauthenticated.
+// follow the audit log, mint operators' admin tokens. Every call is
+// authenticated by a tokenwarden token holding the scope its route requires
+// in the route table (routes.go): tokenwarden:read, :revoke or :issue, or
+// tokenwarden:admin, which implies them all. /healthz, /readyz and the
+// OpenAPI document (/v1/openapi.json) are served unauthenticated. Every
+// answer that is not a success is a JSON error, 404 and 405 included.
 package admin
 
 import (
@@ -72,10 +75,14 @@ type API struct {
 	// verifying lets one audit verification run at a time: each walks the
 	// whole log.
 	verifying sync.Mutex
+	table     []Route // what register served (routes.go)
 }
 
 // New builds the API.
 func New(cfg Config) (*API, error) {
+	if openapiErr != nil {
+		return nil, openapiErr
+	}
 	if cfg.Issuer == nil || cfg.Store == nil || cfg.Decider == nil || cfg.Revocations == nil || cfg.Audit == nil || cfg.AuditDir == "" {
 		return nil, errors.New("admin: Issuer, Store, Audit, AuditDir, Decider and Revocations are required")
 	}
@@ -95,29 +102,9 @@ func New(cfg Config) (*API, error) {
 		cfg.Ready = func() error { return nil }
 	}
 	a := &API{cfg: cfg, mux: http.NewServeMux()}
-	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok\n")
-	})
-	a.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := a.cfg.Ready(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ready\n")
-	})
-	a.handle("POST /v1/tokens", a.issue)
-	a.handle("GET /v1/tokens", a.listTokens)
-	a.handle("GET /v1/tokens/{id}", a.showToken)
-	a.handle("POST /v1/tokens/{id}/revoke", a.revokeToken)
-	a.handle("POST /v1/tokens/{id}/rotate", a.rotateToken)
-	a.handle("POST /v1/revocations", a.createRevocation)
-	a.handle("GET /v1/revocations", a.listRevocations)
-	a.handle("POST /v1/leaks", a.reportLeak)
-	a.handle("GET /v1/keys", a.listKeys)
-	a.handle("POST /v1/keys/rotate", a.rotateKeys)
-	a.handle("GET /v1/audit", a.auditTail)
-	a.handle("GET /v1/audit/stream", a.auditStream)
-	a.handle("GET /v1/audit/verify", a.auditVerify)
+	if err := a.register(a.routes()); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -142,16 +129,18 @@ func endStreamsOn(ctx context.Context, h http.Handler) http.Handler {
 	})
 }
 
-// ServeHTTP implements http.Handler.
-func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
-
 // Handle serves h at pattern on the admin listener, beside the API, with
 // h's own authentication: the endpoints verifiers outside the mesh use
 // (agent/wellknown, agent/introspect, agent/secretscan).
 func (a *API) Handle(pattern string, h http.Handler) { a.mux.Handle(pattern, h) }
 
-// caller is the authenticated admin.
-type caller struct{ tokenID string }
+// caller is the authenticated admin: its token's jti (the actor of what
+// it does), subject (the operator who owns it) and scopes.
+type caller struct {
+	tokenID string
+	subject string
+	scopes  []string
+}
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, c caller) error
 
@@ -168,15 +157,27 @@ func badRequest(format string, args ...any) error {
 	return &apiError{status: http.StatusBadRequest, code: "bad_request", msg: fmt.Sprintf(format, args...)}
 }
 
-func (a *API) handle(pattern string, h handlerFunc) {
+func (a *API) handle(pattern, scope string, h handlerFunc) {
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		c, aerr := a.authenticate(r)
+		if aerr == nil && !Grants(c.scopes, scope) {
+			aerr = &apiError{status: http.StatusForbidden, code: string(policy.ReasonInsufficientScope),
+				msg: "the token lacks the " + scope + " scope (or " + AdminScope + ") this endpoint requires"}
+			a.auditRequest(r, c, pattern, http.StatusForbidden)
+		}
 		if aerr != nil {
 			w.Header().Set("WWW-Authenticate", policy.Reason(aerr.code).Challenge())
 			writeError(w, aerr)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+		rec := &statusRecorder{ResponseWriter: w}
+		if r.Method != http.MethodGet {
+			// A mutation is audited with the operator who asked for it,
+			// whatever its outcome.
+			defer func() { a.auditRequest(r, c, pattern, rec.status) }()
+		}
+		w = rec
 		if err := h(w, r, c); err != nil {
 			var ae *apiError
 			var ie *policy.Refusal
@@ -197,7 +198,7 @@ func (a *API) handle(pattern string, h handlerFunc) {
 
 // authenticate verifies the caller's bearer token: signature (Ed25519
 // verification is constant time), claims, environment, revocation and the
-// admin scope.
+// subject it names. Which scope the route needs is handle's check.
 func (a *API) authenticate(r *http.Request) (caller, *apiError) {
 	tok := policy.BearerToken(r.Header.Get("Authorization"))
 	if tok == "" {
@@ -213,10 +214,7 @@ func (a *API) authenticate(r *http.Request) (caller, *apiError) {
 	if a.cfg.Revocations.Revoked(t, now) {
 		return caller{}, &apiError{status: http.StatusUnauthorized, code: string(policy.ReasonRevoked), msg: policy.ReasonRevoked.Message()}
 	}
-	if !t.HasScope(AdminScope) {
-		return caller{}, &apiError{status: http.StatusForbidden, code: string(policy.ReasonInsufficientScope), msg: "the token lacks the " + AdminScope + " scope"}
-	}
-	return caller{tokenID: t.ID}, nil
+	return caller{tokenID: t.ID, subject: t.Subject, scopes: t.Scopes}, nil
 }
 
 func writeError(w http.ResponseWriter, e *apiError) {
@@ -275,6 +273,9 @@ type IssueRequest struct {
 func (a *API) issue(w http.ResponseWriter, r *http.Request, c caller) error {
 	var req IssueRequest
 	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if err := a.mayMint(c, req.Class, req.Scopes); err != nil {
 		return err
 	}
 	var ttl time.Duration
@@ -463,6 +464,9 @@ func (a *API) listRevocations(w http.ResponseWriter, r *http.Request, c caller) 
 }
 
 func (a *API) rotateToken(w http.ResponseWriter, r *http.Request, c caller) error {
+	if err := a.mayRotate(r.Context(), c, r.PathValue("id")); err != nil {
+		return err
+	}
 	out, err := a.cfg.Rotator.Rotate(r.Context(), r.PathValue("id"), c.tokenID)
 	if err != nil && out.Token == "" {
 		return err

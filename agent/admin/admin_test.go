@@ -1339,6 +1339,8 @@ func TestAuditStream(t *testing.T) {
 		// act runs once the stream is open.
 		act        func(s *server) (tokenID string)
 		wantAction string
+		// thenRequest: the admin.request record of the act follows.
+		thenRequest bool
 	}{
 		"every action": {
 			query: "?n=0",
@@ -1348,7 +1350,8 @@ func TestAuditStream(t *testing.T) {
 				json.Unmarshal(r.body, &out)
 				return out.Record.ID
 			},
-			wantAction: audit.ActionTokenIssue,
+			wantAction:  audit.ActionTokenIssue,
+			thenRequest: true,
 		},
 		"filtered by action": {
 			query: "?n=0&action=token.revoke",
@@ -1379,6 +1382,11 @@ func TestAuditStream(t *testing.T) {
 			if rec.Action == audit.ActionTokenIssue || rec.Action == audit.ActionTokenRevoke {
 				if rec.Actor != s.adminID {
 					t.Errorf("streamed record actor %q, want %q", rec.Actor, s.adminID)
+				}
+			}
+			if tc.thenRequest {
+				if rec := st.next(t); rec.Action != admin.ActionRequest || rec.Actor != s.adminID || rec.Subject != "tokenwarden-admin" {
+					t.Errorf("then streamed %s by %s (%s), want %s by the admin token", rec.Action, rec.Actor, rec.Subject, admin.ActionRequest)
 				}
 			}
 			st.quiet(t, 100*time.Millisecond)
