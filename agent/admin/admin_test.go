@@ -54,6 +54,7 @@ type server struct {
 	set      *revocation.Set
 	decider  *policy.Decider
 	srv      *httptest.Server
+	api      *admin.API
 
 	syncMu sync.Mutex
 	events <-chan store.Event
@@ -65,6 +66,9 @@ type server struct {
 	// admin.token); adminID is its jti, the actor of what the tests do.
 	admin   string
 	adminID string
+
+	// capture, when set, sees every response call gets.
+	capture func(method, path string, r response)
 }
 
 func newServer(t *testing.T) *server {
@@ -108,6 +112,7 @@ func newServer(t *testing.T) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.api = api
 	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.sync()
 		api.ServeHTTP(w, r)
@@ -295,7 +300,7 @@ func (s *server) call(method, path, token string, body any) response {
 	}
 	r := response{status: resp.StatusCode, header: resp.Header, body: b}
 	var allowed string
-	if method == http.MethodPost && r.status == http.StatusCreated && (path == "/v1/tokens" || strings.HasPrefix(path, "/v1/tokens/") && strings.HasSuffix(path, "/rotate")) {
+	if method == http.MethodPost && r.status == http.StatusCreated && (path == "/v1/tokens" || path == "/v1/admin/tokens" || strings.HasPrefix(path, "/v1/tokens/") && strings.HasSuffix(path, "/rotate")) {
 		var out struct{ Token string }
 		json.Unmarshal(b, &out)
 		if out.Token == "" {
@@ -304,6 +309,9 @@ func (s *server) call(method, path, token string, body any) response {
 		allowed = out.Token
 	}
 	checkNoTokens(s.t, method+" "+path, b, allowed)
+	if s.capture != nil {
+		s.capture(method, path, r)
+	}
 	return r
 }
 
