@@ -165,6 +165,7 @@ command or flag, missing argument); scan exits 3 when it finds tokens.`,
 		newScanCommand(admin),
 		newVersionCommand(),
 		newDPoPCommand(),
+		newAdminCommand(admin),
 	)
 	// A command group run without a subcommand shows its help; an unknown
 	// subcommand is a usage error rather than the group's help.
