@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -136,6 +138,20 @@ func TestOpenAPIMatchesRouteTable(t *testing.T) {
 	for key := range documented {
 		if !served[key] {
 			t.Errorf("%s is documented but not served", key)
+		}
+	}
+	// docs/admin.md's table says the same.
+	page, err := os.ReadFile(filepath.Join("..", "..", "docs", "admin.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rt := range s.api.Routes() {
+		row := "| `" + rt.Method + " " + rt.Pattern + "` | `" + rt.Scope + "` |"
+		if rt.Scope == admin.Public {
+			row = "`" + rt.Method + " " + rt.Pattern + "`"
+		}
+		if !bytes.Contains(page, []byte(row)) {
+			t.Errorf("docs/admin.md lacks %s", row)
 		}
 	}
 	// A documented route answers with something other than "no such
