@@ -76,6 +76,9 @@ type API struct {
 	// whole log.
 	verifying sync.Mutex
 	table     []Route // what register served (routes.go)
+	// patterns are every pattern served, the table's and Handle's.
+	patternsMu sync.RWMutex
+	patterns   map[string]bool
 }
 
 // New builds the API.
@@ -132,7 +135,10 @@ func endStreamsOn(ctx context.Context, h http.Handler) http.Handler {
 // Handle serves h at pattern on the admin listener, beside the API, with
 // h's own authentication: the endpoints verifiers outside the mesh use
 // (agent/wellknown, agent/introspect, agent/secretscan).
-func (a *API) Handle(pattern string, h http.Handler) { a.mux.Handle(pattern, h) }
+func (a *API) Handle(pattern string, h http.Handler) {
+	a.mux.Handle(pattern, h)
+	a.addPattern(pattern)
+}
 
 // caller is the authenticated admin: its token's jti (the actor of what
 // it does), subject (the operator who owns it) and scopes.
@@ -172,7 +178,7 @@ func (a *API) handle(pattern, scope string, h handlerFunc) {
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
 		rec := &statusRecorder{ResponseWriter: w}
-		if r.Method != http.MethodGet {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			// A mutation is audited with the operator who asked for it,
 			// whatever its outcome.
 			defer func() { a.auditRequest(r, c, pattern, rec.status) }()
@@ -275,7 +281,7 @@ func (a *API) issue(w http.ResponseWriter, r *http.Request, c caller) error {
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	if err := a.mayMint(c, req.Class, req.Scopes); err != nil {
+	if err := a.mayMint(c, req); err != nil {
 		return err
 	}
 	var ttl time.Duration

@@ -98,10 +98,15 @@ func AdminClass(p *policy.Policy, env string, scopes ...string) string {
 
 // mayMint refuses to let a caller without tokenwarden:admin mint a token
 // that carries any tokenwarden: scope (the requested ones, or the class's
-// when none are named): holding :issue must not lead to holding more.
-func (a *API) mayMint(c caller, class string, scopes []string) error {
+// when none are named): holding :issue must not lead to holding more. The
+// agent's own admin token's subject is reserved.
+func (a *API) mayMint(c caller, req IssueRequest) error {
+	if req.Subject == BootstrapSubject {
+		return badRequest("subject %s is reserved for the agent's own admin token", BootstrapSubject)
+	}
+	scopes := req.Scopes
 	if len(scopes) == 0 {
-		if cl, ok := a.cfg.Decider.Policy().Class(class); ok {
+		if cl, ok := a.cfg.Decider.Policy().Class(req.Class); ok {
 			scopes = cl.Scopes
 		}
 	}

@@ -3,6 +3,7 @@ package admin
 import (
 	"fmt"
 	"net/http"
+	"path"
 	"slices"
 	"strings"
 )
@@ -92,6 +93,7 @@ func (a *API) register(table []route) error {
 			return fmt.Errorf("admin: route %s declares no known scope (%q): every route must name one of %s or %q", key, rt.Scope, strings.Join(Scopes, ", "), Public)
 		}
 		seen[key] = true
+		a.addPattern(key)
 		if rt.Scope == Public {
 			a.mux.HandleFunc(key, rt.public)
 		} else {
@@ -141,14 +143,15 @@ func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
 // answered in JSON like every other error: 404, or 405 with the Allow
 // header ServeMux computed.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if _, pattern := a.mux.Handler(r); pattern != "" {
+	h, pattern := a.mux.Handler(r)
+	if a.served(pattern) && canonical(r.URL.Path) {
 		a.mux.ServeHTTP(w, r)
 		return
 	}
-	// ServeMux's own answer, without its text/plain body: the status
-	// and the Allow header are what it decided.
+	// ServeMux's own answer (not found, method not allowed, a redirect
+	// to the cleaned path), without its text body: the status and the
+	// headers are what it decided.
 	var rec headerRecorder
-	h, _ := a.mux.Handler(r)
 	h.ServeHTTP(&rec, r)
 	switch rec.status {
 	case http.StatusMethodNotAllowed:
@@ -160,12 +163,40 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			msg: "no such endpoint: " + r.URL.Path + " (GET /v1/openapi.json lists them)"})
 	default:
 		// A redirect ServeMux chose for a path that names a route
-		// when cleaned: pass it on as it is.
-		for k, v := range rec.header {
-			w.Header()[k] = v
+		// once cleaned (//, .., a missing trailing slash): its status
+		// and Location, with a JSON body.
+		if loc := rec.header.Get("Location"); loc != "" {
+			w.Header().Set("Location", loc)
 		}
-		writeError(w, &apiError{status: rec.status, code: "redirect", msg: "see Location"})
+		writeError(w, &apiError{status: rec.status, code: "moved", msg: "the canonical path is " + rec.header.Get("Location")})
 	}
+}
+
+// canonical reports whether p is as ServeMux cleans it (no //, . or ..);
+// ServeMux redirects other paths to their clean form.
+func canonical(p string) bool {
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c == p
+}
+
+// served reports whether pattern is one the API registered (rather than
+// the path of a redirect ServeMux made up).
+func (a *API) served(pattern string) bool {
+	a.patternsMu.RLock()
+	defer a.patternsMu.RUnlock()
+	return a.patterns[pattern]
+}
+
+func (a *API) addPattern(pattern string) {
+	a.patternsMu.Lock()
+	defer a.patternsMu.Unlock()
+	if a.patterns == nil {
+		a.patterns = map[string]bool{}
+	}
+	a.patterns[pattern] = true
 }
 
 // headerRecorder keeps the status and headers ServeMux's error handlers

@@ -266,6 +266,8 @@ func TestNoEscalation(t *testing.T) {
 			map[string]any{"subject": "mallory", "scopes": []string{"tokenwarden:root"}}, 400, "bad_request"},
 		"admin mints the bootstrap subject": {s.admin, http.MethodPost, "/v1/admin/tokens",
 			map[string]any{"subject": admin.BootstrapSubject}, 400, "bad_request"},
+		"admin issues the bootstrap subject": {s.admin, http.MethodPost, "/v1/tokens",
+			map[string]any{"subject": admin.BootstrapSubject, "class": "admin", "scopes": []string{admin.AdminScope}}, 400, "bad_request"},
 		"admin mints beyond the class's max_ttl": {s.admin, http.MethodPost, "/v1/admin/tokens",
 			map[string]any{"subject": "mallory", "ttl": "720h"}, 400, "refused_by_policy"},
 		// What an issuer may do, it still does.
@@ -360,4 +362,27 @@ func TestOperatorAdminTokens(t *testing.T) {
 	wantStatus(t, s.call(http.MethodGet, "/v1/keys", bob, nil), http.StatusOK)
 	wantStatus(t, s.as(http.MethodGet, "/v1/keys", nil), http.StatusOK)
 	_ = bobID
+}
+
+// TestRedirectsAnswerJSON: a path ServeMux would clean (// or ..) is
+// redirected to its canonical form with a JSON body, never served as is.
+func TestRedirectsAnswerJSON(t *testing.T) {
+	s := newServer(t)
+	client := *s.srv.Client()
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	for _, path := range []string{"/v1//keys", "/v1/tokens/../keys", "/v1/./audit"} {
+		req, _ := http.NewRequest(http.MethodGet, s.srv.URL+path, nil)
+		req.URL.Opaque = path // as sent, not cleaned by the client
+		req.Header.Set("Authorization", "Bearer "+s.admin)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct{ Error, Message string }
+		derr := json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode/100 != 3 || resp.Header.Get("Content-Type") != "application/json" || derr != nil || e.Error != "moved" || resp.Header.Get("Location") == "" {
+			t.Errorf("%s: %d %s %q %v %+v", path, resp.StatusCode, resp.Header.Get("Content-Type"), resp.Header.Get("Location"), derr, e)
+		}
+	}
 }
