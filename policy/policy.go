@@ -324,7 +324,7 @@ func (f *findings) validate(d *Document, root *yaml.Node) {
 		}
 	}
 	for _, s := range sortedKeys(granted) {
-		if !required[s] {
+		if !required[s] && !AgentScope(s) {
 			f.warnf(granted[s], "scope %q is granted by a class but no route requires it: add a route that requires it, or drop it from the class", s)
 		}
 	}
@@ -493,3 +493,14 @@ func (p *Policy) Routes(service string) []Route {
 
 // ClassNames lists the classes in name order.
 func (p *Policy) ClassNames() []string { return sortedKeys(p.classes) }
+
+// AgentScope reports whether the agent's own endpoints require scope (the
+// admin API's route table, introspection) rather than a route of the
+// policy: a class granting it grants something that is used.
+func AgentScope(scope string) bool {
+	switch scope {
+	case "tokenwarden:admin", "tokenwarden:read", "tokenwarden:revoke", "tokenwarden:issue", "tokenwarden:introspect":
+		return true
+	}
+	return false
+}

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/tokenwarden/tokenwarden/policy"
 )
 
 // TestRouteTableFailsClosed: a route that does not say who may call it is
@@ -63,6 +65,11 @@ func TestGrants(t *testing.T) {
 		{[]string{"tokenwarden:*"}, ReadScope, false},
 		{[]string{"tokenwarden:read "}, ReadScope, false},
 		{[]string{"TOKENWARDEN:ADMIN"}, ReadScope, false},
+	}
+	for _, s := range Scopes {
+		if !policy.AgentScope(s) {
+			t.Errorf("policy check would warn that %s is granted but unused", s)
+		}
 	}
 	for _, tc := range tests {
 		if got := Grants(tc.held, tc.scope); got != tc.want {
