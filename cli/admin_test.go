@@ -49,7 +49,7 @@ func TestAdminIssue(t *testing.T) {
 	as := func(file string, args ...string) (string, string, int) {
 		return run(t, append([]string{"--admin-token-file", file}, args...)...)
 	}
-	out, errOut, code = as(alice, "token", "issue", "--subject", "ci", "--class", "service")
+	_, errOut, code = as(alice, "token", "issue", "--subject", "ci", "--class", "service")
 	if code != 0 {
 		t.Fatalf("alice issues: exit %d: %s", code, errOut)
 	}
