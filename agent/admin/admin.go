@@ -134,8 +134,13 @@ func endStreamsOn(ctx context.Context, h http.Handler) http.Handler {
 
 // Handle serves h at pattern on the admin listener, beside the API, with
 // h's own authentication: the endpoints verifiers outside the mesh use
-// (agent/wellknown, agent/introspect, agent/secretscan).
+// (agent/wellknown, agent/introspect, agent/secretscan). A pattern under
+// /v1 panics, as ServeMux does on a conflict: /v1 is the route table's, where
+// every route declares its scope.
 func (a *API) Handle(pattern string, h http.Handler) {
+	if underV1(pattern) {
+		panic("admin: " + pattern + " is under /v1: declare it in the route table with its scope")
+	}
 	a.mux.Handle(pattern, h)
 	a.addPattern(pattern)
 }

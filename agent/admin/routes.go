@@ -172,6 +172,18 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// underV1 reports whether a ServeMux pattern ("[METHOD ][HOST]/PATH")
+// matches paths under /v1.
+func underV1(pattern string) bool {
+	if _, rest, ok := strings.Cut(pattern, " "); ok {
+		pattern = strings.TrimLeft(rest, " \t")
+	}
+	if i := strings.IndexByte(pattern, '/'); i >= 0 {
+		pattern = pattern[i:]
+	}
+	return pattern == "/" || pattern == "/v1" || strings.HasPrefix(pattern, "/v1/") || strings.HasPrefix(pattern, "/{")
+}
+
 // canonical reports whether p is as ServeMux cleans it (no //, . or ..);
 // ServeMux redirects other paths to their clean form.
 func canonical(p string) bool {

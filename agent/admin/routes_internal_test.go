@@ -77,3 +77,22 @@ func TestGrants(t *testing.T) {
 		}
 	}
 }
+
+// TestHandleRefusesV1: nothing reaches /v1 around the route table.
+func TestHandleRefusesV1(t *testing.T) {
+	for pattern, refused := range map[string]bool{
+		"/v1/tokens": true, "POST /v1/x": true, "GET example.com/v1/keys": true, "/v1": true, "/v1/": true,
+		"/": true, "/{path...}": true, "GET /": true,
+		"/.well-known/": false, "POST /oauth2/introspect": false, "/github/secret-scanning": false, "/v10": false,
+	} {
+		func() {
+			defer func() {
+				if got := recover() != nil; got != refused {
+					t.Errorf("Handle(%q): refused %v, want %v", pattern, got, refused)
+				}
+			}()
+			a := &API{mux: http.NewServeMux()}
+			a.Handle(pattern, http.NotFoundHandler())
+		}()
+	}
+}
