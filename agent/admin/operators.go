@@ -47,8 +47,8 @@ func (a *API) issueAdmin(w http.ResponseWriter, r *http.Request, c caller) error
 		req.Scopes = []string{AdminScope}
 	}
 	for _, s := range req.Scopes {
-		if !slices.Contains(Scopes, s) {
-			return badRequest("scope %q: an admin token holds admin API scopes only (%s)", s, strings.Join(Scopes, ", "))
+		if !slices.Contains(apiScopes, s) {
+			return badRequest("scope %q: an admin token holds admin API scopes only (%s)", s, strings.Join(apiScopes, ", "))
 		}
 		if !Grants(c.scopes, s) {
 			// No escalation: a caller grants only what it holds.

@@ -25,8 +25,8 @@ const (
 	Public = "public"
 )
 
-// Scopes lists the admin API's scopes, widest first.
-var Scopes = []string{AdminScope, ReadScope, RevokeScope, IssueScope}
+// apiScopes lists the admin API's scopes, widest first.
+var apiScopes = []string{AdminScope, ReadScope, RevokeScope, IssueScope}
 
 // Route is one entry of the route table: the method and ServeMux pattern
 // it is served at and the scope a caller's token must hold (AdminScope
@@ -89,8 +89,8 @@ func (a *API) register(table []route) error {
 			return fmt.Errorf("admin: route %s is declared twice", key)
 		case rt.Scope == Public && rt.public == nil, rt.Scope != Public && rt.h == nil:
 			return fmt.Errorf("admin: route %s has no handler for scope %q", key, rt.Scope)
-		case rt.Scope != Public && !slices.Contains(Scopes, rt.Scope):
-			return fmt.Errorf("admin: route %s declares no known scope (%q): every route must name one of %s or %q", key, rt.Scope, strings.Join(Scopes, ", "), Public)
+		case rt.Scope != Public && !slices.Contains(apiScopes, rt.Scope):
+			return fmt.Errorf("admin: route %s declares no known scope (%q): every route must name one of %s or %q", key, rt.Scope, strings.Join(apiScopes, ", "), Public)
 		}
 		seen[key] = true
 		a.addPattern(key)
@@ -114,7 +114,7 @@ func Grants(scopes []string, scope string) bool {
 	switch {
 	case scope == Public:
 		return true
-	case !slices.Contains(Scopes, scope):
+	case !slices.Contains(apiScopes, scope):
 		return false
 	}
 	return slices.Contains(scopes, AdminScope) || slices.Contains(scopes, scope)

@@ -66,7 +66,7 @@ func TestGrants(t *testing.T) {
 		{[]string{"tokenwarden:read "}, ReadScope, false},
 		{[]string{"TOKENWARDEN:ADMIN"}, ReadScope, false},
 	}
-	for _, s := range Scopes {
+	for _, s := range apiScopes {
 		if !policy.AgentScope(s) {
 			t.Errorf("policy check would warn that %s is granted but unused", s)
 		}
