@@ -79,6 +79,7 @@ type API struct {
 	// patterns are every pattern served, the table's and Handle's.
 	patternsMu sync.RWMutex
 	patterns   map[string]bool
+	failures   failureBudget // of admin.request records (operators.go)
 }
 
 // New builds the API.

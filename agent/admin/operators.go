@@ -6,7 +6,10 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/tokenwarden/tokenwarden/agent/audit"
 	"github.com/tokenwarden/tokenwarden/policy"
@@ -137,15 +140,73 @@ func mayHold(c caller, scopes []string) error {
 	return nil
 }
 
-// auditRequest records an admin request with the operator who made it.
+// auditRequest records an admin request with the operator who made it. A
+// request that failed (status 400 and above: refused for a missing scope,
+// a bad body) is recorded within its token's failure budget; beyond it,
+// failures are counted and the next record says how many were not
+// recorded one by one, so that one token cannot flood the log (and push
+// the evidence out of its size budget).
 func (a *API) auditRequest(r *http.Request, c caller, pattern string, status int) {
+	details := map[string]any{"status": status, "path": r.URL.Path}
+	if status >= 400 {
+		ok, suppressed := a.failures.allow(c.tokenID, a.cfg.Now())
+		if !ok {
+			return
+		}
+		if suppressed > 0 {
+			details["failures_not_recorded"] = suppressed
+		}
+	}
 	_, err := a.cfg.Audit.Append(audit.Record{
 		Action: ActionRequest, Actor: c.tokenID, TokenID: c.tokenID, Subject: c.subject,
-		Route: pattern, Source: r.RemoteAddr,
-		Details: audit.Details(map[string]any{"status": status, "path": r.URL.Path}),
+		Route: pattern, Source: r.RemoteAddr, Details: audit.Details(details),
 	})
 	if err != nil {
 		a.cfg.Logger.Error("admin request not audited: the audit log refused its record",
 			"route", pattern, "actor", c.tokenID, "subject", c.subject, "err", err)
 	}
+}
+
+// Failed admin requests each token may have recorded one by one: a burst
+// of failureBurst, then one a failureEvery.
+const (
+	failureBurst = 10
+	failureEvery = 6 * time.Second
+	// maxFailureTokens bounds the tokens tracked; past it the budgets
+	// start over (a caller gains at most one more burst).
+	maxFailureTokens = 4096
+)
+
+// failureBudget rate-limits the audit records of failed requests, per
+// calling token.
+type failureBudget struct {
+	mu sync.Mutex
+	m  map[string]*failures
+}
+
+type failures struct {
+	lim        *rate.Limiter
+	suppressed int
+}
+
+// allow reports whether a failure of token's may be recorded at now, and
+// how many were not recorded since the last one that was.
+func (b *failureBudget) allow(token string, now time.Time) (bool, int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f, ok := b.m[token]
+	if !ok {
+		if b.m == nil || len(b.m) >= maxFailureTokens {
+			b.m = map[string]*failures{}
+		}
+		f = &failures{lim: rate.NewLimiter(rate.Every(failureEvery), failureBurst)}
+		b.m[token] = f
+	}
+	if !f.lim.AllowN(now, 1) {
+		f.suppressed++
+		return false, 0
+	}
+	n := f.suppressed
+	f.suppressed = 0
+	return true, n
 }

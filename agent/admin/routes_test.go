@@ -386,3 +386,43 @@ func TestRedirectsAnswerJSON(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedRequestsCannotFloodTheAudit: a token hammering a route it may
+// not call gets a burst of admin.request records, then one every few
+// seconds, the next saying how many were not recorded; its successes and
+// other tokens' records are unaffected.
+func TestFailedRequestsCannotFloodTheAudit(t *testing.T) {
+	s := newServer(t)
+	reader := s.scopedToken("reader", admin.ReadScope)
+	count := func(subject string) int {
+		return len(s.audited(audit.Filter{Action: admin.ActionRequest, Subject: subject}))
+	}
+	for range 200 {
+		if r := s.call(http.MethodPost, "/v1/tokens", reader, map[string]any{"subject": "x", "class": "service"}); r.status != http.StatusForbidden {
+			t.Fatalf("status %d", r.status)
+		}
+	}
+	if n := count("reader"); n < 1 || n > 10 {
+		t.Fatalf("200 refusals wrote %d records, want 1 to 10", n)
+	}
+	// Others are recorded as ever.
+	before := count("tokenwarden-admin")
+	for range 3 {
+		wantStatus(t, s.as(http.MethodPost, "/v1/tokens", map[string]any{"subject": "x", "class": "nope"}), http.StatusBadRequest)
+	}
+	if n := count("tokenwarden-admin"); n != before+3 {
+		t.Errorf("the admin's failures: %d records, want %d", n, before+3)
+	}
+	// Later, the next refusal is recorded with the count of the others.
+	s.clock.Add(time.Minute)
+	s.call(http.MethodPost, "/v1/tokens", reader, map[string]any{"subject": "x", "class": "service"})
+	recs := s.audited(audit.Filter{Action: admin.ActionRequest, Subject: "reader"})
+	last := recs[len(recs)-1]
+	var d struct {
+		Status     int `json:"status"`
+		NotRecords int `json:"failures_not_recorded"`
+	}
+	if err := json.Unmarshal(last.Details, &d); err != nil || d.Status != http.StatusForbidden || d.NotRecords+len(recs)-1 != 200 {
+		t.Errorf("the next record %s: want status 403 and the %d refusals not recorded", last.Details, 200-(len(recs)-1))
+	}
+}
