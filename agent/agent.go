@@ -65,6 +65,7 @@ type Agent struct {
 
 	policyFile []byte // the policy file as New loaded it: the poller's baseline
 	reloads    *prometheus.CounterVec
+	generation prometheus.Gauge
 	reloading  chan struct{}
 	ready      atomic.Bool
 }
@@ -133,7 +134,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if err := audit.RegisterMetrics(a.registry, a.audit, a.use); err != nil {
 		return nil, err
 	}
-	sentry, err := kernel.Open(cfg.BPF, kernel.Attach{Interfaces: cfg.BPFInterfaces, Cgroup: cfg.BPFCgroup}, a.log)
+	sentry, kstatus, err := kernel.Open(cfg.BPF, kernel.Attach{Interfaces: cfg.BPFInterfaces, Cgroup: cfg.BPFCgroup}, a.log)
 	if err != nil {
 		return nil, err
 	}
@@ -144,6 +145,9 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			}
 			return nil
 		})
+	}
+	if err := kernel.RegisterAttached(a.registry, kstatus); err != nil {
+		return nil, err
 	}
 	if a.anomaly, err = anomaly.New(anomaly.Config{
 		Policy: p.Doc.Anomaly, OnTrigger: a.onAnomaly, Registerer: a.registry, Now: cfg.Now,
@@ -202,13 +206,19 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "tokenwarden_policy_reloads_total",
+		Name: "tokenwarden_policy_reload_total",
 		Help: "Policy reloads, by result: ok, or refused (errors, a dropped environment, a failed push to the sidecars; the old policy stays).",
 	}, []string{"result"})
 	a.reloads.WithLabelValues("ok")
 	a.reloads.WithLabelValues("refused")
+	a.generation = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tokenwarden_policy_generation",
+		Help: "Policies put in force since start: 1 for the policy loaded at start, plus one per accepted reload.",
+	})
+	a.generation.Set(1)
 	a.registry.MustRegister(
 		a.reloads,
+		a.generation,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		revocation.RulesGauge(a.replica.Revocations()),

@@ -41,12 +41,13 @@ func (a *Agent) Reload() error {
 	a.reloading <- struct{}{}
 	defer func() { <-a.reloading }()
 	err := a.reload()
-	result := "ok"
 	if err != nil {
-		result = "refused"
+		a.reloads.WithLabelValues("refused").Inc()
+		return err
 	}
-	a.reloads.WithLabelValues(result).Inc()
-	return err
+	a.reloads.WithLabelValues("ok").Inc()
+	a.generation.Inc()
+	return nil
 }
 
 func (a *Agent) reload() error {

@@ -59,6 +59,9 @@ func TestPolicyFileReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(policy.ReasonAllowed)
+	if got := testutil.ToFloat64(r.agent.generation); got != 2 {
+		t.Fatalf("policy generation = %v after one accepted reload, want 2", got)
+	}
 
 	// A broken file is refused: the edited policy stays in force.
 	if err := os.WriteFile(path, []byte(edited+"\nbogus_field: 1\n"), 0o600); err != nil {
@@ -74,6 +77,9 @@ func TestPolicyFileReload(t *testing.T) {
 	}
 	if got := decide(); got != policy.ReasonAllowed {
 		t.Fatalf("after a broken edit: %s, want the previous policy to stay", got)
+	}
+	if got := testutil.ToFloat64(r.agent.generation); got != 2 {
+		t.Fatalf("policy generation = %v after a refused reload, want it to stay 2", got)
 	}
 }
 
@@ -110,6 +116,9 @@ func TestReloadIsAllOrNothing(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(a.reloads.WithLabelValues("refused")); got != 1 {
 		t.Fatalf("refused reloads = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(a.generation); got != 1 {
+		t.Fatalf("policy generation = %v after a refused reload, want 1", got)
 	}
 }
 

@@ -91,23 +91,54 @@ func Load(at Attach) (*bpf.Sentry, error) {
 	return s, nil
 }
 
+// Status says whether the kernel side runs and, when it does not, why: the
+// reason label of tokenwarden_kernel_attached.
+type Status string
+
+const (
+	StatusAttached      Status = "attached"        // loaded and attached
+	StatusOff           Status = "off"             // ModeOff: turned off on purpose
+	StatusNoAttachPoint Status = "no_attach_point" // ModeAuto without an interface or cgroup
+	StatusLoadFailed    Status = "load_failed"     // ModeAuto: loading or attaching failed
+)
+
 // Open loads the programs as mode says: nothing with ModeOff; with
 // ModeAuto a failure is logged once and nil returned (the agent runs
-// without the kernel side); with ModeRequired a failure is an error.
-func Open(mode string, at Attach, log *slog.Logger) (*bpf.Sentry, error) {
+// without the kernel side); with ModeRequired a failure is an error. The
+// Status says which of these happened.
+func Open(mode string, at Attach, log *slog.Logger) (*bpf.Sentry, Status, error) {
 	if mode == ModeOff {
-		return nil, nil
+		return nil, StatusOff, nil
 	}
 	s, err := Load(at)
 	switch {
 	case err == nil:
 		log.Info("kernel side attached", "interfaces", at.Interfaces, "cgroup", at.Cgroup)
-		return s, nil
+		return s, StatusAttached, nil
 	case mode == ModeRequired:
-		return nil, fmt.Errorf("kernel side required but unavailable: %w", err)
+		return nil, StatusLoadFailed, fmt.Errorf("kernel side required but unavailable: %w", err)
 	}
 	log.Warn("running without the kernel side: per-token kernel counting and in-kernel revocation are off", "err", err)
-	return nil, nil
+	if errors.Is(err, ErrNothingToAttach) {
+		return nil, StatusNoAttachPoint, nil
+	}
+	return nil, StatusLoadFailed, nil
+}
+
+// RegisterAttached exports tokenwarden_kernel_attached: one series, 1 with
+// reason "attached", 0 with the reason the kernel side is not running. It
+// exists whatever the mode, so an alert can see a kernel side that failed.
+func RegisterAttached(reg prometheus.Registerer, st Status) error {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tokenwarden_kernel_attached",
+		Help: "1 while the eBPF programs are loaded and attached; 0 otherwise, with the reason: off (turned off), no_attach_point (auto without an interface or cgroup), load_failed (auto, loading or attaching failed).",
+	}, []string{"reason"})
+	v := 0.0
+	if st == StatusAttached {
+		v = 1
+	}
+	g.WithLabelValues(string(st)).Set(v)
+	return reg.Register(g)
 }
 
 // directions are the TCX hooks to attach on an interface: both, except on a
@@ -217,7 +248,6 @@ func (k *Kernel) registerMetrics(reg prometheus.Registerer) error {
 	}
 	cs := []prometheus.Collector{
 		vec, k.drops, k.unknown, k.overflow, k.syncs, k.syncErrs,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tokenwarden_kernel_attached", Help: "1 while the eBPF programs are loaded and attached."}, func() float64 { return 1 }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tokenwarden_kernel_revoked_hashes", Help: "Token hashes in the kernel's revoked map."}, func() float64 { return float64(k.revoked.Load()) }),
 		stat("tokenwarden_kernel_packets_total", "Packets seen by the eBPF programs.", func(s bpf.Stats) uint64 { return s.Packets }),
 		stat("tokenwarden_kernel_parsed_requests_total", "Packets that began an HTTP request.", func(s bpf.Stats) uint64 { return s.Requests }),
