@@ -41,6 +41,7 @@ func TestReasonStatusAndChallenge(t *testing.T) {
 		policy.ReasonInsufficientScope:     {http.StatusForbidden, scope(policy.ReasonInsufficientScope)},
 		policy.ReasonNoMatchingRoute:       {http.StatusForbidden, scope(policy.ReasonNoMatchingRoute)},
 		policy.ReasonInternalError:         {http.StatusForbidden, realm}, // nothing the client can fix
+		policy.ReasonProxyMisconfigured:    {http.StatusForbidden, realm}, // nor here: the proxy's configuration is at fault
 		policy.ReasonSenderMismatch:        {http.StatusUnauthorized, invalid(policy.ReasonSenderMismatch) + `, DPoP algs="ES256 EdDSA", error="invalid_token", error_description="sender_mismatch"`},
 		policy.ReasonDPoPInvalid:           {http.StatusUnauthorized, `DPoP algs="ES256 EdDSA", error="invalid_dpop_proof", error_description="dpop_invalid"`},
 		policy.ReasonDPoPReplayed:          {http.StatusUnauthorized, `DPoP algs="ES256 EdDSA", error="invalid_dpop_proof", error_description="dpop_replayed"`},
