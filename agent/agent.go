@@ -77,7 +77,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	p, raw, err := loadPolicy(cfg.PolicyPath, cfg.Env)
+	p, raw, err := LoadPolicy(cfg.PolicyPath, cfg.Env)
 	if err != nil {
 		return nil, err
 	}
