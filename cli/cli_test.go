@@ -193,9 +193,9 @@ func TestPolicyCheckEnv(t *testing.T) {
 		want     string
 	}{
 		"without --env: the file itself is fine": {[]string{path}, 0, path + ": ok"},
-		"no admin class in prod":                  {[]string{"--env", "prod", path}, 1, "serve --env prod would refuse it: policy " + path + ": the policy has no class granting tokenwarden:admin in environment prod"},
-		"an environment the file lacks":           {[]string{"--env", "qa", path}, 1, `environment "qa" is not in policy`},
-		"dev has an admin class":                  {[]string{"--env", "dev", path}, 0, path + ": ok (environment dev)"},
+		"no admin class in prod":                 {[]string{"--env", "prod", path}, 1, "serve --env prod would refuse it: policy " + path + ": the policy has no class granting tokenwarden:admin in environment prod"},
+		"an environment the file lacks":          {[]string{"--env", "qa", path}, 1, `environment "qa" is not in policy`},
+		"dev has an admin class":                 {[]string{"--env", "dev", path}, 0, path + ": ok (environment dev)"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
