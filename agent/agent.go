@@ -30,7 +30,9 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/agent/revoke"
 	"github.com/tokenwarden/tokenwarden/agent/rotation"
+	"github.com/tokenwarden/tokenwarden/agent/scrape"
 	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/agent/usage"
 	"github.com/tokenwarden/tokenwarden/bpf"
 	"github.com/tokenwarden/tokenwarden/policy"
 	"github.com/tokenwarden/tokenwarden/xds"
@@ -58,6 +60,7 @@ type Agent struct {
 	authz      *authz.Server
 	metrics    *authz.Metrics
 	conns      *listen.Metrics // connection limits of every listener
+	scrape     *scrape.Bearer  // nil: /metrics takes no token
 	admin      *admin.API
 	xds        *xds.Server // nil without XDSAddr
 	sidecars   policyPush  // a.xds, when there is one
@@ -96,6 +99,11 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			return nil, err
 		}
 	}
+	if cfg.MetricsBearerFile != "" {
+		if a.scrape, err = scrape.NewBearer(cfg.MetricsBearerFile, a.log, cfg.Now); err != nil {
+			return nil, err
+		}
+	}
 	kek, err := a.openData(ctx)
 	if err != nil {
 		return nil, err
@@ -103,7 +111,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if a.cache, err = revocation.NewCache(cfg.CacheSize); err != nil {
 		return nil, err
 	}
-	if a.metrics, err = authz.NewMetrics(a.registry, authz.MetricsConfig{TopTokens: cfg.TopTokens}); err != nil {
+	if a.metrics, err = authz.NewMetrics(a.registry, authz.MetricsConfig{TopTokens: cfg.TopTokens, TokenLabels: usage.TokenLabels(cfg.MetricsTokenLabels)}); err != nil {
 		return nil, err
 	}
 	if a.conns, err = listen.NewMetrics(a.registry); err != nil {
@@ -156,7 +164,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if sentry != nil {
 		if a.kernel, err = kernel.New(kernel.Config{
-			Sentry: sentry, Tokens: a.replica, Audit: a.use, Requests: a.anomaly, TopTokens: cfg.TopTokens,
+			Sentry: sentry, Tokens: a.replica, Audit: a.use, Requests: a.anomaly, TopTokens: cfg.TopTokens, TokenLabels: usage.TokenLabels(cfg.MetricsTokenLabels),
 			Every: cfg.Timing.Kernel, Registerer: a.registry, Now: cfg.Now, Logger: cfg.Logger,
 		}); err != nil {
 			return nil, err

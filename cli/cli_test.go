@@ -423,6 +423,7 @@ func TestServeFlagDefaultsAreTheAgents(t *testing.T) {
 		"admin": agent.DefaultAdminAddr, "metrics": agent.DefaultMetricsAddr, "authz-grpc": agent.DefaultAuthzGRPC,
 		"authz-http": agent.DefaultAuthzHTTP, "xds": agent.DefaultXDSAddr, "bpf": agent.DefaultBPF, "store": agent.DefaultStore,
 		"etcd-prefix": agent.DefaultEtcdPrefix, "cache-size": fmt.Sprint(agent.DefaultCacheSize), "top-tokens": fmt.Sprint(agent.DefaultTopTokens),
+		"metrics-token-labels": agent.DefaultMetricsTokenLabels,
 	} {
 		if got := f.Lookup(flag).DefValue; got != want {
 			t.Errorf("--%s defaults to %q, want the agent's %q", flag, got, want)

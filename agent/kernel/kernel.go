@@ -171,15 +171,18 @@ type RequestCounter interface {
 
 // Config configures a Kernel. Sentry, Tokens and Audit are required.
 type Config struct {
-	Sentry     *bpf.Sentry
-	Tokens     Tokens
-	Audit      Recorder
-	Requests   RequestCounter // nil: counts go to metrics only
-	TopTokens  int            // per-token series kept (usage.TopN); 0: none
-	Every      time.Duration  // DefaultEvery when zero
-	Registerer prometheus.Registerer
-	Now        func() time.Time
-	Logger     *slog.Logger
+	Sentry    *bpf.Sentry
+	Tokens    Tokens
+	Audit     Recorder
+	Requests  RequestCounter // nil: counts go to metrics only
+	TopTokens int            // per-token series kept (usage.TopN); 0: none
+	// TokenLabels says what the per-token series carry; "" (none) exports
+	// none, whatever TopTokens says.
+	TokenLabels usage.TokenLabels
+	Every       time.Duration // DefaultEvery when zero
+	Registerer  prometheus.Registerer
+	Now         func() time.Time
+	Logger      *slog.Logger
 }
 
 // Kernel reconciles and reads the sentry.
@@ -204,6 +207,11 @@ func New(cfg Config) (*Kernel, error) {
 	if cfg.Sentry == nil || cfg.Tokens == nil || cfg.Audit == nil {
 		return nil, errors.New("kernel: Sentry, Tokens and Audit are required")
 	}
+	labels, err := usage.ParseTokenLabels(string(cfg.TokenLabels))
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	cfg.TokenLabels = labels
 	cfg.Every = cmp.Or(cfg.Every, DefaultEvery)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	cfg.Registerer = cmp.Or[prometheus.Registerer](cfg.Registerer, prometheus.NewRegistry())
@@ -222,7 +230,11 @@ func (k *Kernel) registerMetrics(reg prometheus.Registerer) error {
 		Name: "tokenwarden_kernel_requests_total",
 		Help: "HTTP requests seen in the kernel per token, for the busiest tokens only; series of tokens that drop out are deleted.",
 	}, []string{"token_id", "subject"})
-	k.requests = usage.NewTopN(vec, max(k.cfg.TopTokens, 0))
+	top := max(k.cfg.TopTokens, 0)
+	if !k.cfg.TokenLabels.PerToken() {
+		top = 0
+	}
+	k.requests = usage.NewTopN(vec, top)
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
@@ -368,7 +380,9 @@ func (k *Kernel) readCounts() {
 			k.unknown.Add(float64(c.Requests))
 			continue
 		}
-		k.requests.Add(id, subject, float64(c.Requests))
+		if k.cfg.TokenLabels.PerToken() {
+			k.requests.Add(id, k.cfg.TokenLabels.Subject(subject), float64(c.Requests))
+		}
 		if k.cfg.Requests != nil {
 			k.cfg.Requests.AddRequests(id, subject, c.Requests)
 		}
