@@ -194,3 +194,30 @@ func TestNewBearerRefusesBadFiles(t *testing.T) {
 		t.Fatal("a missing file was accepted")
 	}
 }
+
+// FuzzBearerAllowed feeds arbitrary Authorization values to the guard: it
+// lets in exactly "Bearer <the token>" (the scheme in any case) and never
+// panics.
+func FuzzBearerAllowed(f *testing.F) {
+	path := filepath.Join(f.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(secret), 0o600); err != nil {
+		f.Fatal(err)
+	}
+	b, err := NewBearer(path, quiet(), newClock().now)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, seed := range []string{"", "Bearer " + secret, "bearer " + secret, "BEARER " + secret, "Bearer  " + secret,
+		"Bearer " + secret + " ", "Basic " + secret, secret, "Bearer", "Bearer ", "Bearer\t" + secret, "Bearer " + rotated} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, value string) {
+		r := httptest.NewRequest("GET", "/metrics", nil)
+		r.Header["Authorization"] = []string{value}
+		scheme, token, _ := strings.Cut(value, " ")
+		want := strings.EqualFold(scheme, "Bearer") && token == secret
+		if got := b.Allowed(r); got != want {
+			t.Fatalf("Allowed(%q) = %v, want %v", value, got, want)
+		}
+	})
+}
