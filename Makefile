@@ -41,8 +41,10 @@ image: build
 image-check: image
 	deploy/image/check.sh $(IMAGE) $(VERSION) $(COMMIT)
 
+# Local: per-token metric series carry token id and subject (elsewhere the
+# default is none: whoever scrapes /metrics would see them).
 run: build
-	$(BIN) serve --data-dir $(DATA_DIR) --policy $(POLICY) --env $(ENV) $(addprefix --bpf-iface ,$(BPF_IFACE))
+	$(BIN) serve --data-dir $(DATA_DIR) --policy $(POLICY) --env $(ENV) $(addprefix --bpf-iface ,$(BPF_IFACE)) --metrics-token-labels id+subject
 
 # The README's test command: gofmt, vet and staticcheck, every test under
 # the race detector, then each fuzz target briefly on its committed corpus

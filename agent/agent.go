@@ -30,7 +30,9 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/agent/revoke"
 	"github.com/tokenwarden/tokenwarden/agent/rotation"
+	"github.com/tokenwarden/tokenwarden/agent/scrape"
 	"github.com/tokenwarden/tokenwarden/agent/store"
+	"github.com/tokenwarden/tokenwarden/agent/usage"
 	"github.com/tokenwarden/tokenwarden/bpf"
 	"github.com/tokenwarden/tokenwarden/policy"
 	"github.com/tokenwarden/tokenwarden/xds"
@@ -58,6 +60,7 @@ type Agent struct {
 	authz      *authz.Server
 	metrics    *authz.Metrics
 	conns      *listen.Metrics // connection limits of every listener
+	scrape     *scrape.Bearer  // nil: /metrics takes no token
 	admin      *admin.API
 	xds        *xds.Server // nil without XDSAddr
 	sidecars   policyPush  // a.xds, when there is one
@@ -65,6 +68,7 @@ type Agent struct {
 
 	policyFile []byte // the policy file as New loaded it: the poller's baseline
 	reloads    *prometheus.CounterVec
+	generation prometheus.Gauge
 	reloading  chan struct{}
 	ready      atomic.Bool
 }
@@ -76,7 +80,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	p, raw, err := loadPolicy(cfg.PolicyPath, cfg.Env)
+	p, raw, err := LoadPolicy(cfg.PolicyPath, cfg.Env)
 	if err != nil {
 		return nil, err
 	}
@@ -95,6 +99,11 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			return nil, err
 		}
 	}
+	if cfg.MetricsBearerFile != "" {
+		if a.scrape, err = scrape.NewBearer(cfg.MetricsBearerFile, a.log, cfg.Now); err != nil {
+			return nil, err
+		}
+	}
 	kek, err := a.openData(ctx)
 	if err != nil {
 		return nil, err
@@ -102,7 +111,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if a.cache, err = revocation.NewCache(cfg.CacheSize); err != nil {
 		return nil, err
 	}
-	if a.metrics, err = authz.NewMetrics(a.registry, authz.MetricsConfig{TopTokens: cfg.TopTokens}); err != nil {
+	if a.metrics, err = authz.NewMetrics(a.registry, authz.MetricsConfig{TopTokens: cfg.TopTokens, TokenLabels: usage.TokenLabels(cfg.MetricsTokenLabels)}); err != nil {
 		return nil, err
 	}
 	if a.conns, err = listen.NewMetrics(a.registry); err != nil {
@@ -133,7 +142,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if err := audit.RegisterMetrics(a.registry, a.audit, a.use); err != nil {
 		return nil, err
 	}
-	sentry, err := kernel.Open(cfg.BPF, kernel.Attach{Interfaces: cfg.BPFInterfaces, Cgroup: cfg.BPFCgroup}, a.log)
+	sentry, kstatus, err := kernel.Open(cfg.BPF, kernel.Attach{Interfaces: cfg.BPFInterfaces, Cgroup: cfg.BPFCgroup}, a.log)
 	if err != nil {
 		return nil, err
 	}
@@ -145,6 +154,9 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			return nil
 		})
 	}
+	if err := kernel.RegisterAttached(a.registry, kstatus); err != nil {
+		return nil, err
+	}
 	if a.anomaly, err = anomaly.New(anomaly.Config{
 		Policy: p.Doc.Anomaly, OnTrigger: a.onAnomaly, Registerer: a.registry, Now: cfg.Now,
 	}); err != nil {
@@ -152,7 +164,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if sentry != nil {
 		if a.kernel, err = kernel.New(kernel.Config{
-			Sentry: sentry, Tokens: a.replica, Audit: a.use, Requests: a.anomaly, TopTokens: cfg.TopTokens,
+			Sentry: sentry, Tokens: a.replica, Audit: a.use, Requests: a.anomaly, TopTokens: cfg.TopTokens, TokenLabels: usage.TokenLabels(cfg.MetricsTokenLabels),
 			Every: cfg.Timing.Kernel, Registerer: a.registry, Now: cfg.Now, Logger: cfg.Logger,
 		}); err != nil {
 			return nil, err
@@ -202,13 +214,19 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "tokenwarden_policy_reloads_total",
+		Name: "tokenwarden_policy_reload_total",
 		Help: "Policy reloads, by result: ok, or refused (errors, a dropped environment, a failed push to the sidecars; the old policy stays).",
 	}, []string{"result"})
 	a.reloads.WithLabelValues("ok")
 	a.reloads.WithLabelValues("refused")
+	a.generation = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "tokenwarden_policy_generation",
+		Help: "Policies put in force since start: 1 for the policy loaded at start, plus one per accepted reload.",
+	})
+	a.generation.Set(1)
 	a.registry.MustRegister(
 		a.reloads,
+		a.generation,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		revocation.RulesGauge(a.replica.Revocations()),

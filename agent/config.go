@@ -18,6 +18,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/retention"
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	etcdstore "github.com/tokenwarden/tokenwarden/agent/store/etcd"
+	"github.com/tokenwarden/tokenwarden/agent/usage"
 	"github.com/tokenwarden/tokenwarden/xds"
 )
 
@@ -86,6 +87,12 @@ type Config struct {
 
 	CacheSize int // verified tokens remembered (DefaultCacheSize when zero)
 	TopTokens int // per-token metric series kept (DefaultTopTokens when zero; negative: none)
+	// MetricsTokenLabels says what per-token series carry: none (the
+	// default: no per-token series), id, or id+subject (usage.TokenLabels).
+	MetricsTokenLabels string
+	// MetricsBearerFile, when set, holds the bearer token /metrics
+	// requires (re-read when it changes; scrape.Bearer).
+	MetricsBearerFile string
 
 	// Timing overrides the agent's intervals (tests); zero fields keep
 	// their defaults.
@@ -116,8 +123,10 @@ const (
 	DefaultEtcdPrefix  = etcdstore.DefaultPrefix
 	DefaultCacheSize   = revocation.DefaultCacheSize
 	DefaultTopTokens   = authz.DefaultTopTokens
-	DefaultBPF         = kernel.ModeAuto
-	DefaultStore       = StoreBolt
+	// DefaultMetricsTokenLabels: no per-token series (least exposure).
+	DefaultMetricsTokenLabels = string(usage.LabelsNone)
+	DefaultBPF                = kernel.ModeAuto
+	DefaultStore              = StoreBolt
 
 	// DefaultPolicyPoll is how often the policy file is checked for
 	// changes. A poll of the content (not inotify) also sees Kubernetes
@@ -188,6 +197,7 @@ func (c Config) withDefaults() Config {
 	c.EtcdPrefix = cmp.Or(c.EtcdPrefix, DefaultEtcdPrefix)
 	c.CacheSize = cmp.Or(c.CacheSize, DefaultCacheSize)
 	c.TopTokens = cmp.Or(c.TopTokens, DefaultTopTokens)
+	c.MetricsTokenLabels = cmp.Or(c.MetricsTokenLabels, DefaultMetricsTokenLabels)
 	c.XDSAuthzAddress = cmp.Or(c.XDSAuthzAddress, c.AuthzGRPCAddr)
 	c.Timing.PolicyPoll = cmp.Or(c.Timing.PolicyPoll, DefaultPolicyPoll)
 	c.Timing.Housekeeping = cmp.Or(c.Timing.Housekeeping, DefaultHousekeeping)
@@ -251,6 +261,9 @@ func (c Config) Validate() error {
 	}
 	if c.CacheSize < 0 {
 		errs = append(errs, fieldErr("CacheSize", fmt.Sprint(c.CacheSize), "want a positive number"))
+	}
+	if _, err := usage.ParseTokenLabels(c.MetricsTokenLabels); err != nil {
+		errs = append(errs, fieldErr("MetricsTokenLabels", c.MetricsTokenLabels, "want %s, %s or %s", usage.LabelsNone, usage.LabelsID, usage.LabelsIDSubject))
 	}
 	return errors.Join(errs...)
 }

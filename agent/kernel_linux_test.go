@@ -110,6 +110,7 @@ func TestKernelSide(t *testing.T) {
 	}
 	cfg := Config{
 		PolicyPath: polPath, AuthzHTTPAddr: "127.0.0.1:0", AuthzGRPCAddr: "127.0.0.1:0", XDSAddr: "127.0.0.1:0", XDSAuthzAddress: "127.0.0.1:9001",
+		MetricsTokenLabels: "id+subject", // the per-token series are checked below
 	}
 	url, upstream := "", ""
 	var served atomic.Int64

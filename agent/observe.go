@@ -35,7 +35,7 @@ func (a *Agent) observeCheck(ev authz.Event) {
 // learnedUntil bounds how long a hash learned at check time is kept: no
 // token can outlive the policy's longest lifetime.
 func (a *Agent) learnedUntil() time.Time {
-	return a.cfg.Now().Add(a.decider.Policy().MaxLifetime() + policy.ClockSkew)
+	return a.cfg.Now().Add(a.decider.Policy().MaxLifetime() + policy.MaxClockSkew)
 }
 
 // sourceAddr parses a client address with or without a port, without

@@ -4,12 +4,15 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/tokenwarden/tokenwarden/agent/admintoken"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
-// loadPolicy reads and compiles the policy file and checks that it keeps
-// this node's environment.
-func loadPolicy(path, env string) (*policy.Policy, []byte, error) {
+// LoadPolicy reads and compiles the policy file and checks what this node
+// needs of it: its environment, and a class to issue the admin token in.
+// The agent runs it at start and on every reload, and `tokenwarden policy
+// check --env` runs it too, so that check's ok means the agent starts.
+func LoadPolicy(path, env string) (*policy.Policy, []byte, error) {
 	data, err := policy.ReadFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read policy: %w", err)
@@ -20,6 +23,9 @@ func loadPolicy(path, env string) (*policy.Policy, []byte, error) {
 	}
 	if _, ok := p.Environment(env); !ok {
 		return nil, nil, fmt.Errorf("environment %q is not in policy %s (it defines: %v)", env, path, envNames(p))
+	}
+	if _, err := admintoken.Class(p, env); err != nil {
+		return nil, nil, fmt.Errorf("policy %s: %w", path, err)
 	}
 	return p, data, nil
 }
@@ -41,16 +47,17 @@ func (a *Agent) Reload() error {
 	a.reloading <- struct{}{}
 	defer func() { <-a.reloading }()
 	err := a.reload()
-	result := "ok"
 	if err != nil {
-		result = "refused"
+		a.reloads.WithLabelValues("refused").Inc()
+		return err
 	}
-	a.reloads.WithLabelValues(result).Inc()
-	return err
+	a.reloads.WithLabelValues("ok").Inc()
+	a.generation.Inc()
+	return nil
 }
 
 func (a *Agent) reload() error {
-	p, _, err := loadPolicy(a.cfg.PolicyPath, a.cfg.Env)
+	p, _, err := LoadPolicy(a.cfg.PolicyPath, a.cfg.Env)
 	if err != nil {
 		return err
 	}

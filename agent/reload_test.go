@@ -59,6 +59,9 @@ func TestPolicyFileReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(policy.ReasonAllowed)
+	if got := testutil.ToFloat64(r.agent.generation); got != 2 {
+		t.Fatalf("policy generation = %v after one accepted reload, want 2", got)
+	}
 
 	// A broken file is refused: the edited policy stays in force.
 	if err := os.WriteFile(path, []byte(edited+"\nbogus_field: 1\n"), 0o600); err != nil {
@@ -74,6 +77,9 @@ func TestPolicyFileReload(t *testing.T) {
 	}
 	if got := decide(); got != policy.ReasonAllowed {
 		t.Fatalf("after a broken edit: %s, want the previous policy to stay", got)
+	}
+	if got := testutil.ToFloat64(r.agent.generation); got != 2 {
+		t.Fatalf("policy generation = %v after a refused reload, want it to stay 2", got)
 	}
 }
 
@@ -110,6 +116,9 @@ func TestReloadIsAllOrNothing(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(a.reloads.WithLabelValues("refused")); got != 1 {
 		t.Fatalf("refused reloads = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(a.generation); got != 1 {
+		t.Fatalf("policy generation = %v after a refused reload, want 1", got)
 	}
 }
 
@@ -208,5 +217,35 @@ func TestReloadNarrowsScopesOfIssuedTokens(t *testing.T) {
 	write(removed)
 	if reason, _ := waitFor("GET", http.StatusUnauthorized); reason != string(policy.ReasonUnknownClass) {
 		t.Errorf("read after class service was removed: %s, want unknown_class", reason)
+	}
+}
+
+// TestReloadRefusesPolicyWithoutAdminClass: a reload that takes away the
+// class the admin token is issued in would lock the CLI out at the next
+// refresh; it is refused like a file with errors, with serve's own message.
+func TestReloadRefusesPolicyWithoutAdminClass(t *testing.T) {
+	example, path := examplePolicyCopy(t)
+	a, err := New(context.Background(), Config{
+		DataDir: t.TempDir(), PolicyPath: path, Env: "dev", BPF: kernel.ModeOff,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	const admin = "    scopes: [tokenwarden:admin]\n    default_ttl: 24h\n    max_ttl: 24h\n    environments: [dev, staging, prod]\n"
+	edited := strings.Replace(string(example), admin, strings.Replace(admin, "[dev, staging, prod]", "[staging, prod]", 1), 1)
+	if edited == string(example) {
+		t.Fatal("test edit did not apply to the example policy")
+	}
+	if err := os.WriteFile(path, []byte(edited), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = a.Reload()
+	if err == nil || !strings.Contains(err.Error(), "no class granting tokenwarden:admin in environment dev") {
+		t.Fatalf("Reload = %v, want it refused for want of an admin class in dev", err)
+	}
+	if got := testutil.ToFloat64(a.generation); got != 1 {
+		t.Fatalf("policy generation = %v, want 1", got)
 	}
 }

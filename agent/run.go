@@ -224,7 +224,11 @@ func every(ctx context.Context, d time.Duration, fn func()) {
 func (a *Agent) serveMetrics(ctx context.Context, lis net.Listener) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{Registry: a.registry}))
-	return graceful.HTTP(ctx, listen.HTTPServer(mux), lis, 0)
+	var h http.Handler = mux
+	if a.scrape != nil {
+		h = a.scrape.Wrap(mux)
+	}
+	return graceful.HTTP(ctx, listen.HTTPServer(h), lis, 0)
 }
 
 // listenerNames orders the listeners: the ready banner and the tasks follow

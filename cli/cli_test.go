@@ -169,6 +169,55 @@ func TestPolicyCheck(t *testing.T) {
 	}
 }
 
+// TestPolicyCheckEnv attacks the old `policy check`, which said ok for a
+// file serve refuses: here the admin class leaves out prod, so `serve --env
+// prod` cannot issue its admin token. With --env the check runs serve's own
+// (agent.LoadPolicy) and says so; the same file is fine for dev.
+func TestPolicyCheckEnv(t *testing.T) {
+	example, err := os.ReadFile("../deploy/policy.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const adminEnvs = "    scopes: [tokenwarden:admin]\n    default_ttl: 24h\n    max_ttl: 24h\n    environments: [dev, staging, prod]\n"
+	noProdAdmin := strings.Replace(string(example), adminEnvs, strings.Replace(adminEnvs, ", prod]", "]", 1), 1)
+	if noProdAdmin == string(example) {
+		t.Fatal("the example policy's admin class changed; update this test")
+	}
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte(noProdAdmin), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := map[string]struct {
+		args     []string
+		wantCode int
+		want     string
+	}{
+		"without --env: the file itself is fine": {[]string{path}, 0, path + ": ok"},
+		"no admin class in prod":                 {[]string{"--env", "prod", path}, 1, "serve --env prod would refuse it: policy " + path + ": the policy has no class granting tokenwarden:admin in environment prod"},
+		"an environment the file lacks":          {[]string{"--env", "qa", path}, 1, `environment "qa" is not in policy`},
+		"dev has an admin class":                 {[]string{"--env", "dev", path}, 0, path + ": ok (environment dev)"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			out, _, code := run(t, append([]string{"policy", "check"}, tc.args...)...)
+			if code != tc.wantCode || !strings.Contains(out, tc.want) {
+				t.Fatalf("exit %d, want %d, output lacks %q:\n%s", code, tc.wantCode, tc.want, out)
+			}
+		})
+	}
+	// serve agrees: the agent refuses to start with the file for prod.
+	a, err := agent.New(context.Background(), agent.Config{
+		DataDir: t.TempDir(), PolicyPath: path, Env: "prod", BPF: "off", Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err == nil {
+		a.Close()
+		t.Fatal("the agent started for prod with a policy that has no admin class there")
+	}
+	if !strings.Contains(err.Error(), "no class granting tokenwarden:admin in environment prod") {
+		t.Fatalf("agent.New: %v", err)
+	}
+}
+
 func TestNoAgentIsAClearError(t *testing.T) {
 	t.Setenv(envServer, "127.0.0.1:1")
 	tokenFile := filepath.Join(t.TempDir(), "admin.token")
@@ -374,6 +423,7 @@ func TestServeFlagDefaultsAreTheAgents(t *testing.T) {
 		"admin": agent.DefaultAdminAddr, "metrics": agent.DefaultMetricsAddr, "authz-grpc": agent.DefaultAuthzGRPC,
 		"authz-http": agent.DefaultAuthzHTTP, "xds": agent.DefaultXDSAddr, "bpf": agent.DefaultBPF, "store": agent.DefaultStore,
 		"etcd-prefix": agent.DefaultEtcdPrefix, "cache-size": fmt.Sprint(agent.DefaultCacheSize), "top-tokens": fmt.Sprint(agent.DefaultTopTokens),
+		"metrics-token-labels": agent.DefaultMetricsTokenLabels,
 	} {
 		if got := f.Lookup(flag).DefValue; got != want {
 			t.Errorf("--%s defaults to %q, want the agent's %q", flag, got, want)

@@ -100,6 +100,8 @@ prefix refuses to start.`,
 	f.StringArrayVar(&cfg.BPFInterfaces, "bpf-iface", nil, "interface to attach the eBPF programs to with TCX, ingress and egress (repeatable)")
 	f.StringVar(&cfg.BPFCgroup, "bpf-cgroup", "", "cgroup v2 path to attach the cgroup_skb ingress program to")
 	f.IntVar(&cfg.TopTokens, "top-tokens", agent.DefaultTopTokens, "per-token metric series kept: the busiest tokens of each interval")
+	f.StringVar(&cfg.MetricsTokenLabels, "metrics-token-labels", agent.DefaultMetricsTokenLabels, "what per-token metric series carry: none (no per-token series), id (token id) or id+subject; whoever can scrape /metrics sees them (make run uses id+subject)")
+	f.StringVar(&cfg.MetricsBearerFile, "metrics-bearer-file", "", "file holding the bearer token /metrics requires (re-read when it changes); without it /metrics is open to whoever reaches its address")
 	f.StringVar(&cfg.StoreBackend, "store", agent.DefaultStore, "state backend: bolt (one node, a file in --data-dir) or etcd (many nodes; revocations made anywhere are enforced everywhere)")
 	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "etcd client URLs for --store=etcd (comma-separated)")
 	f.StringVar(&cfg.EtcdPrefix, "etcd-prefix", agent.DefaultEtcdPrefix, "key prefix in etcd; agents of one mesh share it")
@@ -132,6 +134,7 @@ var serveFlags = map[string]string{
 	"BPF": "--bpf", "BPFInterfaces": "--bpf-iface", "BPFCgroup": "--bpf-cgroup",
 	"StoreBackend": "--store", "EtcdEndpoints": "--etcd-endpoints", "EtcdPrefix": "--etcd-prefix",
 	"CacheSize": "--cache-size", "TopTokens": "--top-tokens", "Connections": "--max-conns",
+	"MetricsTokenLabels": "--metrics-token-labels", "MetricsBearerFile": "--metrics-bearer-file",
 	"XDSCredentials": "--xds-credentials", "SecretScanningKeys": "--secret-scanning-keys", "SecretScanningKeysURL": "--secret-scanning-keys-url", "NodeName": "--node-name", "AuditMaxBytes": "--audit-max-bytes",
 	"KEKFile": "--kek-file", "Etcd.CAFile": "--etcd-ca", "Etcd.CertFile": "--etcd-cert", "Etcd.KeyFile": "--etcd-key",
 	"Etcd.Username": "--etcd-username", "Etcd.PasswordFile": "--etcd-password-file",

@@ -219,7 +219,7 @@ func (d *Decider) verified(v *Verifier, token string, now time.Time) (*Token, Re
 			// The signature and claims were checked under this very policy
 			// and key set; what can change since is time.
 			d.counted(true)
-			if r := checkTimes(&t.Claims, now); r != "" {
+			if r := checkTimes(&t.Claims, now, v.Policy); r != "" {
 				return nil, r
 			}
 			return t, ""

@@ -41,6 +41,7 @@ func TestReasonStatusAndChallenge(t *testing.T) {
 		policy.ReasonInsufficientScope:     {http.StatusForbidden, scope(policy.ReasonInsufficientScope)},
 		policy.ReasonNoMatchingRoute:       {http.StatusForbidden, scope(policy.ReasonNoMatchingRoute)},
 		policy.ReasonInternalError:         {http.StatusForbidden, realm}, // nothing the client can fix
+		policy.ReasonProxyMisconfigured:    {http.StatusForbidden, realm}, // nor here: the proxy's configuration is at fault
 		policy.ReasonSenderMismatch:        {http.StatusUnauthorized, invalid(policy.ReasonSenderMismatch) + `, DPoP algs="ES256 EdDSA", error="invalid_token", error_description="sender_mismatch"`},
 		policy.ReasonDPoPInvalid:           {http.StatusUnauthorized, `DPoP algs="ES256 EdDSA", error="invalid_dpop_proof", error_description="dpop_invalid"`},
 		policy.ReasonDPoPReplayed:          {http.StatusUnauthorized, `DPoP algs="ES256 EdDSA", error="invalid_dpop_proof", error_description="dpop_replayed"`},
@@ -221,15 +222,16 @@ func TestDecideCache(t *testing.T) {
 	t.Run("an expired token is not served from the cache", func(t *testing.T) {
 		f := newFixture(t)
 		f.decider.Decide(req, testNow)
-		late := testNow.Add(time.Hour + policy.ClockSkew)
+		// One second after exp, with the default exp_leeway of 0.
+		late := testNow.Add(time.Hour + time.Second)
 		if dec := f.decider.Decide(req, late); dec.Reason != policy.ReasonExpired {
-			t.Errorf("Decide after exp = %s, want expired", dec.Reason)
+			t.Errorf("Decide one second after exp = %s, want expired", dec.Reason)
 		}
-		if h := f.cache.hits.Load(); h != 0 {
-			t.Errorf("the cache returned an expired token (%d hits)", h)
+		if dec := f.decider.Decide(req, testNow.Add(time.Hour)); dec.Reason != policy.ReasonExpired {
+			t.Errorf("Decide at exp = %s, want expired", dec.Reason)
 		}
-		if dec := f.decider.Decide(req, testNow.Add(time.Hour+policy.ClockSkew-time.Second)); !dec.Allow {
-			t.Errorf("Decide in the last second of skew = %s", dec.Reason)
+		if dec := f.decider.Decide(req, testNow.Add(time.Hour-time.Second)); !dec.Allow {
+			t.Errorf("Decide in the last second before exp = %s", dec.Reason)
 		}
 	})
 	t.Run("Decide checks expiry even when a cache does not", func(t *testing.T) {

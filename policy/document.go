@@ -27,6 +27,12 @@ type Document struct {
 	Services     map[string]ServiceSpec     `yaml:"services"`
 	Anomaly      AnomalySpec                `yaml:"anomaly"`
 	Audit        AuditSpec                  `yaml:"audit"`
+	// ClockSkew is how far ahead of this node's clock a token's nbf and
+	// iat may be; DefaultClockSkew when unset, at most MaxClockSkew.
+	ClockSkew *Leeway `yaml:"clock_skew"`
+	// ExpLeeway is how long after its exp a token is still accepted; 0
+	// (refused the second it expires) when unset, at most MaxClockSkew.
+	ExpLeeway *Leeway `yaml:"exp_leeway"`
 }
 
 // EnvironmentSpec is one row of environments: the ceiling on every token
@@ -105,6 +111,18 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
 
 var durationType = reflect.TypeOf(Duration(0))
+
+// Leeway is a duration of whole seconds that may be zero, written as Go
+// duration text ("0s", "5s"): clock_skew and exp_leeway.
+type Leeway time.Duration
+
+// D returns the leeway as a time.Duration.
+func (l Leeway) D() time.Duration { return time.Duration(l) }
+
+// MarshalYAML writes the leeway back as text.
+func (l Leeway) MarshalYAML() (any, error) { return time.Duration(l).String(), nil }
+
+var leewayType = reflect.TypeOf(Leeway(0))
 
 // Severity tells an error (the file is refused) from a warning.
 type Severity string
@@ -239,6 +257,25 @@ func (f *findings) decodeStrict(n *yaml.Node, v reflect.Value, where string) {
 		d, err := time.ParseDuration(n.Value)
 		if err != nil || d <= 0 {
 			f.badValue(n, where, "%s: bad duration %q: write a positive Go duration such as 90s, 15m or 24h", where, n.Value)
+			return
+		}
+		v.SetInt(int64(d))
+		return
+	case v.Type() == leewayType:
+		if n.Kind != yaml.ScalarNode {
+			f.badValue(n, where, "%s: want a duration such as 0s or 5s", where)
+			return
+		}
+		d, err := time.ParseDuration(n.Value)
+		switch {
+		case err != nil || d < 0:
+			f.badValue(n, where, "%s: bad duration %q: write a Go duration of 0s or more, such as 0s, 5s or 30s", where, n.Value)
+			return
+		case d%time.Second != 0:
+			f.badValue(n, where, "%s: %s is not a whole number of seconds (token times are in seconds): write %s", where, d, d.Truncate(time.Second))
+			return
+		case d > MaxClockSkew:
+			f.badValue(n, where, "%s: %s is above the %s limit: clocks that far apart need fixing (NTP), not a wider window", where, d, MaxClockSkew)
 			return
 		}
 		v.SetInt(int64(d))

@@ -74,24 +74,27 @@ func TestCheck(t *testing.T) {
 		loads bool   // Load succeeds (warnings only)
 		want  string // a substring of the problems
 	}{
-		"ok_minimal":           {loads: true},
-		"unknown_field_top":    {want: `2:1: error: policy: unknown field "isuer": remove it or correct its spelling`},
-		"unknown_field_nested": {want: `10:5: error: classes.service: unknown field "max_tll"`},
-		"bad_duration":         {want: `4:20: error: environments.prod.max_ttl: bad duration "1d": write a positive Go duration`},
-		"malformed_scope":      {want: `7:27: error: classes.service.scopes[1]: malformed scope "orders read": use letters`},
-		"class_ttl_above_env":  {want: `10:14: error: classes.service.max_ttl 48h0m0s is above environment prod's max_ttl 24h0m0s: lower the class max_ttl or drop prod from its environments`},
-		"unknown_environment":  {want: `11:26: error: classes.service.environments[1]: unknown environment "qa" (defined: dev, prod): define it under environments or remove it here`},
-		"default_above_max":    {want: `8:18: error: classes.service.default_ttl 13h0m0s is above its max_ttl 12h0m0s: lower default_ttl or raise max_ttl`},
-		"unreachable_route":    {want: `19:9: error: services.orders.routes[2] (/orders/*/admin) is unreachable: route 0 (/orders/**) above it`},
-		"bad_path_pattern":     {want: `15:17: error: services.orders.routes[0].path: bad path pattern "/a*b": segment 1 mixes * with text`},
-		"duplicate_host":       {want: `17:23: error: services.payments.hosts[1]: host "orders.default.svc" already belongs to service orders`},
-		"syntax_error":         {want: `7:5: error: YAML syntax: did not find expected ',' or ']': check the indentation`},
-		"tab_indent":           {want: `4:1: error: YAML syntax: found character that cannot start any token`},
-		"empty":                {want: `1:1: error: policy file is empty: start from deploy/policy.example.yaml`},
-		"comments_only":        {want: `1:1: error: policy file is empty`},
-		"two_documents":        {want: `16:1: error: a second YAML document starts here`},
-		"unused_scope":         {loads: true, want: `7:27: warning: scope "orders:export" is granted by a class but no route requires it`},
-		"many_problems":        {want: `1:10: error: version: want 1, got 2`},
+		"ok_minimal":             {loads: true},
+		"unknown_field_top":      {want: `2:1: error: policy: unknown field "isuer": remove it or correct its spelling`},
+		"unknown_field_nested":   {want: `10:5: error: classes.service: unknown field "max_tll"`},
+		"bad_duration":           {want: `4:20: error: environments.prod.max_ttl: bad duration "1d": write a positive Go duration`},
+		"malformed_scope":        {want: `7:27: error: classes.service.scopes[1]: malformed scope "orders read": use letters`},
+		"class_ttl_above_env":    {want: `10:14: error: classes.service.max_ttl 48h0m0s is above environment prod's max_ttl 24h0m0s: lower the class max_ttl or drop prod from its environments`},
+		"unknown_environment":    {want: `11:26: error: classes.service.environments[1]: unknown environment "qa" (defined: dev, prod): define it under environments or remove it here`},
+		"default_above_max":      {want: `8:18: error: classes.service.default_ttl 13h0m0s is above its max_ttl 12h0m0s: lower default_ttl or raise max_ttl`},
+		"unreachable_route":      {want: `19:9: error: services.orders.routes[2] (/orders/*/admin) is unreachable: route 0 (/orders/**) above it`},
+		"bad_path_pattern":       {want: `15:17: error: services.orders.routes[0].path: bad path pattern "/a*b": segment 1 mixes * with text`},
+		"duplicate_host":         {want: `17:23: error: services.payments.hosts[1]: host "orders.default.svc" already belongs to service orders`},
+		"syntax_error":           {want: `7:5: error: YAML syntax: did not find expected ',' or ']': check the indentation`},
+		"tab_indent":             {want: `4:1: error: YAML syntax: found character that cannot start any token`},
+		"empty":                  {want: `1:1: error: policy file is empty: start from deploy/policy.example.yaml`},
+		"comments_only":          {want: `1:1: error: policy file is empty`},
+		"two_documents":          {want: `16:1: error: a second YAML document starts here`},
+		"unused_scope":           {loads: true, want: `7:27: warning: scope "orders:export" is granted by a class but no route requires it`},
+		"many_problems":          {want: `1:10: error: version: want 1, got 2`},
+		"bad_clock_skew":         {want: `16:13: error: clock_skew: 2m0s is above the 1m0s limit`},
+		"clock_skew_not_seconds": {want: `16:13: error: clock_skew: 1.5s is not a whole number of seconds`},
+		"ok_clock_skew":          {loads: true},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -405,6 +408,11 @@ func FuzzLoad(f *testing.F) {
 				}
 				for _, r := range p.Routes(svc) {
 					p.Match("GET", svc, r.Pattern)
+				}
+			}
+			for _, w := range []time.Duration{p.ClockSkew(), p.ExpLeeway()} {
+				if w < 0 || w > policy.MaxClockSkew || w%time.Second != 0 {
+					t.Fatalf("clock_skew %s / exp_leeway %s: want whole seconds in 0..%s", p.ClockSkew(), p.ExpLeeway(), policy.MaxClockSkew)
 				}
 			}
 			for name := range p.Doc.Classes {

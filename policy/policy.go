@@ -22,6 +22,8 @@ type Policy struct {
 	byName      map[string]*service
 	services    []*service
 	maxLifetime time.Duration
+	clockSkew   time.Duration // nbf and iat (Document.ClockSkew)
+	expLeeway   time.Duration // exp (Document.ExpLeeway)
 }
 
 // Class is a compiled ClassSpec.
@@ -367,6 +369,13 @@ func compile(d *Document) (*Policy, error) {
 	for _, e := range d.Environments {
 		p.maxLifetime = max(p.maxLifetime, e.MaxTTL.D())
 	}
+	p.clockSkew = DefaultClockSkew
+	if d.ClockSkew != nil {
+		p.clockSkew = d.ClockSkew.D()
+	}
+	if d.ExpLeeway != nil {
+		p.expLeeway = d.ExpLeeway.D()
+	}
 	for name, c := range d.Classes {
 		cl := &Class{Name: name, ClassSpec: c, scopes: map[string]bool{}, envs: map[string]bool{}}
 		for _, s := range c.Scopes {
@@ -444,6 +453,12 @@ func (p *Policy) Lifetime(env, class string) time.Duration {
 // MaxLifetime is the longest any token can live under this policy: after it,
 // no token issued before a given time can still be valid.
 func (p *Policy) MaxLifetime() time.Duration { return p.maxLifetime }
+
+// ClockSkew is how far ahead of now a token's nbf and iat may be.
+func (p *Policy) ClockSkew() time.Duration { return p.clockSkew }
+
+// ExpLeeway is how long after its exp a token is still accepted.
+func (p *Policy) ExpLeeway() time.Duration { return p.expLeeway }
 
 // Match finds the first route of the service owning host that matches method
 // and path. It does not allocate for lower-case hosts. Only an enforcement

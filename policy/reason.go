@@ -33,6 +33,11 @@ const (
 	// ReasonDPoPReplayed: a DPoP proof whose jti this node has seen within
 	// the proof window.
 	ReasonDPoPReplayed Reason = "dpop_replayed"
+	// ReasonProxyMisconfigured: an HTTP-mode check that does not say which
+	// request it is about (an unknown endpoint, no service name, or a
+	// missing or repeated original-request header): the proxy's auth
+	// configuration is wrong, not the client's token.
+	ReasonProxyMisconfigured Reason = "proxy_misconfigured"
 )
 
 // Reasons lists every reason code, for metrics pre-registration and docs.
@@ -41,7 +46,7 @@ var Reasons = []Reason{
 	ReasonBadSignature, ReasonUnknownKey, ReasonExpired, ReasonNotYetValid,
 	ReasonLifetimeExceedsPolicy, ReasonWrongEnvironment, ReasonUnknownClass,
 	ReasonRevoked, ReasonInsufficientScope, ReasonNoMatchingRoute, ReasonInternalError,
-	ReasonSenderMismatch, ReasonDPoPInvalid, ReasonDPoPReplayed,
+	ReasonSenderMismatch, ReasonDPoPInvalid, ReasonDPoPReplayed, ReasonProxyMisconfigured,
 }
 
 // Status is the HTTP status of a decision with this reason (RFC 6750):
@@ -57,7 +62,7 @@ func (r Reason) Status() int {
 		return http.StatusOK
 	case ReasonInsufficientScope, ReasonWrongEnvironment, ReasonNoMatchingRoute:
 		return http.StatusForbidden
-	case ReasonInternalError:
+	case ReasonInternalError, ReasonProxyMisconfigured:
 		return http.StatusForbidden
 	default:
 		return http.StatusUnauthorized
@@ -77,7 +82,7 @@ func (r Reason) Challenge() string {
 		return `Bearer realm="tokenwarden", error="invalid_token", error_description="sender_mismatch", DPoP algs="` + DPoPAlgs + `", error="invalid_token", error_description="sender_mismatch"`
 	}
 	switch {
-	case r == ReasonMissingToken || r == ReasonInternalError:
+	case r == ReasonMissingToken || r == ReasonInternalError || r == ReasonProxyMisconfigured:
 		return `Bearer realm="tokenwarden"`
 	case r.Status() == http.StatusUnauthorized:
 		return `Bearer realm="tokenwarden", error="invalid_token", error_description="` + string(r) + `"`
@@ -122,6 +127,8 @@ func (r Reason) Message() string {
 		return "the token needs a valid DPoP proof for this request"
 	case ReasonDPoPReplayed:
 		return "the DPoP proof was used before"
+	case ReasonProxyMisconfigured:
+		return "the proxy did not say which request to check; denied"
 	}
 	return ""
 }

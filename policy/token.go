@@ -20,8 +20,15 @@ const (
 	TokenPrefix = "tw_"
 	// MaxTokenBytes bounds a token string; longer ones are malformed.
 	MaxTokenBytes = 8 << 10
-	// ClockSkew is how far nbf and exp may be off between nodes.
-	ClockSkew = 30 * time.Second
+	// DefaultClockSkew is the policy's clock_skew when it sets none: how
+	// far in the future a token's nbf and iat may be (clocks of the node
+	// that issued it and of this one disagree).
+	DefaultClockSkew = 5 * time.Second
+	// MaxClockSkew caps clock_skew and exp_leeway. It is also the margin by
+	// which what is kept about tokens (revocation rules, learned hashes,
+	// cached verifications) outlives their exp, whatever the policy in
+	// force allows: a reload cannot make a forgotten token valid again.
+	MaxClockSkew = 60 * time.Second
 
 	algEdDSA = "EdDSA"
 )
@@ -342,7 +349,7 @@ func (v *Verifier) checkClaims(t *Token, now time.Time) *VerifyError {
 	case t.Issuer != v.Policy.Issuer():
 		return reject(ReasonMalformedToken, "iss does not name this issuer")
 	}
-	if r := checkTimes(&t.Claims, now); r != "" {
+	if r := checkTimes(&t.Claims, now, v.Policy); r != "" {
 		return reject(r, "outside its validity window")
 	}
 	if t.Env != v.Env {
@@ -382,13 +389,15 @@ func (c *Class) grantedOf(scopes []string) []string {
 	return kept
 }
 
-// checkTimes returns the reason a token is not valid at now, or "".
-func checkTimes(c *Claims, now time.Time) Reason {
+// checkTimes returns the reason a token is not valid at now under p, or
+// "". With exp_leeway 0 (the default) a token is refused from the second
+// its exp names; nbf and iat may be up to clock_skew ahead of now.
+func checkTimes(c *Claims, now time.Time, p *Policy) Reason {
 	sec := now.Unix()
-	skew := int64(ClockSkew / time.Second)
-	if sec >= c.Expires+skew {
+	if sec >= c.Expires+int64(p.expLeeway/time.Second) {
 		return ReasonExpired
 	}
+	skew := int64(p.clockSkew / time.Second)
 	if c.NotBefore > sec+skew || c.IssuedAt > sec+skew {
 		return ReasonNotYetValid
 	}

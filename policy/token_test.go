@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -260,25 +261,47 @@ func TestVerifySecurity(t *testing.T) {
 	}
 }
 
+// TestVerifyTimes checks the validity window under the default clock_skew
+// (5s, nbf and iat) and exp_leeway (0: a token is refused the second it
+// expires, and one second after), and under a policy that widens both. It
+// attacks the old fixed 30 s skew, under which a 1-second token lived 31 s.
 func TestVerifyTimes(t *testing.T) {
-	v := prodVerifier(t)
 	tok := mint(t, testKey, claims()) // iat = nbf = testNow, exp = testNow + 1h
-	skew := policy.ClockSkew
+	data, err := os.ReadFile("testdata/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	widened, err := policy.Load("widened.yaml", append(data, "clock_skew: 30s\nexp_leeway: 10s\n"...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := loadPolicy(t, "testdata/policy.yaml"); p.ClockSkew() != policy.DefaultClockSkew || p.ExpLeeway() != 0 || policy.DefaultClockSkew != 5*time.Second {
+		t.Fatalf("defaults: clock_skew %s, exp_leeway %s; want 5s and 0s", p.ClockSkew(), p.ExpLeeway())
+	}
 	tests := map[string]struct {
-		at   time.Time
-		want policy.Reason // "" when accepted
+		policy *policy.Policy // nil: the test policy, with the defaults
+		at     time.Time
+		want   policy.Reason // "" when accepted
 	}{
-		"at iat":                 {testNow, ""},
-		"within skew before nbf": {testNow.Add(-skew), ""},
-		"beyond skew before nbf": {testNow.Add(-skew - time.Second), policy.ReasonNotYetValid},
-		"just before exp":        {testNow.Add(time.Hour - time.Second), ""},
-		"at exp, within skew":    {testNow.Add(time.Hour), ""},
-		"last second of skew":    {testNow.Add(time.Hour + skew - time.Second), ""},
-		"at exp plus skew":       {testNow.Add(time.Hour + skew), policy.ReasonExpired},
-		"long after exp":         {testNow.Add(48 * time.Hour), policy.ReasonExpired},
+		"at iat":                             {nil, testNow, ""},
+		"within skew before nbf":             {nil, testNow.Add(-5 * time.Second), ""},
+		"beyond skew before nbf":             {nil, testNow.Add(-6 * time.Second), policy.ReasonNotYetValid},
+		"just before exp":                    {nil, testNow.Add(time.Hour - time.Second), ""},
+		"at exp":                             {nil, testNow.Add(time.Hour), policy.ReasonExpired},
+		"one second after exp":               {nil, testNow.Add(time.Hour + time.Second), policy.ReasonExpired},
+		"long after exp":                     {nil, testNow.Add(48 * time.Hour), policy.ReasonExpired},
+		"widened: within clock_skew":         {widened, testNow.Add(-30 * time.Second), ""},
+		"widened: beyond clock_skew":         {widened, testNow.Add(-31 * time.Second), policy.ReasonNotYetValid},
+		"widened: at exp":                    {widened, testNow.Add(time.Hour), ""},
+		"widened: last second of exp_leeway": {widened, testNow.Add(time.Hour + 9*time.Second), ""},
+		"widened: at exp plus exp_leeway":    {widened, testNow.Add(time.Hour + 10*time.Second), policy.ReasonExpired},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
+			v := prodVerifier(t)
+			if tt.policy != nil {
+				v.Policy = tt.policy
+			}
 			_, verr := v.Verify(tok, tt.at)
 			var got policy.Reason
 			if verr != nil {

@@ -108,9 +108,9 @@ func (k *Keeper) Ensure(ctx context.Context) error {
 		return fmt.Errorf("read %s: %w (remove it and the agent writes a new one)", path, err)
 	}
 	p := k.cfg.Decider.Policy()
-	class := admin.AdminClass(p, k.cfg.Env)
-	if class == "" {
-		return fmt.Errorf("the policy has no class granting %s in environment %s: add one (see the admin class in deploy/policy.example.yaml)", admin.AdminScope, k.cfg.Env)
+	class, err := Class(p, k.cfg.Env)
+	if err != nil {
+		return err
 	}
 	issued, err := k.cfg.Issuer.Issue(ctx, policy.IssueRequest{
 		Subject: Subject, Class: class, Env: k.cfg.Env, Scopes: []string{admin.AdminScope},
@@ -131,6 +131,17 @@ func (k *Keeper) Ensure(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Class is the class the admin token is issued in: the first, by name,
+// that grants the admin scope in env (admin.AdminClass). A policy without
+// one is an error: the agent refuses to start with it, or to reload it,
+// since the CLI on the node would have no admin token.
+func Class(p *policy.Policy, env string) (string, error) {
+	if class := admin.AdminClass(p, env); class != "" {
+		return class, nil
+	}
+	return "", fmt.Errorf("the policy has no class granting %s in environment %s: add one (see the admin class in deploy/policy.example.yaml)", admin.AdminScope, env)
 }
 
 // maxSecretBytes bounds what is read of the admin token file: a token is at

@@ -86,6 +86,7 @@ type Server struct {
 	listenerMetrics *listen.Metrics
 	maxHeaderBytes  int
 	log             *slog.Logger
+	misconfigured   *misconfiguredLog
 
 	denials      map[policy.Reason]*denial
 	public       *authv3.CheckResponse // allowed without a token (public route)
@@ -127,6 +128,7 @@ func New(cfg Config) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.misconfigured = newMisconfiguredLog(s.log, s.now)
 	if cfg.ClientCertHeader != "" {
 		s.clientCert = http.CanonicalHeaderKey(cfg.ClientCertHeader)
 	}

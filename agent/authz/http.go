@@ -112,13 +112,12 @@ func (s *Server) checkHTTP(w http.ResponseWriter, r *http.Request, ev *Event, to
 			s.writeDenial(w, s.denied(policy.ReasonInternalError))
 		}
 	}()
-	req, source, ok := originalRequest(r)
+	req, source, missing := originalRequest(r)
 	ev.Source = source
-	if !ok {
-		s.log.Debug("authz: HTTP check lacks the service or the original request; denying (check the proxy's auth config: /envoy/<service>, /nginx/<service> or /forward-auth/<service>, and the headers of docs/authz.md)",
-			"path", r.URL.Path, "peer", r.RemoteAddr)
-		ev.Decision = denyDecision(policy.ReasonInternalError)
-		s.writeDenial(w, s.denied(policy.ReasonInternalError))
+	if missing != "" {
+		s.misconfigured.warn(r.URL.Path, missing, r.RemoteAddr)
+		ev.Decision = denyDecision(policy.ReasonProxyMisconfigured)
+		s.writeDenial(w, s.denied(policy.ReasonProxyMisconfigured))
 		return
 	}
 	var auth string
@@ -159,43 +158,61 @@ func (s *Server) checkHTTP(w http.ResponseWriter, r *http.Request, ev *Event, to
 	s.writeAllowed(w, &ev.Decision, forgedHTTP(r.Header))
 }
 
+// What an HTTP check can lack, named in the proxy_misconfigured warning: a
+// bounded set, the keys of its rate limit.
+const (
+	missingEndpoint = "endpoint" // not /envoy/, /nginx/ or /forward-auth/
+	missingService  = "service"  // the endpoint without a service name
+)
+
 // originalRequest reads the request being authorized, and the service it
 // is for, from the endpoint's path and the headers of its proxy kind. A
 // host header that is absent or repeated leaves the host empty, which no
-// service has.
-func originalRequest(r *http.Request) (req policy.Request, source string, ok bool) {
+// service has. missing names what the check lacks (missingEndpoint,
+// missingService, or a header that is absent, empty or repeated); "" when
+// the check is complete.
+func originalRequest(r *http.Request) (req policy.Request, source, missing string) {
 	h := r.Header
+	var ok bool
 	if req.Service, ok = strings.CutPrefix(r.URL.Path, PathNginx+"/"); ok {
-		req.Method, ok = single(h, hOriginalMethod)
-		if !ok {
-			return req, "", false
+		if req.Service == "" {
+			return req, "", missingService
 		}
-		req.Path, ok = single(h, hOriginalURI)
+		if req.Method, ok = single(h, hOriginalMethod); !ok {
+			return req, "", hOriginalMethod
+		}
+		if req.Path, ok = single(h, hOriginalURI); !ok {
+			return req, "", hOriginalURI
+		}
 		req.Host, _ = single(h, hOriginalHost)
-		return req, firstOf(h, hRealIP, peerHost(r.RemoteAddr)), ok && req.Service != ""
+		return req, firstOf(h, hRealIP, peerHost(r.RemoteAddr)), ""
 	}
 	if req.Service, ok = strings.CutPrefix(r.URL.Path, PathForwardAuth+"/"); ok {
-		req.Method, ok = single(h, hForwardedMethod)
-		if !ok {
-			return req, "", false
+		if req.Service == "" {
+			return req, "", missingService
 		}
-		req.Path, ok = single(h, hForwardedURI)
+		if req.Method, ok = single(h, hForwardedMethod); !ok {
+			return req, "", hForwardedMethod
+		}
+		if req.Path, ok = single(h, hForwardedURI); !ok {
+			return req, "", hForwardedURI
+		}
 		req.Host, _ = single(h, hForwardedHost)
-		return req, lastHop(h, r.RemoteAddr), ok && req.Service != ""
+		return req, lastHop(h, r.RemoteAddr), ""
 	}
 	// Envoy: the check request is the original with path_prefix
 	// (/envoy/<service>) prepended. RequestURI is the target as sent,
 	// undecoded, as Envoy's own path is.
 	rest, found := strings.CutPrefix(r.RequestURI, PathEnvoy+"/")
 	if !found {
-		return req, "", false
+		return req, "", missingEndpoint
 	}
 	i := strings.IndexByte(rest, '/')
 	if i <= 0 {
-		return req, "", false
+		return req, "", missingService
 	}
 	req.Service, req.Method, req.Host, req.Path = rest[:i], r.Method, r.Host, rest[i:]
-	return req, lastHop(h, r.RemoteAddr), true
+	return req, lastHop(h, r.RemoteAddr), ""
 }
 
 // single returns the one value of a header; absent or repeated is not ok.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -111,33 +113,36 @@ func assertHTTPDenial(t *testing.T, resp *http.Response, body []byte, r policy.R
 func TestHTTPModeFailsClosed(t *testing.T) {
 	f := newFixture(t)
 	tok, _ := f.mint(t, policy.IssueRequest{Subject: "svc", Scopes: []string{"orders:read"}}, fixedNow)
-	base := serveHTTP(t, f.server(t, Config{}))
 	tests := map[string]struct {
 		method, target string
 		headers        http.Header
 		want           int
+		missing        string // what the proxy_misconfigured warning names
 	}{
-		"unknown endpoint":                 {"GET", "/orders/1", nil, 403},
-		"envoy without a service":          {"GET", PathEnvoy, nil, 403},
-		"envoy without path after service": {"GET", PathEnvoy + "/orders", nil, 403},
-		"envoy with an empty service":      {"GET", PathEnvoy + "//orders/1", nil, 403},
-		"envoy prefix is a whole segment":  {"GET", PathEnvoy + "x/orders/orders/1", nil, 403},
-		"nginx without a service":          {"GET", PathNginx, http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}}, 403},
-		"nginx with an empty service":      {"GET", PathNginx + "/", http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}}, 403},
-		"nginx without X-Original-Method":  {"GET", PathNginx + "/orders", http.Header{"X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}}, 403},
-		"nginx without X-Original-URI":     {"GET", PathNginx + "/orders", http.Header{"X-Original-Method": {"GET"}, "X-Original-Host": {"orders"}}, 403},
-		"nginx with two X-Original-URI":    {"GET", PathNginx + "/orders", http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/healthz", "/orders/1"}, "X-Original-Host": {"orders"}}, 403},
-		"forward-auth without a service":   {"GET", PathForwardAuth, http.Header{"X-Forwarded-Method": {"GET"}, "X-Forwarded-Uri": {"/healthz"}, "X-Forwarded-Host": {"orders"}}, 403},
+		"unknown endpoint":                     {"GET", "/orders/1", nil, 403, missingEndpoint},
+		"envoy without a service":              {"GET", PathEnvoy, nil, 403, missingEndpoint},
+		"envoy without path after service":     {"GET", PathEnvoy + "/orders", nil, 403, missingService},
+		"envoy with an empty service":          {"GET", PathEnvoy + "//orders/1", nil, 403, missingService},
+		"envoy prefix is a whole segment":      {"GET", PathEnvoy + "x/orders/orders/1", nil, 403, missingEndpoint},
+		"nginx without a service":              {"GET", PathNginx, http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}}, 403, missingEndpoint},
+		"nginx with an empty service":          {"GET", PathNginx + "/", http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}}, 403, missingService},
+		"nginx without X-Original-Method":      {"GET", PathNginx + "/orders", http.Header{"X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}}, 403, "X-Original-Method"},
+		"nginx without X-Original-URI":         {"GET", PathNginx + "/orders", http.Header{"X-Original-Method": {"GET"}, "X-Original-Host": {"orders"}}, 403, "X-Original-Uri"},
+		"nginx with two X-Original-URI":        {"GET", PathNginx + "/orders", http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/healthz", "/orders/1"}, "X-Original-Host": {"orders"}}, 403, "X-Original-Uri"},
+		"forward-auth without a service":       {"GET", PathForwardAuth, http.Header{"X-Forwarded-Method": {"GET"}, "X-Forwarded-Uri": {"/healthz"}, "X-Forwarded-Host": {"orders"}}, 403, missingEndpoint},
+		"forward-auth without X-Forwarded-Uri": {"GET", PathForwardAuth + "/orders", http.Header{"X-Forwarded-Method": {"GET"}, "X-Forwarded-Host": {"orders"}}, 403, "X-Forwarded-Uri"},
 		// A client of Caddy cannot describe its request with nginx's headers.
-		"forward-auth ignores nginx headers": {"GET", PathForwardAuth + "/orders", http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/healthz"}, "X-Original-Host": {"orders"}}, 403},
+		"forward-auth ignores nginx headers": {"GET", PathForwardAuth + "/orders", http.Header{"X-Original-Method": {"GET"}, "X-Original-Uri": {"/healthz"}, "X-Original-Host": {"orders"}}, 403, "X-Forwarded-Method"},
 		"headers over the limit": {"GET", PathNginx + "/orders", http.Header{
 			"X-Original-Method": {"GET"}, "X-Original-Uri": {"/healthz"}, "X-Original-Host": {"orders"},
 			"X-Padding": {strings.Repeat("p", DefaultMaxHeaderBytes+8<<10)},
-		}, 431},
+		}, 431, ""},
 		"control: nginx allowed": {"GET", PathNginx + "/orders", http.Header{
 			"X-Original-Method": {"GET"}, "X-Original-Uri": {"/orders/1"}, "X-Original-Host": {"orders"}, "Authorization": {"Bearer " + tok},
-		}, 200},
+		}, 200, ""},
 	}
+	var logs syncBuffer
+	base := serveHTTP(t, f.server(t, Config{Logger: slog.New(slog.NewJSONHandler(&logs, nil))}))
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			req, err := http.NewRequest(tc.method, base+tc.target, nil)
@@ -158,7 +163,14 @@ func TestHTTPModeFailsClosed(t *testing.T) {
 				t.Fatalf("status %d, want %d (body %s)", resp.StatusCode, tc.want, body)
 			}
 			if tc.want == 403 {
-				assertHTTPDenial(t, resp, body, policy.ReasonInternalError)
+				assertHTTPDenial(t, resp, body, policy.ReasonProxyMisconfigured)
+				// Each case is a kind of its own or the first of its kind
+				// within the warning interval: each is logged.
+				if !slices.ContainsFunc(logs.records(t), func(r map[string]any) bool {
+					return r["msg"] != nil && r["missing"] == tc.missing && r["level"] == "WARN"
+				}) {
+					t.Errorf("no warning naming %q in the log:\n%s", tc.missing, logs.String())
+				}
 			}
 		})
 	}

@@ -22,6 +22,7 @@ type Metrics struct {
 	cacheHits   prometheus.Counter
 	cacheMisses prometheus.Counter
 	tokens      *usage.TopN
+	labels      usage.TokenLabels
 }
 
 // MetricsConfig configures NewMetrics.
@@ -30,6 +31,9 @@ type MetricsConfig struct {
 	// get a tokenwarden_authz_token_requests_total series; 0 means
 	// DefaultTopTokens, negative means none.
 	TopTokens int
+	// TokenLabels says what the per-token series carry; "" (none) exports
+	// none, whatever TopTokens says.
+	TokenLabels usage.TokenLabels
 }
 
 // NewMetrics registers the authz metrics on reg.
@@ -64,12 +68,20 @@ func NewMetrics(reg prometheus.Registerer, cfg MetricsConfig) (*Metrics, error) 
 	if top == 0 {
 		top = DefaultTopTokens
 	}
+	labels, err := usage.ParseTokenLabels(string(cfg.TokenLabels))
+	if err != nil {
+		return nil, err
+	}
+	if !labels.PerToken() {
+		top = -1
+	}
 	m := &Metrics{
 		checks:      make(map[policy.Reason]prometheus.Counter, len(policy.Reasons)),
 		duration:    duration,
 		cacheHits:   hits,
 		cacheMisses: misses,
 		tokens:      usage.NewTopN(perToken, top),
+		labels:      labels,
 	}
 	for _, r := range policy.Reasons {
 		decision := "deny"
@@ -88,8 +100,8 @@ func (m *Metrics) observe(dec *policy.Decision, d time.Duration) {
 	}
 	c.Inc()
 	m.duration.Observe(d.Seconds())
-	if dec.TokenID != "" {
-		m.tokens.Add(dec.TokenID, dec.Subject, 1)
+	if dec.TokenID != "" && m.labels.PerToken() {
+		m.tokens.Add(dec.TokenID, m.labels.Subject(dec.Subject), 1)
 	}
 }
 

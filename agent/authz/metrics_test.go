@@ -5,7 +5,9 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"reflect"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
@@ -13,6 +15,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
+	"github.com/tokenwarden/tokenwarden/agent/usage"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -24,7 +27,7 @@ func metricsFixture(t *testing.T) (*fixture, *Server, *Metrics, *prometheus.Regi
 	t.Helper()
 	f := newFixture(t)
 	reg := newRegistry()
-	m, err := NewMetrics(reg, MetricsConfig{TopTokens: 2})
+	m, err := NewMetrics(reg, MetricsConfig{TopTokens: 2, TokenLabels: usage.LabelsIDSubject})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,5 +173,39 @@ func TestMetricsRegisterTwiceFails(t *testing.T) {
 	}
 	if _, err := NewMetrics(reg, MetricsConfig{}); err == nil {
 		t.Fatal("second registration on one registry succeeded")
+	}
+}
+
+// TestTokenLabels: per-token series say which tokens are busy and whose
+// they are to whoever scrapes /metrics. By default (none) there are none;
+// id leaves the subject out; id+subject has both. An unknown mode is an
+// error, not a silent default.
+func TestTokenLabels(t *testing.T) {
+	tests := map[usage.TokenLabels][]map[string]string{
+		"":                    nil,
+		usage.LabelsNone:      nil,
+		usage.LabelsID:        {{"token_id": "tok1", "subject": ""}}, // an empty label is no label to Prometheus
+		usage.LabelsIDSubject: {{"token_id": "tok1", "subject": "alice"}},
+	}
+	for mode, want := range tests {
+		t.Run(string(mode), func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			m, err := NewMetrics(reg, MetricsConfig{TokenLabels: mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.observe(&policy.Decision{Allow: true, Reason: policy.ReasonAllowed, TokenID: "tok1", Subject: "alice"}, time.Microsecond)
+			m.Flush()
+			var got []map[string]string
+			for _, mm := range gather(t, reg)["tokenwarden_authz_token_requests_total"].GetMetric() {
+				got = append(got, labels(mm))
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("per-token series %v, want %v", got, want)
+			}
+		})
+	}
+	if _, err := NewMetrics(prometheus.NewRegistry(), MetricsConfig{TokenLabels: "subject"}); err == nil {
+		t.Error("NewMetrics accepted token labels \"subject\"")
 	}
 }

@@ -486,7 +486,7 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 	if r.EffectiveAt.IsZero() {
 		r.EffectiveAt = now.UTC()
 	}
-	skew := policy.ClockSkew
+	skew := policy.MaxClockSkew
 	var covered []store.TokenRecord
 	switch r.Kind {
 	case policy.RevokeToken:
@@ -619,7 +619,7 @@ func (i *Issuer) rotateKeys(ctx context.Context, actor string, immediate bool) (
 	i.rotateKeysMu.Lock() // one key rotation at a time
 	defer i.rotateKeysMu.Unlock()
 	now := i.cfg.Now().UTC()
-	maxLife := i.cfg.Policy().MaxLifetime() + policy.ClockSkew
+	maxLife := i.cfg.Policy().MaxLifetime() + policy.MaxClockSkew
 	i.mu.Lock()
 	stored := slices.Clone(i.keys)
 	i.mu.Unlock()

@@ -527,7 +527,7 @@ func TestRotateRefused(t *testing.T) {
 		"expired": {
 			setup: func(f *fixture) string {
 				id := f.issue(policy.IssueRequest{Subject: "builder", Class: "ci-deploy"}).Record.ID
-				f.clock.Set(t0.Add(time.Hour + policy.ClockSkew)) // default_ttl 1h, plus the skew Verify allows
+				f.clock.Set(t0.Add(time.Hour + policy.MaxClockSkew)) // default_ttl 1h, plus the most exp_leeway any policy allows
 				return id
 			},
 			wantIssueErr: "is expired",
@@ -725,7 +725,7 @@ func TestRevokeCoversOnlyEarlierTokens(t *testing.T) {
 			if !rule.IssuedBefore.Equal(t0.Add(time.Minute)) {
 				t.Errorf("issued_before = %v, want the time of the rule", rule.IssuedBefore)
 			}
-			if want := rule.IssuedBefore.Add(f.pol.MaxLifetime() + policy.ClockSkew); !rule.Expires.Equal(want) {
+			if want := rule.IssuedBefore.Add(f.pol.MaxLifetime() + policy.MaxClockSkew); !rule.Expires.Equal(want) {
 				t.Errorf("expires = %v, want issued_before + max lifetime + skew = %v", rule.Expires, want)
 			}
 
@@ -888,7 +888,7 @@ func TestRotateKeys(t *testing.T) {
 		},
 		{
 			name: "a verifying key older than the max lifetime is retired",
-			at:   t0.Add(time.Hour + 2*issuer.KeyLead + maxLife + policy.ClockSkew + time.Second),
+			at:   t0.Add(time.Hour + 2*issuer.KeyLead + maxLife + policy.MaxClockSkew + time.Second),
 			states: func(k4 string) map[string]store.KeyState {
 				return map[string]store.KeyState{k1: store.KeyRetired, k4: store.KeyActive}
 			},

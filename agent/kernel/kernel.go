@@ -91,23 +91,54 @@ func Load(at Attach) (*bpf.Sentry, error) {
 	return s, nil
 }
 
+// Status says whether the kernel side runs and, when it does not, why: the
+// reason label of tokenwarden_kernel_attached.
+type Status string
+
+const (
+	StatusAttached      Status = "attached"        // loaded and attached
+	StatusOff           Status = "off"             // ModeOff: turned off on purpose
+	StatusNoAttachPoint Status = "no_attach_point" // ModeAuto without an interface or cgroup
+	StatusLoadFailed    Status = "load_failed"     // ModeAuto: loading or attaching failed
+)
+
 // Open loads the programs as mode says: nothing with ModeOff; with
 // ModeAuto a failure is logged once and nil returned (the agent runs
-// without the kernel side); with ModeRequired a failure is an error.
-func Open(mode string, at Attach, log *slog.Logger) (*bpf.Sentry, error) {
+// without the kernel side); with ModeRequired a failure is an error. The
+// Status says which of these happened.
+func Open(mode string, at Attach, log *slog.Logger) (*bpf.Sentry, Status, error) {
 	if mode == ModeOff {
-		return nil, nil
+		return nil, StatusOff, nil
 	}
 	s, err := Load(at)
 	switch {
 	case err == nil:
 		log.Info("kernel side attached", "interfaces", at.Interfaces, "cgroup", at.Cgroup)
-		return s, nil
+		return s, StatusAttached, nil
 	case mode == ModeRequired:
-		return nil, fmt.Errorf("kernel side required but unavailable: %w", err)
+		return nil, StatusLoadFailed, fmt.Errorf("kernel side required but unavailable: %w", err)
 	}
 	log.Warn("running without the kernel side: per-token kernel counting and in-kernel revocation are off", "err", err)
-	return nil, nil
+	if errors.Is(err, ErrNothingToAttach) {
+		return nil, StatusNoAttachPoint, nil
+	}
+	return nil, StatusLoadFailed, nil
+}
+
+// RegisterAttached exports tokenwarden_kernel_attached: one series, 1 with
+// reason "attached", 0 with the reason the kernel side is not running. It
+// exists whatever the mode, so an alert can see a kernel side that failed.
+func RegisterAttached(reg prometheus.Registerer, st Status) error {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tokenwarden_kernel_attached",
+		Help: "1 while the eBPF programs are loaded and attached; 0 otherwise, with the reason: off (turned off), no_attach_point (auto without an interface or cgroup), load_failed (auto, loading or attaching failed).",
+	}, []string{"reason"})
+	v := 0.0
+	if st == StatusAttached {
+		v = 1
+	}
+	g.WithLabelValues(string(st)).Set(v)
+	return reg.Register(g)
 }
 
 // directions are the TCX hooks to attach on an interface: both, except on a
@@ -140,15 +171,18 @@ type RequestCounter interface {
 
 // Config configures a Kernel. Sentry, Tokens and Audit are required.
 type Config struct {
-	Sentry     *bpf.Sentry
-	Tokens     Tokens
-	Audit      Recorder
-	Requests   RequestCounter // nil: counts go to metrics only
-	TopTokens  int            // per-token series kept (usage.TopN); 0: none
-	Every      time.Duration  // DefaultEvery when zero
-	Registerer prometheus.Registerer
-	Now        func() time.Time
-	Logger     *slog.Logger
+	Sentry    *bpf.Sentry
+	Tokens    Tokens
+	Audit     Recorder
+	Requests  RequestCounter // nil: counts go to metrics only
+	TopTokens int            // per-token series kept (usage.TopN); 0: none
+	// TokenLabels says what the per-token series carry; "" (none) exports
+	// none, whatever TopTokens says.
+	TokenLabels usage.TokenLabels
+	Every       time.Duration // DefaultEvery when zero
+	Registerer  prometheus.Registerer
+	Now         func() time.Time
+	Logger      *slog.Logger
 }
 
 // Kernel reconciles and reads the sentry.
@@ -173,6 +207,11 @@ func New(cfg Config) (*Kernel, error) {
 	if cfg.Sentry == nil || cfg.Tokens == nil || cfg.Audit == nil {
 		return nil, errors.New("kernel: Sentry, Tokens and Audit are required")
 	}
+	labels, err := usage.ParseTokenLabels(string(cfg.TokenLabels))
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	cfg.TokenLabels = labels
 	cfg.Every = cmp.Or(cfg.Every, DefaultEvery)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	cfg.Registerer = cmp.Or[prometheus.Registerer](cfg.Registerer, prometheus.NewRegistry())
@@ -191,7 +230,11 @@ func (k *Kernel) registerMetrics(reg prometheus.Registerer) error {
 		Name: "tokenwarden_kernel_requests_total",
 		Help: "HTTP requests seen in the kernel per token, for the busiest tokens only; series of tokens that drop out are deleted.",
 	}, []string{"token_id", "subject"})
-	k.requests = usage.NewTopN(vec, max(k.cfg.TopTokens, 0))
+	top := max(k.cfg.TopTokens, 0)
+	if !k.cfg.TokenLabels.PerToken() {
+		top = 0
+	}
+	k.requests = usage.NewTopN(vec, top)
 	counter := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
@@ -217,7 +260,6 @@ func (k *Kernel) registerMetrics(reg prometheus.Registerer) error {
 	}
 	cs := []prometheus.Collector{
 		vec, k.drops, k.unknown, k.overflow, k.syncs, k.syncErrs,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tokenwarden_kernel_attached", Help: "1 while the eBPF programs are loaded and attached."}, func() float64 { return 1 }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tokenwarden_kernel_revoked_hashes", Help: "Token hashes in the kernel's revoked map."}, func() float64 { return float64(k.revoked.Load()) }),
 		stat("tokenwarden_kernel_packets_total", "Packets seen by the eBPF programs.", func(s bpf.Stats) uint64 { return s.Packets }),
 		stat("tokenwarden_kernel_parsed_requests_total", "Packets that began an HTTP request.", func(s bpf.Stats) uint64 { return s.Requests }),
@@ -338,7 +380,9 @@ func (k *Kernel) readCounts() {
 			k.unknown.Add(float64(c.Requests))
 			continue
 		}
-		k.requests.Add(id, subject, float64(c.Requests))
+		if k.cfg.TokenLabels.PerToken() {
+			k.requests.Add(id, k.cfg.TokenLabels.Subject(subject), float64(c.Requests))
+		}
 		if k.cfg.Requests != nil {
 			k.cfg.Requests.AddRequests(id, subject, c.Requests)
 		}

@@ -122,7 +122,7 @@ func (x *index) revokedHashes(rev policy.RevocationChecker, now time.Time) []uin
 // prune forgets tokens past their exp (plus skew): no enforcement point
 // accepts them, so the kernel needs no entry either.
 func (x *index) prune(now time.Time) (dropped int) {
-	limit := now.Add(-policy.ClockSkew).Unix()
+	limit := now.Add(-policy.MaxClockSkew).Unix()
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for id, t := range x.byID {
@@ -147,5 +147,5 @@ func (x *index) get(id string) (*policy.Token, bool) {
 // expired reports whether no enforcement point accepts r's token any more,
 // revoked or not.
 func expired(r *store.TokenRecord, now time.Time) bool {
-	return !now.Before(r.ExpiresAt.Add(policy.ClockSkew))
+	return !now.Before(r.ExpiresAt.Add(policy.MaxClockSkew))
 }

@@ -70,7 +70,7 @@ func (c *Cache) Get(token string, now time.Time) (*policy.Token, bool) {
 	if !ok {
 		return nil, false
 	}
-	if now.Unix() >= t.Expires+int64(policy.ClockSkew/time.Second) {
+	if now.Unix() >= t.Expires+int64(policy.MaxClockSkew/time.Second) {
 		l.Remove(k)
 		return nil, false
 	}
@@ -92,7 +92,7 @@ func (c *Cache) Purge() {
 
 // Prune removes tokens past their exp and returns how many.
 func (c *Cache) Prune(now time.Time) int {
-	limit := now.Unix() - int64(policy.ClockSkew/time.Second)
+	limit := now.Unix() - int64(policy.MaxClockSkew/time.Second)
 	n := 0
 	for _, l := range c.shards {
 		for _, k := range l.Keys() {

@@ -15,7 +15,7 @@ func cached(id string, exp time.Time) *policy.Token {
 
 func TestCacheGet(t *testing.T) {
 	exp := t0.Add(time.Hour)
-	skew := policy.ClockSkew
+	skew := policy.MaxClockSkew
 	tests := map[string]struct {
 		at   time.Time
 		want bool
@@ -117,8 +117,8 @@ func TestCachePrune(t *testing.T) {
 	}{
 		"nothing expired":          {t0.Add(-time.Minute), 0, 10},
 		"exp reached, within skew": {t0, 0, 10},
-		"exp 0 past skew":          {t0.Add(policy.ClockSkew), 1, 9},
-		"exp 0..4 past skew":       {t0.Add(4*time.Minute + policy.ClockSkew), 4, 5},
+		"exp 0 past skew":          {t0.Add(policy.MaxClockSkew), 1, 9},
+		"exp 0..4 past skew":       {t0.Add(4*time.Minute + policy.MaxClockSkew), 4, 5},
 		"all":                      {t0.Add(time.Hour), 5, 0},
 	}
 	// In order: each step prunes from what the previous one left.
@@ -161,7 +161,7 @@ func TestCacheConcurrent(t *testing.T) {
 			for i := range 1000 {
 				tok := fmt.Sprint("tw_", w, "_", i%100)
 				exp := t0.Add(time.Duration(i%3) * time.Minute)
-				if got, ok := c.Get(tok, t0.Add(time.Minute)); ok && got.Expires+int64(policy.ClockSkew/time.Second) <= t0.Add(time.Minute).Unix() {
+				if got, ok := c.Get(tok, t0.Add(time.Minute)); ok && got.Expires+int64(policy.MaxClockSkew/time.Second) <= t0.Add(time.Minute).Unix() {
 					t.Error("Get returned an expired token")
 				}
 				c.Add(tok, cached(tok, exp))

@@ -102,7 +102,7 @@ func (v *Revoker) Insist(r policy.Revocation) {
 	local.ID = policy.NewRevocationID()
 	local.CreatedAt, local.EffectiveAt = now.UTC(), now.UTC()
 	// No token this rule can match outlives the policy's longest lifetime.
-	local.Expires = now.Add(v.cfg.MaxLifetime() + policy.ClockSkew).UTC()
+	local.Expires = now.Add(v.cfg.MaxLifetime() + policy.MaxClockSkew).UTC()
 	v.cfg.Enforce.Enforce(local)
 	if refused(err) {
 		v.cfg.Logger.Error("revocation refused by the store; enforced on this node only, from memory", "kind", r.Kind, "target", r.Target, "err", err)

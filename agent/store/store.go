@@ -134,7 +134,7 @@ type TokenRecord struct {
 
 // Live reports whether the token can still be presented at now.
 func (r *TokenRecord) Live(now time.Time) bool {
-	return r.Status != TokenRevoked && now.Before(r.ExpiresAt.Add(policy.ClockSkew))
+	return r.Status != TokenRevoked && now.Before(r.ExpiresAt.Add(policy.MaxClockSkew))
 }
 
 // TokenFilter selects token records; empty fields match everything.

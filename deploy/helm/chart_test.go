@@ -54,6 +54,7 @@ var combos = map[string][]string{
 	"monitoring": {
 		"monitoring.serviceMonitor.enabled=true", "monitoring.prometheusRule.enabled=true",
 		"monitoring.grafanaDashboard.enabled=true", "monitoring.job=kubernetes-pods",
+		"metrics.bearerSecretName=tokenwarden-metrics", "metrics.tokenLabels=id",
 	},
 }
 
@@ -353,7 +354,29 @@ func TestMonitoring(t *testing.T) {
 	}
 	sm := one[monitoringv1.ServiceMonitor](t, objs)
 	if len(sm.Spec.Endpoints) != 1 || len(sm.Spec.Endpoints[0].RelabelConfigs) != 1 || *sm.Spec.Endpoints[0].RelabelConfigs[0].Replacement != "kubernetes-pods" {
-		t.Error("ServiceMonitor does not set the configured job label")
+		t.Fatal("ServiceMonitor does not set the configured job label")
+	}
+	// /metrics behind a bearer token: the agents read it from the Secret,
+	// the ServiceMonitor sends it.
+	if a := sm.Spec.Endpoints[0].Authorization; a == nil || a.Type != "Bearer" || a.Credentials == nil || a.Credentials.Name != "tokenwarden-metrics" || a.Credentials.Key != "token" {
+		t.Errorf("ServiceMonitor authorization %+v, want the Bearer token of Secret tokenwarden-metrics", a)
+	}
+	ds := one[appsv1.DaemonSet](t, objs)
+	env := map[string]string{}
+	for _, e := range ds.Spec.Template.Spec.Containers[0].Env {
+		env[e.Name] = e.Value
+	}
+	if env["TOKENWARDEN_METRICS_BEARER_FILE"] != "/etc/tokenwarden/metrics-bearer/token" || env["TOKENWARDEN_METRICS_TOKEN_LABELS"] != "id" {
+		t.Errorf("agent env %v: want the bearer file and token labels id", env)
+	}
+	mounted := false
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "tokenwarden-metrics" && *v.Secret.DefaultMode == 0o400 {
+			mounted = true
+		}
+	}
+	if !mounted {
+		t.Error("the metrics bearer Secret is not mounted (mode 0400)")
 	}
 	var dash *corev1.ConfigMap
 	for _, cm := range find[corev1.ConfigMap](t, objs) {

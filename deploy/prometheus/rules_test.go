@@ -23,6 +23,24 @@ const (
 // own test checks a live /metrics against the same two files, so a metric
 // renamed in code breaks a test instead of silently emptying a panel.
 var exported = []string{
+	"tokenwarden_build_info",
+	"tokenwarden_policy_reload_total",
+	"tokenwarden_policy_generation",
+	"tokenwarden_authz_cache_hits_total",
+	"tokenwarden_authz_cache_misses_total",
+	"tokenwarden_token_cache_entries",
+	"tokenwarden_introspect_answers_total",
+	"tokenwarden_rotation_leader",
+	"tokenwarden_anomaly_tracked_tokens",
+	"tokenwarden_xds_unknown_nodes_total",
+	"tokenwarden_kernel_revoked_hashes",
+	"tokenwarden_kernel_revoked_syncs_total",
+	"tokenwarden_kernel_packets_total",
+	"tokenwarden_kernel_parsed_requests_total",
+	"tokenwarden_kernel_tokens_total",
+	"tokenwarden_kernel_tokens_truncated_total",
+	"tokenwarden_kernel_unknown_token_requests_total",
+	"tokenwarden_kernel_events_lost_total",
 	"tokenwarden_listener_connections",
 	"tokenwarden_listener_connection_limit",
 	"tokenwarden_listener_refused_total",
@@ -109,6 +127,55 @@ func TestMetricNamesAreExported(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// jobMatcher is a PromQL matcher on the job label.
+var jobMatcher = regexp.MustCompile(`\bjob\s*(=|!=|=~|!~)\s*"[^"]*"`)
+
+// TestJobIsATemplateVariable: the dashboard selects every series by the
+// $job variable, so it works under any scrape job name; the rules name a
+// job only where nothing else picks the agent's series out (up, in
+// TokenwardenAgentDown), and there the chart substitutes monitoring.job
+// (deploy/helm's TestMonitoring).
+func TestJobIsATemplateVariable(t *testing.T) {
+	for _, expr := range dashboardExprs(t) {
+		if strings.HasPrefix(expr, "label_values(tokenwarden_authz_checks_total, job)") {
+			continue // the $job variable itself
+		}
+		m := jobMatcher.FindAllString(expr, -1)
+		if len(m) == 0 || slices.ContainsFunc(m, func(s string) bool { return s != `job=~"$job"` }) {
+			t.Errorf("%s: expression does not select job=~\"$job\" (only): %s", dashboardFile, oneLine(expr))
+		}
+	}
+	data, err := os.ReadFile(rulesFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range doc.Groups {
+		for _, r := range g.Rules {
+			m := jobMatcher.FindAllString(r.Expr, -1)
+			if r.Alert == "TokenwardenAgentDown" {
+				if len(m) != 1 || m[0] != `job="tokenwarden"` {
+					t.Errorf("%s: %s must select up{job=\"tokenwarden\"}, the string the chart replaces: %s", rulesFile, r.Alert, oneLine(r.Expr))
+				}
+				continue
+			}
+			if len(m) > 0 {
+				t.Errorf("%s: %s matches a job (%v); select by metric name only", rulesFile, r.Alert, m)
+			}
+		}
 	}
 }
 
