@@ -233,7 +233,7 @@ func TestReloadRefusesPolicyWithoutAdminClass(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	const admin = "    scopes: [tokenwarden:admin]\n    default_ttl: 24h\n    max_ttl: 24h\n    environments: [dev, staging, prod]\n"
+	const admin = "    default_ttl: 24h\n    max_ttl: 24h\n    environments: [dev, staging, prod]\nservices:"
 	edited := strings.Replace(string(example), admin, strings.Replace(admin, "[dev, staging, prod]", "[staging, prod]", 1), 1)
 	if edited == string(example) {
 		t.Fatal("test edit did not apply to the example policy")
