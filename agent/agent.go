@@ -58,6 +58,7 @@ type Agent struct {
 	authz      *authz.Server
 	metrics    *authz.Metrics
 	conns      *listen.Metrics // connection limits of every listener
+	tls        *listen.Reloader // nil without TLS
 	admin      *admin.API
 	xds        *xds.Server // nil without XDSAddr
 	sidecars   policyPush  // a.xds, when there is one
@@ -107,6 +108,11 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if a.conns, err = listen.NewMetrics(a.registry); err != nil {
 		return nil, err
+	}
+	if cfg.TLS.Enabled() {
+		if a.tls, err = listen.NewReloader(cfg.TLS, a.registry, a.log); err != nil {
+			return nil, err
+		}
 	}
 	a.replica = replica.New(replica.Config{ReloadKeys: a.reloadKeys, Now: cfg.Now, Logger: cfg.Logger})
 	a.decider = policy.NewDecider(policy.DeciderConfig{

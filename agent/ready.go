@@ -21,7 +21,7 @@ func (a *Agent) announce(lis map[string]net.Listener) {
 	for name, l := range lis {
 		addrs[name] = l.Addr().String()
 	}
-	listen.WarnIfExposed(a.log, listen.AdminListener, addrs[listen.AdminListener], true)
+	listen.WarnIfExposed(a.log, listen.AdminListener, addrs[listen.AdminListener], a.tls == nil) // admin tokens cross it in clear without TLS
 	listen.WarnIfExposed(a.log, listen.MetricsListener, addrs[listen.MetricsListener], false)
 	a.ready.Store(true)
 	r := Ready{Env: a.cfg.Env, AdminAddr: addrs["admin"], MetricsAddr: addrs["metrics"], AdminTokenFile: a.adminToken.Path(), Listeners: map[string]string{}}

@@ -89,6 +89,14 @@ prefix refuses to start.`,
 	f.BoolVar(&cfg.StripAuthorization, "strip-authorization", false, "remove Authorization from allowed requests before the application sees them (the kernel side then cannot count tokens where the application receives them)")
 	f.IntVar(&cfg.Connections.Conns, "max-conns", 0, "connections each ext_authz and xDS listener holds at most (0: derived from the file-descriptor limit, see docs/operations.md)")
 	f.IntVar(&cfg.Connections.ConnsPerClient, "max-conns-per-client", 0, "connections one client (IP address, or process over a unix socket) holds on each ext_authz and xDS listener (0: derived)")
+	f.StringVar(&cfg.TLS.CertFile, "tls-cert-file", "", "PEM certificate chain the agent serves on every TCP listener (with --tls-key-file); re-read when the file changes. Unset: TCP listeners are plain; unix sockets are always plain (docs/security.md)")
+	f.StringVar(&cfg.TLS.KeyFile, "tls-key-file", "", "PEM private key of --tls-cert-file")
+	f.StringVar(&cfg.TLS.MinVersion, "tls-min-version", "1.2", "oldest TLS version the listeners accept: 1.2 or 1.3")
+	f.StringVar(&cfg.TLS.ClientCAs.Admin, "admin-client-ca", "", "PEM CA bundle: the admin listener requires a client certificate that chains to it (mTLS; needs --tls-cert-file)")
+	f.StringVar(&cfg.TLS.ClientCAs.Metrics, "metrics-client-ca", "", "PEM CA bundle: the metrics listener requires a client certificate that chains to it (mTLS)")
+	f.StringVar(&cfg.TLS.ClientCAs.AuthzGRPC, "authz-grpc-client-ca", "", "PEM CA bundle: the ext_authz gRPC listener requires a client certificate that chains to it (mTLS)")
+	f.StringVar(&cfg.TLS.ClientCAs.AuthzHTTP, "authz-http-client-ca", "", "PEM CA bundle: the ext_authz HTTP-mode listener requires a client certificate that chains to it (mTLS)")
+	f.StringVar(&cfg.TLS.ClientCAs.XDS, "xds-client-ca", "", "PEM CA bundle: the xDS listener requires a client certificate that chains to it (mTLS)")
 	f.StringVar(&cfg.XDSAddr, "xds", agent.DefaultXDSAddr, `ADS (xDS) listen address for the node's sidecars, or unix:///path ("" disables)`)
 	f.StringVar(&cfg.XDSAuthzAddress, "xds-authz-address", "", "ext_authz address as sidecars reach it, IP:port or unix:///path (default: --authz-grpc)")
 	f.StringVar(&cfg.XDSAppAddress, "xds-app-address", "", "the application behind each sidecar, IP:port or unix:///path (default 127.0.0.1:8080)")
@@ -136,6 +144,9 @@ var serveFlags = map[string]string{
 	"KEKFile": "--kek-file", "Etcd.CAFile": "--etcd-ca", "Etcd.CertFile": "--etcd-cert", "Etcd.KeyFile": "--etcd-key",
 	"Etcd.Username": "--etcd-username", "Etcd.PasswordFile": "--etcd-password-file",
 	"Etcd.DialTimeout": "--etcd-dial-timeout", "Etcd.RequestTimeout": "--etcd-request-timeout",
+	"TLS.CertFile": "--tls-cert-file", "TLS.KeyFile": "--tls-key-file", "TLS.MinVersion": "--tls-min-version",
+	"TLS.ClientCAs.Admin": "--admin-client-ca", "TLS.ClientCAs.Metrics": "--metrics-client-ca",
+	"TLS.ClientCAs.AuthzGRPC": "--authz-grpc-client-ca", "TLS.ClientCAs.AuthzHTTP": "--authz-http-client-ca", "TLS.ClientCAs.XDS": "--xds-client-ca",
 }
 
 // fieldNames matches the Config field names the agent's errors use.
