@@ -57,7 +57,7 @@ type Agent struct {
 	leadership *rotation.Leadership
 	authz      *authz.Server
 	metrics    *authz.Metrics
-	conns      *listen.Metrics // connection limits of every listener
+	conns      *listen.Metrics  // connection limits of every listener
 	tls        *listen.Reloader // nil without TLS
 	admin      *admin.API
 	xds        *xds.Server // nil without XDSAddr
