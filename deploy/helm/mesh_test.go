@@ -108,6 +108,11 @@ func startMeshAgent(t *testing.T, bin, ip string, pod corev1.PodSpec, cms map[st
 			}
 		}
 		val = varRef.ReplaceAllStringFunc(val, func(ref string) string { return resolved[ref[2:len(ref)-1]] })
+		// Each pod has a loopback of its own; here each agent's
+		// listeners on it take the agent's own loopback address.
+		if strings.HasPrefix(e.Name, "TOKENWARDEN_") && !strings.HasPrefix(e.Name, "TOKENWARDEN_ETCD") {
+			val = strings.ReplaceAll(val, "127.0.0.1:", ip+":")
+		}
 		for _, m := range mounts {
 			if strings.HasPrefix(val, m+"/") || val == m {
 				val = filepath.Join(root, val)
