@@ -190,7 +190,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if cfg.XDSAddr != "" {
 		if a.xds, err = xds.New(xds.Config{
-			AuthzAddress: cfg.XDSAuthzAddress, AppAddress: cfg.XDSAppAddress,
+			AuthzAddress: cfg.XDSAuthzAddress, AppAddress: cfg.XDSAppAddress, AuthzTLS: cfg.XDSAuthzTLS,
 			Credentials: creds, AllowUnauthenticated: cfg.XDSAllowUnauthenticated,
 			Registerer: a.registry, ListenerMetrics: a.conns, Logger: a.log,
 		}); err != nil {

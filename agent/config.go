@@ -39,6 +39,9 @@ type Config struct {
 	// each sidecar (default xds.DefaultAppAddress).
 	XDSAuthzAddress string
 	XDSAppAddress   string
+	// XDSAuthzTLS makes the sidecars dial ext_authz over TLS (files on
+	// the sidecars' file system).
+	XDSAuthzTLS xds.UpstreamTLS
 	// XDSCredentials is the file of sidecar credentials that decide each
 	// sidecar's service (docs/xds.md); without it every xDS stream is
 	// refused, unless XDSAllowUnauthenticated (development only).

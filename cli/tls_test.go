@@ -87,3 +87,24 @@ func TestServeRefusesUnenforceableMTLS(t *testing.T) {
 		t.Errorf("data dir created: %v", err)
 	}
 }
+
+// xds render wires the sidecar's ext_authz cluster over (m)TLS, and
+// refuses TLS to a unix socket, which the agent never serves over TLS.
+func TestXDSRenderAuthzOverTLS(t *testing.T) {
+	args := []string{"xds", "render", "--policy", "../deploy/policy.example.yaml", "--node", "sidecar~10.0.0.7~orders-1.default~default.svc.cluster.local",
+		"--service", "orders", "--authz-address", "10.0.0.1:9001", "--authz-ca", "/etc/tokenwarden/tls/ca.crt",
+		"--authz-cert", "/etc/sidecar/tls.crt", "--authz-key", "/etc/sidecar/tls.key", "--authz-server-name", "tokenwarden.tokenwarden.svc"}
+	out, stderr, code := run(t, args...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"envoy.transport_sockets.tls", "/etc/tokenwarden/tls/ca.crt", "/etc/sidecar/tls.key", "sni: tokenwarden.tokenwarden.svc"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rendered configuration lacks %q", want)
+		}
+	}
+	if _, _, code := run(t, "xds", "render", "--policy", "../deploy/policy.example.yaml", "--node", "sidecar~10.0.0.7~orders-1.default~default.svc.cluster.local",
+		"--authz-address", "unix:///run/tokenwarden/authz.sock", "--authz-ca", "/etc/ca.pem"); code == 0 {
+		t.Error("TLS to a unix socket rendered")
+	}
+}

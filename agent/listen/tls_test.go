@@ -1,9 +1,12 @@
 package listen_test
 
 import (
+	"bytes"
 	"crypto/tls"
+	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -136,5 +139,22 @@ func TestSecureKeepsUnixSocketsPlain(t *testing.T) {
 	}
 	if got := listen.Secure(tl, listen.AuthzGRPCListener, nil); got != tl {
 		t.Error("TCP listener wrapped without TLS configured")
+	}
+}
+
+// Anyone who reaches a TLS port can fail handshakes at will: a flood of
+// them is one log line, while the server's other errors all pass.
+func TestErrorLogQuietsHandshakeFloods(t *testing.T) {
+	var buf bytes.Buffer
+	l := listen.ErrorLog(slog.New(slog.NewTextHandler(&buf, nil)))
+	for i := range 1000 {
+		l.Printf("http: TLS handshake error from 10.0.0.%d:4000: tls: client didn't provide a certificate", i%250)
+	}
+	l.Printf("http: panic serving 10.0.0.1:4000: boom")
+	if got := strings.Count(buf.String(), "TLS handshakes refused"); got != 1 {
+		t.Errorf("%d handshake lines for a flood of 1000, want 1:\n%s", got, buf.String())
+	}
+	if !strings.Contains(buf.String(), "panic serving") {
+		t.Error("another server error was swallowed")
 	}
 }
