@@ -256,3 +256,32 @@ func xdsCallError(t *testing.T, addr, nodeID, credential, target, channelCreds s
 }
 
 func nodeSuffix(name string) string { return "-" + strings.ReplaceAll(name, " ", "-") }
+
+// deploy/envoy/bootstrap-tls.yaml is bootstrap.yaml with the xDS cluster
+// dialled over mTLS: valid, strictly decoded, and equal to bootstrap.yaml
+// but for that transport socket.
+func TestDeployBootstrapTLSIsValid(t *testing.T) {
+	plain, err := os.ReadFile("../deploy/envoy/bootstrap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsY, err := os.ReadFile("../deploy/envoy/bootstrap-tls.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := parseBootstrap(t, tlsY)
+	var xdsCluster *cluster.Cluster
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.Name == "tokenwarden_xds" {
+			xdsCluster = c
+		}
+	}
+	if xdsCluster == nil {
+		t.Fatal("no tokenwarden_xds cluster")
+	}
+	checkUpstreamTLS(t, xdsCluster, UpstreamTLS{CAFile: "/etc/tokenwarden/tls/ca.crt", CertFile: "/etc/sidecar/tls/tls.crt", KeyFile: "/etc/sidecar/tls/tls.key", ServerName: "${AGENT_NAME}"})
+	xdsCluster.TransportSocket = nil
+	if want := parseBootstrap(t, plain); !proto.Equal(b, want) {
+		t.Error("bootstrap-tls.yaml differs from bootstrap.yaml beyond the xDS cluster's transport socket")
+	}
+}
