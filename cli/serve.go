@@ -226,7 +226,11 @@ func newLogger(level, format string) (*slog.Logger, error) {
 // try next.
 func printReady(w io.Writer, r agent.Ready) {
 	fmt.Fprintf(w, "\ntokenwarden agent is serving environment %q\n", r.Env)
-	fmt.Fprintf(w, "  admin API   http://%s   (/healthz, /readyz, /v1/...)\n", r.AdminAddr)
+	scheme := "http"
+	if r.TLS {
+		scheme = "https"
+	}
+	fmt.Fprintf(w, "  admin API   %s://%s   (/healthz, /readyz, /v1/...)\n", scheme, r.AdminAddr)
 	names := make([]string, 0, len(r.Listeners))
 	for name := range r.Listeners {
 		names = append(names, name)
@@ -236,7 +240,7 @@ func printReady(w io.Writer, r agent.Ready) {
 		fmt.Fprintf(w, "  %-11s %s\n", name, r.Listeners[name])
 	}
 	if r.MetricsAddr != "" {
-		fmt.Fprintf(w, "  metrics     http://%s/metrics\n", r.MetricsAddr)
+		fmt.Fprintf(w, "  metrics     %s://%s/metrics\n", scheme, r.MetricsAddr)
 	}
 	fmt.Fprintf(w, "  admin token %s (mode 0600; the CLI reads it from there)\n\n", r.AdminTokenFile)
 	fmt.Fprintf(w, "Next, in another shell:\n")

@@ -65,6 +65,11 @@ func (ca *CA) Server(t testing.TB, name string) Leaf {
 	return ca.issue(t, name, x509.ExtKeyUsageServerAuth, time.Now().Add(24*time.Hour))
 }
 
+// ServerAt is Server with ip as a SAN too.
+func (ca *CA) ServerAt(t testing.TB, name string, ip net.IP) Leaf {
+	return ca.issue(t, name, x509.ExtKeyUsageServerAuth, time.Now().Add(24*time.Hour), ip)
+}
+
 // Client issues a client certificate valid for a day.
 func (ca *CA) Client(t testing.TB, name string) Leaf {
 	return ca.issue(t, name, x509.ExtKeyUsageClientAuth, time.Now().Add(24*time.Hour))
@@ -75,7 +80,7 @@ func (ca *CA) ExpiredClient(t testing.TB, name string) Leaf {
 	return ca.issue(t, name, x509.ExtKeyUsageClientAuth, time.Now().Add(-time.Minute))
 }
 
-func (ca *CA) issue(t testing.TB, name string, usage x509.ExtKeyUsage, notAfter time.Time) Leaf {
+func (ca *CA) issue(t testing.TB, name string, usage x509.ExtKeyUsage, notAfter time.Time, ips ...net.IP) Leaf {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -85,7 +90,7 @@ func (ca *CA) issue(t testing.TB, name string, usage x509.ExtKeyUsage, notAfter 
 		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: notAfter,
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
+		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...), DNSNames: []string{"localhost"},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
