@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -269,3 +270,21 @@ func TestTLSWithCurl(t *testing.T) {
 }
 
 func insecureCreds() credentials.TransportCredentials { return insecure.NewCredentials() }
+
+// The TLS metrics the alerting rules use are exported, over TLS.
+func TestTLSMetricsExported(t *testing.T) {
+	a := startTLSAgent(t)
+	cfg := &tls.Config{Certificates: []tls.Certificate{a.clientCA.Client(t, "prometheus").TLS(t)}, RootCAs: a.serverCA.Pool(), MinVersion: tls.VersionTLS12}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+	resp, err := client.Get("https://" + a.Ready.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{"tokenwarden_tls_certificate_expiry_timestamp_seconds ", `tokenwarden_tls_reloads_total{result="error"} 0`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
