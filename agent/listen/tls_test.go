@@ -158,3 +158,46 @@ func TestErrorLogQuietsHandshakeFloods(t *testing.T) {
 		t.Error("another server error was swallowed")
 	}
 }
+
+// --tls-min-version 1.3 refuses a TLS 1.2 client at the handshake.
+func TestMinVersionRefusesOlderClients(t *testing.T) {
+	ca := tlstest.NewCA(t, "mesh")
+	leaf := ca.Server(t, "agent")
+	vol := tlstest.NewVolume(t)
+	vol.Swap(t, map[string][]byte{"tls.crt": leaf.CertPEM, "tls.key": leaf.KeyPEM})
+	for _, tc := range []struct {
+		min       string
+		clientMax uint16
+		ok        bool
+	}{
+		{"", tls.VersionTLS12, true},
+		{"1.2", tls.VersionTLS11, false},
+		{"1.3", tls.VersionTLS12, false},
+		{"1.3", tls.VersionTLS13, true},
+	} {
+		r, err := listen.NewReloader(listen.TLSFiles{CertFile: vol.Path("tls.crt"), KeyFile: vol.Path("tls.key"), MinVersion: tc.min}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis := listen.Secure(raw, listen.AdminListener, r)
+		go func() {
+			c, err := lis.Accept()
+			if err == nil {
+				c.(*tls.Conn).Handshake()
+				c.Close()
+			}
+		}()
+		c, err := tls.Dial("tcp", raw.Addr().String(), &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS10, MaxVersion: tc.clientMax})
+		if (err == nil) != tc.ok {
+			t.Errorf("minimum %q, client up to %x: handshake error %v, want ok=%v", tc.min, tc.clientMax, err, tc.ok)
+		}
+		if c != nil {
+			c.Close()
+		}
+		raw.Close()
+	}
+}
