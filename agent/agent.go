@@ -59,8 +59,9 @@ type Agent struct {
 	leadership *rotation.Leadership
 	authz      *authz.Server
 	metrics    *authz.Metrics
-	conns      *listen.Metrics // connection limits of every listener
-	scrape     *scrape.Bearer  // nil: /metrics takes no token
+	conns      *listen.Metrics  // connection limits of every listener
+	scrape     *scrape.Bearer   // nil: /metrics takes no token
+	tls        *listen.Reloader // nil without TLS
 	admin      *admin.API
 	xds        *xds.Server // nil without XDSAddr
 	sidecars   policyPush  // a.xds, when there is one
@@ -116,6 +117,11 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if a.conns, err = listen.NewMetrics(a.registry); err != nil {
 		return nil, err
+	}
+	if cfg.TLS.Enabled() {
+		if a.tls, err = listen.NewReloader(cfg.TLS, a.registry, a.log); err != nil {
+			return nil, err
+		}
 	}
 	a.replica = replica.New(replica.Config{ReloadKeys: a.reloadKeys, Now: cfg.Now, Logger: cfg.Logger})
 	a.decider = policy.NewDecider(policy.DeciderConfig{
@@ -196,7 +202,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	if cfg.XDSAddr != "" {
 		if a.xds, err = xds.New(xds.Config{
-			AuthzAddress: cfg.XDSAuthzAddress, AppAddress: cfg.XDSAppAddress,
+			AuthzAddress: cfg.XDSAuthzAddress, AppAddress: cfg.XDSAppAddress, AuthzTLS: cfg.XDSAuthzTLS,
 			Credentials: creds, AllowUnauthenticated: cfg.XDSAllowUnauthenticated,
 			Registerer: a.registry, ListenerMetrics: a.conns, Logger: a.log,
 		}); err != nil {

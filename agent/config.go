@@ -40,6 +40,9 @@ type Config struct {
 	// each sidecar (default xds.DefaultAppAddress).
 	XDSAuthzAddress string
 	XDSAppAddress   string
+	// XDSAuthzTLS makes the sidecars dial ext_authz over TLS (files on
+	// the sidecars' file system).
+	XDSAuthzTLS xds.UpstreamTLS
 	// XDSCredentials is the file of sidecar credentials that decide each
 	// sidecar's service (docs/xds.md); without it every xDS stream is
 	// refused, unless XDSAllowUnauthenticated (development only).
@@ -60,6 +63,9 @@ type Config struct {
 	// Connections bounds each enforcement listener (ext_authz, xDS); zero
 	// fields are derived from RLIMIT_NOFILE (see listen.NewPlan).
 	Connections listen.Limits
+	// TLS serves every TCP listener over TLS, with mTLS where a listener
+	// has a client CA; unix sockets stay plain (docs/security.md).
+	TLS listen.TLSFiles
 
 	BPF           string   // kernel.ModeAuto (default), ModeRequired or ModeOff
 	BPFInterfaces []string // TCX attach points
@@ -110,6 +116,7 @@ type Timing struct {
 	Kernel       time.Duration // kernel counters read (kernel.DefaultEvery)
 	Housekeeping time.Duration // in-memory pruning, admin token refresh (DefaultHousekeeping)
 	Retention    time.Duration // store pruning (retention.DefaultEvery)
+	TLSPoll      time.Duration // TLS files checked for changes (listen.DefaultTLSPoll)
 }
 
 // Defaults. Each lives once: the CLI's flags and the parts' own defaults
@@ -202,6 +209,7 @@ func (c Config) withDefaults() Config {
 	c.Timing.PolicyPoll = cmp.Or(c.Timing.PolicyPoll, DefaultPolicyPoll)
 	c.Timing.Housekeeping = cmp.Or(c.Timing.Housekeeping, DefaultHousekeeping)
 	c.Timing.Retention = cmp.Or(c.Timing.Retention, retention.DefaultEvery)
+	c.Timing.TLSPoll = cmp.Or(c.Timing.TLSPoll, listen.DefaultTLSPoll)
 	return c
 }
 
@@ -256,6 +264,7 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fieldErr("StoreBackend", c.StoreBackend, "want %s or %s", StoreBolt, StoreEtcd))
 	}
+	errs = append(errs, c.validateTLS()...)
 	if c.AuditMaxBytes < 0 {
 		errs = append(errs, fieldErr("AuditMaxBytes", fmt.Sprint(c.AuditMaxBytes), "want a positive number of bytes"))
 	}
@@ -287,4 +296,36 @@ func checkAddr(addr string, unix bool) error {
 		return errors.New("want host:port")
 	}
 	return nil
+}
+
+// validateTLS checks the TLS settings: a certificate comes with its key,
+// and a client CA (mTLS) only where TLS is served, so that no listener an
+// operator meant to require client certificates on serves without them.
+func (c Config) validateTLS() []error {
+	t := c.TLS
+	var errs []error
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		errs = append(errs, fieldErr("TLS.CertFile", t.CertFile, "a TLS certificate needs its key and a key its certificate: give both"))
+	}
+	if _, err := t.Version(); err != nil {
+		errs = append(errs, fieldErr("TLS.MinVersion", t.MinVersion, "want 1.2 or 1.3"))
+	}
+	for _, l := range []struct{ field, name, addr string }{
+		{"TLS.ClientCAs.Admin", listen.AdminListener, c.AdminAddr},
+		{"TLS.ClientCAs.Metrics", listen.MetricsListener, c.MetricsAddr},
+		{"TLS.ClientCAs.AuthzGRPC", listen.AuthzGRPCListener, c.AuthzGRPCAddr},
+		{"TLS.ClientCAs.AuthzHTTP", listen.AuthzHTTPListener, c.AuthzHTTPAddr},
+		{"TLS.ClientCAs.XDS", listen.XDSListener, c.XDSAddr},
+	} {
+		ca := t.ClientCAs.For(l.name)
+		if ca == "" {
+			continue
+		}
+		if !t.Enabled() {
+			errs = append(errs, fieldErr(l.field, ca, "client certificates are verified only over TLS: give the agent's certificate and key too"))
+		} else if _, isUnix := listen.SocketPath(l.addr); isUnix && l.addr != "" {
+			errs = append(errs, fieldErr(l.field, ca, "the %s listener is a unix socket, which is never TLS: its file's permissions decide who connects; drop the CA or listen on host:port", l.name))
+		}
+	}
+	return errs
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/tokenwarden/tokenwarden/agent/kernel"
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 )
 
 // TestBadConfigTouchesNothingOnDisk attacks the old order of New: a bad
@@ -28,16 +29,26 @@ func TestBadConfigTouchesNothingOnDisk(t *testing.T) {
 		"etcd endpoint not a URL": {func(c *Config) {
 			c.StoreBackend, c.EtcdEndpoints, c.KEKFile = StoreEtcd, []string{"10.0.0.5:2379"}, "/run/kek"
 		}, "EtcdEndpoints"},
-		"etcd without a shared KEK": {func(c *Config) { c.StoreBackend, c.EtcdEndpoints = StoreEtcd, []string{"http://10.0.0.5:2379"} }, "KEKFile"},
-		"unknown kernel mode":       {func(c *Config) { c.BPF = "yes" }, "BPF"},
-		"kernel required, no hook":  {func(c *Config) { c.BPF = kernel.ModeRequired }, "BPF"},
-		"relative cgroup":           {func(c *Config) { c.BPFCgroup = "sys/fs/cgroup" }, "BPFCgroup"},
-		"admin address":             {func(c *Config) { c.AdminAddr = "9003" }, "AdminAddr"},
-		"metrics on a socket":       {func(c *Config) { c.MetricsAddr = "/run/metrics.sock" }, "MetricsAddr"},
-		"relative authz socket":     {func(c *Config) { c.AuthzGRPCAddr = "unix://run/authz.sock" }, "AuthzGRPCAddr"},
-		"xds address":               {func(c *Config) { c.XDSAddr = "localhost" }, "XDSAddr"},
-		"negative cache":            {func(c *Config) { c.CacheSize = -1 }, "CacheSize"},
-		"no environment":            {func(c *Config) { c.Env = "" }, "Env"},
+		"etcd without a shared KEK":   {func(c *Config) { c.StoreBackend, c.EtcdEndpoints = StoreEtcd, []string{"http://10.0.0.5:2379"} }, "KEKFile"},
+		"unknown kernel mode":         {func(c *Config) { c.BPF = "yes" }, "BPF"},
+		"kernel required, no hook":    {func(c *Config) { c.BPF = kernel.ModeRequired }, "BPF"},
+		"relative cgroup":             {func(c *Config) { c.BPFCgroup = "sys/fs/cgroup" }, "BPFCgroup"},
+		"admin address":               {func(c *Config) { c.AdminAddr = "9003" }, "AdminAddr"},
+		"metrics on a socket":         {func(c *Config) { c.MetricsAddr = "/run/metrics.sock" }, "MetricsAddr"},
+		"relative authz socket":       {func(c *Config) { c.AuthzGRPCAddr = "unix://run/authz.sock" }, "AuthzGRPCAddr"},
+		"xds address":                 {func(c *Config) { c.XDSAddr = "localhost" }, "XDSAddr"},
+		"negative cache":              {func(c *Config) { c.CacheSize = -1 }, "CacheSize"},
+		"no environment":              {func(c *Config) { c.Env = "" }, "Env"},
+		"tls certificate without key": {func(c *Config) { c.TLS.CertFile = "/run/tls.crt" }, "TLS.CertFile"},
+		"tls key without certificate": {func(c *Config) { c.TLS.KeyFile = "/run/tls.key" }, "TLS.CertFile"},
+		"tls 1.1":                     {func(c *Config) { c.TLS = listen.TLSFiles{CertFile: "/c", KeyFile: "/k", MinVersion: "1.1"} }, "TLS.MinVersion"},
+		// mTLS asked for where it cannot be served must not start as a
+		// listener that admits anyone.
+		"client CA without TLS": {func(c *Config) { c.AuthzGRPCAddr, c.TLS.ClientCAs.AuthzGRPC = "127.0.0.1:9001", "/ca" }, "TLS.ClientCAs.AuthzGRPC"},
+		"client CA on a unix socket": {func(c *Config) {
+			c.AuthzGRPCAddr = "unix:///run/authz.sock"
+			c.TLS = listen.TLSFiles{CertFile: "/c", KeyFile: "/k", ClientCAs: listen.ClientCAs{AuthzGRPC: "/ca"}}
+		}, "TLS.ClientCAs.AuthzGRPC"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -13,6 +13,7 @@ type Ready struct {
 	MetricsAddr    string
 	AdminTokenFile string
 	Listeners      map[string]string // name -> address of every other listener
+	TLS            bool              // TCP listeners serve TLS
 }
 
 // announce marks the agent ready and says where it listens.
@@ -21,10 +22,10 @@ func (a *Agent) announce(lis map[string]net.Listener) {
 	for name, l := range lis {
 		addrs[name] = l.Addr().String()
 	}
-	listen.WarnIfExposed(a.log, listen.AdminListener, addrs[listen.AdminListener], true)
+	listen.WarnIfExposed(a.log, listen.AdminListener, addrs[listen.AdminListener], a.tls == nil) // admin tokens cross it in clear without TLS
 	listen.WarnIfExposed(a.log, listen.MetricsListener, addrs[listen.MetricsListener], false)
 	a.ready.Store(true)
-	r := Ready{Env: a.cfg.Env, AdminAddr: addrs["admin"], MetricsAddr: addrs["metrics"], AdminTokenFile: a.adminToken.Path(), Listeners: map[string]string{}}
+	r := Ready{Env: a.cfg.Env, AdminAddr: addrs["admin"], MetricsAddr: addrs["metrics"], AdminTokenFile: a.adminToken.Path(), Listeners: map[string]string{}, TLS: a.tls != nil}
 	for name, addr := range addrs {
 		if name != "admin" && name != "metrics" {
 			r.Listeners[name] = addr

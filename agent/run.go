@@ -72,6 +72,9 @@ func (a *Agent) tasks(lis map[string]net.Listener) []task {
 	if a.kernel != nil {
 		ts = append(ts, task{"kernel", loop(a.kernel.Run)})
 	}
+	if a.tls != nil {
+		ts = append(ts, task{"tls-reload", loop(func(ctx context.Context) { a.tls.Run(ctx, a.cfg.Timing.TLSPoll) })})
+	}
 	serve := map[string]func(context.Context, net.Listener) error{
 		"admin":      a.admin.Serve,
 		"metrics":    a.serveMetrics,
@@ -276,7 +279,7 @@ func (a *Agent) listen() (map[string]net.Listener, error) {
 			}
 			return nil, fmt.Errorf("%s listener %s: %w", name, addr, err)
 		}
-		lis[name] = listen.Limit(l, name, plan.For(name), a.conns, a.log)
+		lis[name] = listen.Secure(listen.Limit(l, name, plan.For(name), a.conns, a.log), name, a.tls)
 	}
 	return lis, nil
 }

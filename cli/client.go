@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +23,9 @@ import (
 type adminFlags struct {
 	server    string
 	tokenFile string
+	// An agent serving TLS (serve --tls-cert-file): the CA its certificate
+	// chains to, and a client certificate where it requires one.
+	serverCA, clientCert, clientKey string
 }
 
 // adminClient calls the agent's admin API.
@@ -56,13 +61,53 @@ func (f *adminFlags) client(warn io.Writer) (*adminClient, error) {
 	if u, _ := url.Parse(base); u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
 		fmt.Fprintf(warn, "warning: --server %s is plain http:// beyond this host: the admin token crosses the network unencrypted and anyone on the path can act as admin; use https:// (a TLS proxy in front of the agent) or an SSH tunnel to 127.0.0.1\n", base)
 	}
+	transport, err := f.transport(base)
+	if err != nil {
+		return nil, err
+	}
 	return &adminClient{base: base, token: tok, tokenFile: f.tokenFile, http: &http.Client{
+		Transport: transport,
 		// The admin API never redirects; following one would send the
 		// admin token wherever the redirect points.
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			return &redirectError{fmt.Errorf("the admin API at %s answered with a redirect to %s; refusing to follow it with the admin token (is --server the agent's admin address?)", base, req.URL.Redacted())}
 		},
 	}}, nil
+}
+
+// transport is the HTTP transport to base: with --server-ca and
+// --client-cert, TLS that trusts that CA and presents that certificate.
+func (f *adminFlags) transport(base string) (http.RoundTripper, error) {
+	if f.serverCA == "" && f.clientCert == "" && f.clientKey == "" {
+		return nil, nil // http.DefaultTransport: https:// trusts the system's CAs
+	}
+	if !strings.HasPrefix(base, "https://") {
+		return nil, usageErrorf("--server-ca, --client-cert and --client-key need an https:// --server")
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.serverCA != "" {
+		b, err := os.ReadFile(f.serverCA)
+		if err != nil {
+			return nil, fmt.Errorf("--server-ca: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(b) {
+			return nil, usageErrorf("--server-ca %s holds no PEM certificate", f.serverCA)
+		}
+	}
+	if f.clientCert != "" || f.clientKey != "" {
+		if f.clientCert == "" || f.clientKey == "" {
+			return nil, usageErrorf("--client-cert and --client-key go together")
+		}
+		cert, err := tls.LoadX509KeyPair(f.clientCert, f.clientKey)
+		if err != nil {
+			return nil, fmt.Errorf("--client-cert: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = cfg
+	return t, nil
 }
 
 // redirectError is a redirect the client refused to follow.

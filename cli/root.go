@@ -21,6 +21,9 @@ import (
 const (
 	envServer         = "TOKENWARDEN_SERVER"
 	envAdminTokenFile = "TOKENWARDEN_ADMIN_TOKEN_FILE"
+	envServerCA       = "TOKENWARDEN_SERVER_CA"
+	envClientCert     = "TOKENWARDEN_CLIENT_CERT"
+	envClientKey      = "TOKENWARDEN_CLIENT_KEY"
 	envDataDir        = "TOKENWARDEN_DATA_DIR"
 )
 
@@ -154,6 +157,12 @@ command or flag, missing argument); scan exits 3 when it finds tokens.`,
 	root.PersistentFlags().StringVar(&admin.tokenFile, "admin-token-file",
 		envOr(envAdminTokenFile, filepath.Join(defaultDataDir(), admintoken.FileName)),
 		"file holding an admin token (env "+envAdminTokenFile+")")
+	root.PersistentFlags().StringVar(&admin.serverCA, "server-ca", os.Getenv(envServerCA),
+		"PEM CA bundle the agent's TLS certificate chains to, for an https:// --server (env "+envServerCA+")")
+	root.PersistentFlags().StringVar(&admin.clientCert, "client-cert", os.Getenv(envClientCert),
+		"PEM client certificate for an agent whose admin listener requires one (serve --admin-client-ca) (env "+envClientCert+")")
+	root.PersistentFlags().StringVar(&admin.clientKey, "client-key", os.Getenv(envClientKey),
+		"PEM private key of --client-cert (env "+envClientKey+")")
 	root.AddCommand(
 		newServeCommand(),
 		newTokenCommand(admin),
@@ -164,6 +173,7 @@ command or flag, missing argument); scan exits 3 when it finds tokens.`,
 		newXDSCommand(),
 		newScanCommand(admin),
 		newVersionCommand(),
+		newHealthCommand(admin),
 		newDPoPCommand(),
 		newAdminCommand(admin),
 	)

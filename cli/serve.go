@@ -89,9 +89,21 @@ prefix refuses to start.`,
 	f.BoolVar(&cfg.StripAuthorization, "strip-authorization", false, "remove Authorization from allowed requests before the application sees them (the kernel side then cannot count tokens where the application receives them)")
 	f.IntVar(&cfg.Connections.Conns, "max-conns", 0, "connections each ext_authz and xDS listener holds at most (0: derived from the file-descriptor limit, see docs/operations.md)")
 	f.IntVar(&cfg.Connections.ConnsPerClient, "max-conns-per-client", 0, "connections one client (IP address, or process over a unix socket) holds on each ext_authz and xDS listener (0: derived)")
+	f.StringVar(&cfg.TLS.CertFile, "tls-cert-file", "", "PEM certificate chain the agent serves on every TCP listener (with --tls-key-file); re-read when the file changes. Unset: TCP listeners are plain; unix sockets are always plain (docs/security.md)")
+	f.StringVar(&cfg.TLS.KeyFile, "tls-key-file", "", "PEM private key of --tls-cert-file")
+	f.StringVar(&cfg.TLS.MinVersion, "tls-min-version", "1.2", "oldest TLS version the listeners accept: 1.2 or 1.3")
+	f.StringVar(&cfg.TLS.ClientCAs.Admin, "admin-client-ca", "", "PEM CA bundle: the admin listener requires a client certificate that chains to it (mTLS; needs --tls-cert-file)")
+	f.StringVar(&cfg.TLS.ClientCAs.Metrics, "metrics-client-ca", "", "PEM CA bundle: the metrics listener requires a client certificate that chains to it (mTLS)")
+	f.StringVar(&cfg.TLS.ClientCAs.AuthzGRPC, "authz-grpc-client-ca", "", "PEM CA bundle: the ext_authz gRPC listener requires a client certificate that chains to it (mTLS)")
+	f.StringVar(&cfg.TLS.ClientCAs.AuthzHTTP, "authz-http-client-ca", "", "PEM CA bundle: the ext_authz HTTP-mode listener requires a client certificate that chains to it (mTLS)")
+	f.StringVar(&cfg.TLS.ClientCAs.XDS, "xds-client-ca", "", "PEM CA bundle: the xDS listener requires a client certificate that chains to it (mTLS)")
 	f.StringVar(&cfg.XDSAddr, "xds", agent.DefaultXDSAddr, `ADS (xDS) listen address for the node's sidecars, or unix:///path ("" disables)`)
 	f.StringVar(&cfg.XDSAuthzAddress, "xds-authz-address", "", "ext_authz address as sidecars reach it, IP:port or unix:///path (default: --authz-grpc)")
 	f.StringVar(&cfg.XDSAppAddress, "xds-app-address", "", "the application behind each sidecar, IP:port or unix:///path (default 127.0.0.1:8080)")
+	f.StringVar(&cfg.XDSAuthzTLS.CAFile, "xds-authz-ca", "", "sidecars dial ext_authz over TLS: the PEM CA bundle the agent's certificate chains to, a path on the sidecars (as xds render --authz-ca)")
+	f.StringVar(&cfg.XDSAuthzTLS.CertFile, "xds-authz-cert", "", "the sidecars' client certificate for ext_authz (mTLS), a path on the sidecars")
+	f.StringVar(&cfg.XDSAuthzTLS.KeyFile, "xds-authz-key", "", "the private key of --xds-authz-cert, a path on the sidecars")
+	f.StringVar(&cfg.XDSAuthzTLS.ServerName, "xds-authz-server-name", "", "the DNS name the agent's certificate must carry for the sidecars (also SNI)")
 	f.StringVar(&cfg.XDSCredentials, "xds-credentials", "", "file of sidecar credentials (SHA-256 digests) that decide each sidecar's service; without it every xDS stream is refused (docs/xds.md)")
 	f.StringVar(&cfg.SecretScanningKeys, "secret-scanning-keys", "", "GitHub's secret scanning public keys (the JSON of api.github.com/meta/public_keys/secret_scanning); set, "+secretscan.Path+" on the admin listener receives GitHub's alerts (docs/leaks.md)")
 	f.StringVar(&cfg.SecretScanningKeysURL, "secret-scanning-keys-url", "", "https URL of GitHub's secret scanning keys (https://api.github.com/meta/public_keys/secret_scanning), fetched when an alert names a key the file lacks, at most every 5m")
@@ -139,6 +151,9 @@ var serveFlags = map[string]string{
 	"KEKFile": "--kek-file", "Etcd.CAFile": "--etcd-ca", "Etcd.CertFile": "--etcd-cert", "Etcd.KeyFile": "--etcd-key",
 	"Etcd.Username": "--etcd-username", "Etcd.PasswordFile": "--etcd-password-file",
 	"Etcd.DialTimeout": "--etcd-dial-timeout", "Etcd.RequestTimeout": "--etcd-request-timeout",
+	"TLS.CertFile": "--tls-cert-file", "TLS.KeyFile": "--tls-key-file", "TLS.MinVersion": "--tls-min-version",
+	"TLS.ClientCAs.Admin": "--admin-client-ca", "TLS.ClientCAs.Metrics": "--metrics-client-ca",
+	"TLS.ClientCAs.AuthzGRPC": "--authz-grpc-client-ca", "TLS.ClientCAs.AuthzHTTP": "--authz-http-client-ca", "TLS.ClientCAs.XDS": "--xds-client-ca",
 }
 
 // fieldNames matches the Config field names the agent's errors use.
@@ -214,7 +229,11 @@ func newLogger(level, format string) (*slog.Logger, error) {
 // try next.
 func printReady(w io.Writer, r agent.Ready) {
 	fmt.Fprintf(w, "\ntokenwarden agent is serving environment %q\n", r.Env)
-	fmt.Fprintf(w, "  admin API   http://%s   (/healthz, /readyz, /v1/...)\n", r.AdminAddr)
+	scheme := "http"
+	if r.TLS {
+		scheme = "https"
+	}
+	fmt.Fprintf(w, "  admin API   %s://%s   (/healthz, /readyz, /v1/...)\n", scheme, r.AdminAddr)
 	names := make([]string, 0, len(r.Listeners))
 	for name := range r.Listeners {
 		names = append(names, name)
@@ -224,7 +243,7 @@ func printReady(w io.Writer, r agent.Ready) {
 		fmt.Fprintf(w, "  %-11s %s\n", name, r.Listeners[name])
 	}
 	if r.MetricsAddr != "" {
-		fmt.Fprintf(w, "  metrics     http://%s/metrics\n", r.MetricsAddr)
+		fmt.Fprintf(w, "  metrics     %s://%s/metrics\n", scheme, r.MetricsAddr)
 	}
 	fmt.Fprintf(w, "  admin token %s (mode 0600; the CLI reads it from there)\n\n", r.AdminTokenFile)
 	fmt.Fprintf(w, "Next, in another shell:\n")

@@ -80,6 +80,10 @@ policy change.`,
 	f.StringVar(&cfg.AuthzAddress, "authz-address", xds.DefaultAuthzAddress,
 		"the agent's ext_authz gRPC endpoint as the sidecar reaches it: IP:port or unix:///path (inside a pod, 127.0.0.1 is the pod itself)")
 	f.DurationVar(&cfg.AuthzTimeout, "authz-timeout", xds.DefaultAuthzTimeout, "bound on one ext_authz check; a timeout is answered 503")
+	f.StringVar(&cfg.AuthzTLS.CAFile, "authz-ca", "", "dial ext_authz over TLS: the PEM CA bundle the agent's certificate chains to, as a path on the sidecar (serve --tls-cert-file)")
+	f.StringVar(&cfg.AuthzTLS.CertFile, "authz-cert", "", "the sidecar's client certificate for ext_authz (mTLS, serve --authz-grpc-client-ca), a path on the sidecar")
+	f.StringVar(&cfg.AuthzTLS.KeyFile, "authz-key", "", "the private key of --authz-cert, a path on the sidecar")
+	f.StringVar(&cfg.AuthzTLS.ServerName, "authz-server-name", "", "the DNS name the agent's certificate must carry (also sent as SNI); default: the chain alone is verified")
 	f.StringVarP(&output, "output", "o", "", "write the configuration to this file instead of standard output")
 	for _, name := range []string{"policy", "node"} {
 		if err := cmd.MarkFlagRequired(name); err != nil {

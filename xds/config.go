@@ -51,6 +51,12 @@ type Config struct {
 	// (hostPath) or the node's IP.
 	AuthzAddress string
 
+	// AuthzTLS, when its CAFile is set, makes the sidecar dial ext_authz
+	// over TLS (an Envoy transport_socket on the ext_authz cluster), with a
+	// client certificate when CertFile is set: the agent's
+	// --authz-grpc-client-ca then admits it.
+	AuthzTLS UpstreamTLS
+
 	// AuthzTimeout bounds one ext_authz check (default 250ms). A check that
 	// times out is answered 503, never allowed.
 	AuthzTimeout time.Duration
@@ -129,6 +135,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if _, err := parseEndpoint(c.AuthzAddress); err != nil {
 		errs = append(errs, fmt.Errorf("authz address: %w", err))
+	}
+	if err := c.AuthzTLS.check(c.AuthzAddress); err != nil {
+		errs = append(errs, fmt.Errorf("authz TLS: %w", err))
 	}
 	if c.AuthzTimeout < 0 {
 		errs = append(errs, fmt.Errorf("authz timeout %s: want a positive duration such as 250ms", c.AuthzTimeout))

@@ -143,6 +143,13 @@ func clientResources(p *policy.Policy, service, address string, broken bool) (ma
 // probe: does a call now reach the backend named want?
 func xdsClient(t *testing.T, addr, nodeID, credential, target string) func(want string) func() bool {
 	t.Helper()
+	return xdsClientWith(t, addr, nodeID, credential, target, `{"type": "insecure"}`)
+}
+
+// xdsClientWith is xdsClient with the bootstrap's channel_creds entry
+// channelCreds: how the client dials the xDS server.
+func xdsClientWith(t *testing.T, addr, nodeID, credential, target, channelCreds string) func(want string) func() bool {
+	t.Helper()
 	meta := ""
 	if credential != "" {
 		meta = fmt.Sprintf(`, "metadata": {%q: %q}`, CredentialMetadataKey, credential)
@@ -150,11 +157,11 @@ func xdsClient(t *testing.T, addr, nodeID, credential, target string) func(want 
 	bootstrap := fmt.Appendf(nil, `{
 		"xds_servers": [{
 			"server_uri": %q,
-			"channel_creds": [{"type": "insecure"}],
+			"channel_creds": [%s],
 			"server_features": ["xds_v3"]
 		}],
 		"node": {"id": %q%s}
-	}`, addr, nodeID, meta)
+	}`, addr, channelCreds, nodeID, meta)
 	resolver, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap)
 	if err != nil {
 		t.Fatal(err)

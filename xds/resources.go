@@ -191,6 +191,9 @@ func localClusters(cfg Config) (app, authz *cluster.Cluster, err error) {
 		return nil, nil, err
 	}
 	authz.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsName: h2}
+	if authz.TransportSocket, err = cfg.AuthzTLS.transportSocket("h2"); err != nil {
+		return nil, nil, err
+	}
 	return app, authz, nil
 }
 

@@ -2,13 +2,13 @@ package authz
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/graceful"
+	"github.com/tokenwarden/tokenwarden/agent/listen"
 
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -310,6 +310,6 @@ func (s *Server) ServeHTTPMode(ctx context.Context, lis net.Listener) error {
 		WriteTimeout:      httpWriteTimeout,
 		IdleTimeout:       httpIdleTimeout,
 		MaxHeaderBytes:    s.maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorLog:          listen.ErrorLog(s.log), // failed TLS handshakes rate-limited
 	}, lis, shutdownGrace)
 }

@@ -50,7 +50,9 @@ var combos = map[string][]string{
 		"etcd.deploy=false", "etcd.endpoints={https://etcd-0.etcd:2379,https://etcd-1.etcd:2379}",
 		"etcd.tls.secretName=etcd-client-tls", "etcd.auth.username=tokenwarden", "etcd.auth.passwordSecretName=etcd-tokenwarden",
 	},
-	"kernel side": {"kernel.enabled=true", "kernel.interfaces={eth0,eth1}"},
+	"kernel side":           {"kernel.enabled=true", "kernel.interfaces={eth0,eth1}"},
+	"tls from cert-manager": {"tls.certManager.enabled=true", "tls.certManager.issuerRef.name=mesh-ca", "monitoring.serviceMonitor.enabled=true"},
+	"tls from a Secret, admin on the pod's address": {"tls.secretName=tokenwarden-tls", "listeners.admin=pod", "kernel.enabled=true"},
 	"monitoring": {
 		"monitoring.serviceMonitor.enabled=true", "monitoring.prometheusRule.enabled=true",
 		"monitoring.grafanaDashboard.enabled=true", "monitoring.job=kubernetes-pods",
@@ -118,6 +120,8 @@ func decodeAll(t *testing.T, stream []byte) []object {
 			obj = &monitoringv1.ServiceMonitor{}
 		case "monitoring.coreos.com/v1/PrometheusRule":
 			obj = &monitoringv1.PrometheusRule{}
+		case "cert-manager.io/v1/Certificate":
+			obj = &certificate{}
 		default:
 			t.Fatalf("unexpected object %s %s in\n%s", tm.APIVersion, tm.Kind, doc)
 		}
@@ -291,8 +295,13 @@ func checkAgentPod(t *testing.T, ds *appsv1.DaemonSet, kernel bool) {
 	if c.StartupProbe == nil || c.LivenessProbe == nil || c.ReadinessProbe == nil {
 		t.Error("startup, liveness and readiness probes are not all set")
 	}
-	if c.ReadinessProbe != nil && (c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz") {
-		t.Error("readiness is not /readyz")
+	// The admin API binds the pod's loopback: the probes run in the
+	// container.
+	if c.ReadinessProbe != nil && (c.ReadinessProbe.Exec == nil || !slices.Equal(c.ReadinessProbe.Exec.Command, []string{"/tokenwarden", "health", "--ready"})) {
+		t.Error("readiness is not `tokenwarden health --ready`")
+	}
+	if c.LivenessProbe != nil && (c.LivenessProbe.Exec == nil || !slices.Equal(c.LivenessProbe.Exec.Command, []string{"/tokenwarden", "health"})) {
+		t.Error("liveness is not `tokenwarden health`")
 	}
 	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
 		if _, ok := c.Resources.Requests[r]; !ok {
@@ -398,6 +407,10 @@ func TestRenderRefusesBadValues(t *testing.T) {
 		{[]string{"etcd.deploy=false"}, "etcd.endpoints"},
 		{[]string{"kek.secretName="}, "kek.secretName"},
 		{[]string{"etcd.auth.username=tw"}, "etcd.auth.passwordSecretName"},
+		{[]string{"listeners.admin=pod"}, "listeners.admin=pod needs tls"},
+		{[]string{"listeners.metrics=node"}, "listeners.metrics"},
+		{[]string{"listeners.metrics=loopback", "monitoring.serviceMonitor.enabled=true"}, "listeners.metrics=pod"},
+		{[]string{"tls.certManager.enabled=true"}, "tls.certManager.issuerRef.name"},
 	} {
 		args := []string{"template", "tw", chartDir}
 		for _, s := range tc.sets {

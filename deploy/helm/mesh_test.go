@@ -37,8 +37,8 @@ func (a *meshAgent) admin() string { return "http://" + a.ip + ":9003" }
 
 // podFromChart renders the chart against the test's etcd and returns the
 // DaemonSet's pod and the rendered ConfigMaps by name.
-func podFromChart(t *testing.T, etcdEndpoint string) (corev1.PodSpec, map[string]*corev1.ConfigMap) {
-	objs := render(t, "etcd.deploy=false", "etcd.endpoints={"+etcdEndpoint+"}")
+func podFromChart(t *testing.T, etcdEndpoint string, sets ...string) (corev1.PodSpec, map[string]*corev1.ConfigMap) {
+	objs := render(t, append([]string{"etcd.deploy=false", "etcd.endpoints={" + etcdEndpoint + "}"}, sets...)...)
 	pod := one[appsv1.DaemonSet](t, objs).Spec.Template.Spec
 	cms := map[string]*corev1.ConfigMap{}
 	for _, cm := range find[corev1.ConfigMap](t, objs) {
@@ -108,6 +108,11 @@ func startMeshAgent(t *testing.T, bin, ip string, pod corev1.PodSpec, cms map[st
 			}
 		}
 		val = varRef.ReplaceAllStringFunc(val, func(ref string) string { return resolved[ref[2:len(ref)-1]] })
+		// Each pod has a loopback of its own; here each agent's
+		// listeners on it take the agent's own loopback address.
+		if strings.HasPrefix(e.Name, "TOKENWARDEN_") && !strings.HasPrefix(e.Name, "TOKENWARDEN_ETCD") {
+			val = strings.ReplaceAll(val, "127.0.0.1:", ip+":")
+		}
 		for _, m := range mounts {
 			if strings.HasPrefix(val, m+"/") || val == m {
 				val = filepath.Join(root, val)
@@ -139,14 +144,18 @@ func startMeshAgent(t *testing.T, bin, ip string, pod corev1.PodSpec, cms map[st
 			t.Logf("agent %s log (end):\n%s", ip, log)
 		}
 	})
+	// Ready when the rendered readiness probe says so, run as the kubelet
+	// runs it: in the container's environment.
+	probe := c.ReadinessProbe.Exec.Command
+	if len(probe) == 0 || probe[0] != "/tokenwarden" {
+		t.Fatalf("readiness probe %v: not the agent's binary", probe)
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(a.admin() + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return a
-			}
+		p := exec.Command(bin, probe[1:]...)
+		p.Env = env
+		if p.Run() == nil {
+			return a
 		}
 		select {
 		case <-a.done:

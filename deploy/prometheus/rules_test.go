@@ -68,6 +68,8 @@ var exported = []string{
 	"tokenwarden_audit_head_recorded_seq",
 	"tokenwarden_audit_subscribers_cut_off_total",
 	"tokenwarden_xds_refused_streams_total",
+	"tokenwarden_tls_certificate_expiry_timestamp_seconds",
+	"tokenwarden_tls_reloads_total",
 }
 
 var (

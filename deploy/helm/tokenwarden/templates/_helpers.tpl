@@ -18,3 +18,20 @@ http://{{ .Release.Name }}-etcd-0.{{ .Release.Name }}-etcd.{{ .Release.Namespace
 {{- required "etcd.endpoints is required (or set etcd.deploy=true to try it out)" (join "," .Values.etcd.endpoints) -}}
 {{- end -}}
 {{- end }}
+
+{{- /* TLS (values tls.*): the Secret the listeners serve from, "" when plain. */ -}}
+{{- define "tokenwarden.tlsSecret" -}}
+{{- if .Values.tls.certManager.enabled -}}
+{{- .Values.tls.secretName | default (printf "%s-tls" .Release.Name) -}}
+{{- else -}}
+{{- .Values.tls.secretName -}}
+{{- end -}}
+{{- end }}
+
+{{- /* The address a listener binds: "loopback" or "pod" (listeners.*). */ -}}
+{{- define "tokenwarden.bind" -}}
+{{- if eq .where "loopback" -}}127.0.0.1:{{ .port }}
+{{- else if eq .where "pod" -}}$(POD_IP):{{ .port }}
+{{- else -}}{{ fail (printf "listeners.%s: want loopback or pod, not %q" .name .where) }}
+{{- end -}}
+{{- end }}
