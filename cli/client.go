@@ -7,14 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent"
+	"github.com/tokenwarden/tokenwarden/agent/admin"
 )
 
 // adminFlags are the flags every admin API command shares.
@@ -222,4 +226,45 @@ func (c *adminClient) send(ctx context.Context, method, path string, in any) (*h
 		return nil, e
 	}
 	return resp, nil
+}
+
+// maxListItems bounds what one listing gathers across pages.
+const maxListItems = 1 << 20
+
+// listPages reads a list endpoint page after page ({"items": [...],
+// "next_page_token": "..."}) until the last page or until max items (0: no
+// cap), asking for at most admin.MaxPageLimit at a time.
+func listPages[T any](ctx context.Context, c *adminClient, path string, q url.Values, max int) ([][]T, error) {
+	q = maps.Clone(q)
+	if q == nil {
+		q = url.Values{}
+	}
+	var pages [][]T
+	n := 0
+	for {
+		limit := admin.MaxPageLimit
+		if max > 0 {
+			limit = min(limit, max-n)
+		}
+		q.Set("limit", strconv.Itoa(limit))
+		var page admin.Page[T]
+		if err := c.do(ctx, "GET", path+"?"+q.Encode(), nil, &page); err != nil {
+			return nil, err
+		}
+		pages = append(pages, page.Items)
+		n += len(page.Items)
+		if page.NextPageToken == "" || (max > 0 && n >= max) {
+			return pages, nil
+		}
+		if len(page.Items) == 0 || n > maxListItems || page.NextPageToken == q.Get("page_token") {
+			return nil, fmt.Errorf("the admin API at %s keeps answering pages (%d items so far); narrow the query or pass --limit", c.base, n)
+		}
+		q.Set("page_token", page.NextPageToken)
+	}
+}
+
+// listAll is every item of listPages, in the API's order.
+func listAll[T any](ctx context.Context, c *adminClient, path string, q url.Values, max int) ([]T, error) {
+	pages, err := listPages[T](ctx, c, path, q, max)
+	return slices.Concat(pages...), err
 }
