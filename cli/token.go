@@ -40,7 +40,7 @@ policy's limit, or the class is not allowed in the agent's environment,
 or the workload binding does not fit the class (docs/binding.md).`,
 		Example: `  TOKEN=$(tokenwarden token issue --subject ci --class service --scope orders:read --ttl 30m)
   tokenwarden token issue --subject ci --class service -o json | jq -r '.id, .token'`,
-		Args:    cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ttl < 0 {
 				return usageErrorf("--ttl %s: want a positive duration such as 30m or 12h", ttl)
@@ -268,4 +268,3 @@ func tokenIDArg(cmd *cobra.Command, args []string) error {
 	}
 	return nil
 }
-
