@@ -160,11 +160,11 @@ func printAuditLine(w io.Writer, o *outputFlags, when, seq, action, actor, detai
 	if o.local {
 		width = len(time.RFC3339)
 	}
-	line := fmt.Sprintf("%-*s  %6s  %-18s  %-26s  %s", width, cell(when), cell(seq), cell(action), cell(actor), cell(details))
+	line := fmt.Sprintf("%-*s  %6s  %-18s  %-26s  ", width, cell(when), cell(seq), cell(action), cell(actor))
 	if o.format.value == outWide {
-		line += fmt.Sprintf("  %s  %s", cell(chainKey), cell(hash))
+		line += fmt.Sprintf("%-19s  %-64s  ", cell(chainKey), cell(hash))
 	}
-	fmt.Fprintln(w, line)
+	fmt.Fprintln(w, line+cell(details))
 }
 
 // recordDetails is what a record says beyond its time, seq, action and
