@@ -2,8 +2,8 @@ package cli
 
 import (
 	"context"
-	"encoding/base64"
 	"crypto/sha256"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"io"
