@@ -64,8 +64,13 @@ func usageErrorf(format string, args ...any) error {
 	return &exitErr{code: exitUsage, err: fmt.Errorf(format, args...)}
 }
 
+// ownProcess is set when the command line runs as the process (Execute),
+// not in a test: what is global to the process is set only then.
+var ownProcess bool
+
 // Execute runs the command line and returns the process exit code.
 func Execute() int {
+	ownProcess = true
 	root := newRootCommand()
 	cmd, err := root.ExecuteC()
 	return report(os.Stderr, cmd, err)
@@ -76,6 +81,10 @@ func Execute() int {
 func report(w io.Writer, cmd *cobra.Command, err error) int {
 	if err == nil {
 		return exitOK
+	}
+	var le *loggedError
+	if errors.As(err, &le) {
+		return le.code
 	}
 	fmt.Fprintln(w, "tokenwarden:", redactTokens(err.Error()))
 	var ee *exitErr
