@@ -57,18 +57,24 @@ func (g grpcLogger) log(level slog.Level, msg string) {
 	g.l.Log(context.Background(), level, msg, "component", "grpc")
 }
 
-func (g grpcLogger) Info(args ...any)                    { g.log(slog.LevelDebug, fmt.Sprint(args...)) }
-func (g grpcLogger) Infoln(args ...any)                  { g.log(slog.LevelDebug, fmt.Sprint(args...)) }
-func (g grpcLogger) Infof(format string, args ...any)    { g.log(slog.LevelDebug, fmt.Sprintf(format, args...)) }
-func (g grpcLogger) Warning(args ...any)                 { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
-func (g grpcLogger) Warningln(args ...any)               { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
-func (g grpcLogger) Warningf(format string, args ...any) { g.log(slog.LevelWarn, fmt.Sprintf(format, args...)) }
-func (g grpcLogger) Error(args ...any)                   { g.log(slog.LevelError, fmt.Sprint(args...)) }
-func (g grpcLogger) Errorln(args ...any)                 { g.log(slog.LevelError, fmt.Sprint(args...)) }
-func (g grpcLogger) Errorf(format string, args ...any)   { g.log(slog.LevelError, fmt.Sprintf(format, args...)) }
-func (g grpcLogger) Fatal(args ...any)                   { g.Error(args...); os.Exit(exitError) }
-func (g grpcLogger) Fatalln(args ...any)                 { g.Error(args...); os.Exit(exitError) }
-func (g grpcLogger) Fatalf(format string, args ...any)   { g.Errorf(format, args...); os.Exit(exitError) }
-func (g grpcLogger) V(l int) bool                        { return g.l.Enabled(context.Background(), slog.LevelDebug) }
+func (g grpcLogger) Info(args ...any)   { g.log(slog.LevelDebug, fmt.Sprint(args...)) }
+func (g grpcLogger) Infoln(args ...any) { g.log(slog.LevelDebug, fmt.Sprint(args...)) }
+func (g grpcLogger) Infof(format string, args ...any) {
+	g.log(slog.LevelDebug, fmt.Sprintf(format, args...))
+}
+func (g grpcLogger) Warning(args ...any)   { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
+func (g grpcLogger) Warningln(args ...any) { g.log(slog.LevelWarn, fmt.Sprint(args...)) }
+func (g grpcLogger) Warningf(format string, args ...any) {
+	g.log(slog.LevelWarn, fmt.Sprintf(format, args...))
+}
+func (g grpcLogger) Error(args ...any)   { g.log(slog.LevelError, fmt.Sprint(args...)) }
+func (g grpcLogger) Errorln(args ...any) { g.log(slog.LevelError, fmt.Sprint(args...)) }
+func (g grpcLogger) Errorf(format string, args ...any) {
+	g.log(slog.LevelError, fmt.Sprintf(format, args...))
+}
+func (g grpcLogger) Fatal(args ...any)                 { g.Error(args...); os.Exit(exitError) }
+func (g grpcLogger) Fatalln(args ...any)               { g.Error(args...); os.Exit(exitError) }
+func (g grpcLogger) Fatalf(format string, args ...any) { g.Errorf(format, args...); os.Exit(exitError) }
+func (g grpcLogger) V(l int) bool                      { return g.l.Enabled(context.Background(), slog.LevelDebug) }
 
 var _ grpclog.LoggerV2 = grpcLogger{}

@@ -131,4 +131,3 @@ func wantJSONLines(t *testing.T, lines []string) {
 		}
 	}
 }
-
