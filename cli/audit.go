@@ -239,6 +239,9 @@ key and recorded head.`,
 			if online {
 				return verifyOnline(cmd, af)
 			}
+			if backend != agent.StoreBolt && backend != agent.StoreEtcd {
+				return usageErrorf("--store %q: want %s or %s", backend, agent.StoreBolt, agent.StoreEtcd)
+			}
 			dir := filepath.Join(dataDir, "audit")
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return fmt.Errorf("no audit log at %s: pass the agent's --data-dir (env %s)", dir, envDataDir)

@@ -411,7 +411,7 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c caller) error
 func (a *API) showToken(w http.ResponseWriter, r *http.Request, c caller) error {
 	rec, err := a.cfg.Store.Token(r.Context(), r.PathValue("id"))
 	if err != nil {
-		return fmt.Errorf("token %s: %w", r.PathValue("id"), err)
+		return err // names the token
 	}
 	writeJSON(w, http.StatusOK, a.view(rec, a.cfg.Now()))
 	return nil
