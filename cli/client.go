@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +27,52 @@ import (
 type adminFlags struct {
 	server    string
 	tokenFile string
+	context   string
+}
+
+// target is the agent a command talks to and how.
+type target struct {
+	server, tokenFile, caFile string
+}
+
+// resolve picks each setting from, in order: its flag; the context named
+// by --context or $TOKENWARDEN_CONTEXT; its environment variable
+// (TOKENWARDEN_SERVER, TOKENWARDEN_ADMIN_TOKEN_FILE); the configuration
+// file's current-context; the default (the local agent, and the admin
+// token in the default data directory: absolute, so the CLI works from any
+// directory).
+func (f *adminFlags) resolve() (target, error) {
+	cfg, err := loadConfig(configPath())
+	if err != nil {
+		return target{}, err
+	}
+	ctx, _, err := cfg.selected(f.context)
+	if err != nil {
+		return target{}, err
+	}
+	explicit := f.context != "" || os.Getenv(envContext) != ""
+	var named, current cliContext
+	if ctx != nil && explicit {
+		named = *ctx
+	} else if ctx != nil {
+		current = *ctx
+	}
+	t := target{
+		server:    firstOf(f.server, named.Server, os.Getenv(envServer), current.Server, defaultServer),
+		tokenFile: firstOf(f.tokenFile, named.AdminTokenFile, os.Getenv(envAdminTokenFile), current.AdminTokenFile, defaultAdminTokenFile()),
+		caFile:    firstOf(named.CAFile, current.CAFile),
+	}
+	return t, nil
+}
+
+// firstOf is the first of vs that is set.
+func firstOf(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 // adminClient calls the agent's admin API.
@@ -49,18 +97,37 @@ const (
 // (a token file others may read, a token about to cross the network in
 // clear text) go to warn.
 func (f *adminFlags) client(warn io.Writer) (*adminClient, error) {
-	base, err := serverURL(f.server)
+	t, err := f.resolve()
 	if err != nil {
 		return nil, err
 	}
-	tok, err := readAdminToken(f.tokenFile, warn)
+	base, err := serverURL(t.server)
 	if err != nil {
 		return nil, err
+	}
+	tok, err := readAdminToken(t.tokenFile, warn)
+	if err != nil {
+		return nil, err
+	}
+	var transport http.RoundTripper
+	if t.caFile != "" && strings.HasPrefix(base, "https://") {
+		pem, err := readBounded(t.caFile, 1<<20)
+		if err != nil {
+			return nil, fmt.Errorf("ca-file of the context: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca-file %s holds no PEM certificate", t.caFile)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		transport = tr
 	}
 	if u, _ := url.Parse(base); u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
 		fmt.Fprintf(warn, "warning: --server %s is plain http:// beyond this host: the admin token crosses the network unencrypted and anyone on the path can act as admin; use https:// (a TLS proxy in front of the agent) or an SSH tunnel to 127.0.0.1\n", base)
 	}
-	return &adminClient{base: base, token: tok, tokenFile: f.tokenFile, http: &http.Client{
+	return &adminClient{base: base, token: tok, tokenFile: t.tokenFile, http: &http.Client{
+		Transport: transport,
 		// The admin API never redirects; following one would send the
 		// admin token wherever the redirect points.
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
@@ -105,7 +172,7 @@ func isLoopbackHost(host string) bool {
 // size, holding one token. A file group or others may read is used, with a
 // warning.
 func readAdminToken(path string, warn io.Writer) (string, error) {
-	hint := "is the agent running? `make run` writes .data/admin.token; or pass --admin-token-file (env " + envAdminTokenFile + ")"
+	hint := "is the agent running? it writes <data-dir>/admin.token; pass --admin-token-file (env " + envAdminTokenFile + "), or name it in a context: `tokenwarden config set-context`"
 	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("read admin token: %w (%s)", err, hint)

@@ -53,6 +53,7 @@ func TestBadFlagValuesExitTwo(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv(envAdminTokenFile, tokenFile)
+	t.Setenv(envConfig, filepath.Join(t.TempDir(), "config.yaml"))
 	parsed := 0
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
@@ -83,29 +84,31 @@ func TestBadFlagValuesExitTwo(t *testing.T) {
 	dir := t.TempDir()
 	policyFile := "../deploy/policy.example.yaml"
 	for name, args := range map[string][]string{
-		"token list --limit":        {"token", "list", "--limit", "-1"},
-		"token issue --ttl":         {"token", "issue", "--subject", "s", "--class", "c", "--ttl", "-1m"},
-		"token issue --bind-jwk":    {"token", "issue", "--subject", "s", "--class", "c", "--bind-jwk", filepath.Join(dir, "none.jwk")},
-		"token issue -o":            {"token", "issue", "--subject", "s", "--class", "c", "-o", "wide"},
-		"token rotate -o":           {"token", "rotate", "x", "-o", "table"},
-		"token show -o":             {"token", "show", "x", "-o", "xml"},
-		"keys list -o":              {"keys", "list", "-o", "csv"},
-		"revocations list --limit":  {"revocations", "list", "--limit", "-5"},
-		"audit tail --lines":        {"audit", "tail", "-n", "10001"},
-		"audit tail -o":             {"audit", "tail", "-o", "text"},
-		"audit verify --store":      {"audit", "verify", "--data-dir", dir, "--store", "postgres"},
-		"--server":                  {"keys", "list", "--server", "ftp://agent"},
-		"revoke, two targets":       {"revoke", "--subject", "a", "--tenant", "b", "--reason", "x"},
-		"serve --log-format":        {"serve", "--data-dir", filepath.Join(dir, "d1"), "--policy", policyFile, "--env", "dev", "--log-format", "xml"},
-		"serve --log-level":         {"serve", "--data-dir", filepath.Join(dir, "d2"), "--policy", policyFile, "--env", "dev", "--log-level", "loud"},
-		"serve --bpf":               {"serve", "--data-dir", filepath.Join(dir, "d3"), "--policy", policyFile, "--env", "dev", "--bpf", "maybe"},
-		"xds render --app-address":  {"xds", "render", "--policy", policyFile, "--node", "n", "--service", "orders", "--app-address", "not an address"},
-		"xds render --service":      {"xds", "render", "--policy", policyFile, "--node", "n", "--service", "nosuch"},
-		"dpop proof --method":       {"dpop", "proof", "--key", filepath.Join(dir, "k"), "--method", "GE T", "--url", "https://a/b"},
-		"dpop proof --url":          {"dpop", "proof", "--key", filepath.Join(dir, "k"), "--method", "GET", "--url", "/relative"},
-		"dpop proof --key":          {"dpop", "proof", "--key", filepath.Join(dir, "k"), "--method", "GET", "--url", "https://a/b"},
-		"config use-context":        {"config", "use-context", "nosuch", "--config", filepath.Join(dir, "c.yaml")},
-		"config set-context --name": {"config", "set-context", "bad name!", "--config", filepath.Join(dir, "c.yaml")},
+		"token list --limit":          {"token", "list", "--limit", "-1"},
+		"token issue --ttl":           {"token", "issue", "--subject", "s", "--class", "c", "--ttl", "-1m"},
+		"token issue --bind-jwk":      {"token", "issue", "--subject", "s", "--class", "c", "--bind-jwk", filepath.Join(dir, "none.jwk")},
+		"token issue -o":              {"token", "issue", "--subject", "s", "--class", "c", "-o", "wide"},
+		"token rotate -o":             {"token", "rotate", "x", "-o", "table"},
+		"token show -o":               {"token", "show", "x", "-o", "xml"},
+		"keys list -o":                {"keys", "list", "-o", "csv"},
+		"revocations list --limit":    {"revocations", "list", "--limit", "-5"},
+		"audit tail --lines":          {"audit", "tail", "-n", "10001"},
+		"audit tail -o":               {"audit", "tail", "-o", "text"},
+		"audit verify --store":        {"audit", "verify", "--data-dir", dir, "--store", "postgres"},
+		"--server":                    {"keys", "list", "--server", "ftp://agent"},
+		"revoke, two targets":         {"revoke", "--subject", "a", "--tenant", "b", "--reason", "x"},
+		"serve --log-format":          {"serve", "--data-dir", filepath.Join(dir, "d1"), "--policy", policyFile, "--env", "dev", "--log-format", "xml"},
+		"serve --log-level":           {"serve", "--data-dir", filepath.Join(dir, "d2"), "--policy", policyFile, "--env", "dev", "--log-level", "loud"},
+		"serve --bpf":                 {"serve", "--data-dir", filepath.Join(dir, "d3"), "--policy", policyFile, "--env", "dev", "--bpf", "maybe"},
+		"xds render --app-address":    {"xds", "render", "--policy", policyFile, "--node", "n", "--service", "orders", "--app-address", "not an address"},
+		"xds render --service":        {"xds", "render", "--policy", policyFile, "--node", "n", "--service", "nosuch"},
+		"dpop proof --method":         {"dpop", "proof", "--key", filepath.Join(dir, "k"), "--method", "GE T", "--url", "https://a/b"},
+		"dpop proof --url":            {"dpop", "proof", "--key", filepath.Join(dir, "k"), "--method", "GET", "--url", "/relative"},
+		"dpop proof --key":            {"dpop", "proof", "--key", filepath.Join(dir, "k"), "--method", "GET", "--url", "https://a/b"},
+		"config use-context":          {"config", "use-context", "nosuch"},
+		"config set-context NAME":     {"config", "set-context", "bad name!"},
+		"config set-context --server": {"config", "set-context", "x", "--server", "ftp://x"},
+		"--context":                   {"token", "list", "--context", "nosuch"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, errOut, code := run(t, args...)

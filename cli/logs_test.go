@@ -22,7 +22,17 @@ func TestMain(m *testing.M) {
 		os.Args = append([]string{"tokenwarden"}, os.Args[1:]...)
 		os.Exit(Execute())
 	}
-	os.Exit(m.Run())
+	// The tests' own configuration: none, whatever the user running them
+	// has in ~/.config or in the environment.
+	dir, err := os.MkdirTemp("", "tokenwarden-cli-test")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv(envConfig, filepath.Join(dir, "config.yaml"))
+	os.Unsetenv(envContext)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // tokenwardenProcess is a command running the test binary as tokenwarden.

@@ -24,9 +24,29 @@ const (
 	envDataDir        = "TOKENWARDEN_DATA_DIR"
 )
 
-// defaultDataDir is where `make run` keeps its state: .data in the current
-// directory, unless TOKENWARDEN_DATA_DIR says otherwise.
-func defaultDataDir() string { return envOr(envDataDir, ".data") }
+// defaultDataDir is the agent's data directory unless --data-dir says
+// otherwise: $TOKENWARDEN_DATA_DIR, else $XDG_STATE_HOME/tokenwarden, else
+// ~/.local/state/tokenwarden, else /var/lib/tokenwarden; always absolute, so
+// that serve and the CLI agree from any directory.
+func defaultDataDir() string {
+	if d := os.Getenv(envDataDir); d != "" {
+		if abs, err := filepath.Abs(d); err == nil {
+			return abs
+		}
+		return d
+	}
+	if x := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(x) {
+		return filepath.Join(x, "tokenwarden")
+	}
+	if home, err := os.UserHomeDir(); err == nil && filepath.IsAbs(home) {
+		return filepath.Join(home, ".local", "state", "tokenwarden")
+	}
+	return "/var/lib/tokenwarden"
+}
+
+// defaultAdminTokenFile is where an agent with the default data directory
+// writes its admin token.
+func defaultAdminTokenFile() string { return filepath.Join(defaultDataDir(), admintoken.FileName) }
 
 func envOr(name, fallback string) string {
 	if v := os.Getenv(name); v != "" {
@@ -158,17 +178,19 @@ command or flag, missing argument); scan exits 3 when it finds tokens.`,
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	admin := &adminFlags{}
-	root.PersistentFlags().StringVar(&admin.server, "server", envOr(envServer, defaultServer),
-		"admin API of the agent (env "+envServer+")")
-	root.PersistentFlags().StringVar(&admin.tokenFile, "admin-token-file",
-		envOr(envAdminTokenFile, filepath.Join(defaultDataDir(), admintoken.FileName)),
-		"file holding an admin token (env "+envAdminTokenFile+")")
+	root.PersistentFlags().StringVar(&admin.server, "server", "",
+		"admin API of the agent (default: the context's server, env "+envServer+", or "+defaultServer+")")
+	root.PersistentFlags().StringVar(&admin.tokenFile, "admin-token-file", "",
+		"file holding an admin token (default: the context's, env "+envAdminTokenFile+", or <data-dir>/admin.token of the default data directory)")
+	root.PersistentFlags().StringVar(&admin.context, "context", "",
+		"context of the configuration file to use (env "+envContext+"; see `tokenwarden config`)")
 	root.AddCommand(
 		newServeCommand(),
 		newTokenCommand(admin),
 		newRevokeCommand(admin),
 		newKeysCommand(admin),
 		newRevocationsCommand(admin),
+		newConfigCommand(),
 		newPolicyCommand(),
 		newAuditCommand(admin),
 		newXDSCommand(),
