@@ -48,12 +48,6 @@ func defaultDataDir() string {
 // writes its admin token.
 func defaultAdminTokenFile() string { return filepath.Join(defaultDataDir(), admintoken.FileName) }
 
-func envOr(name, fallback string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return fallback
-}
 
 // Exit codes.
 const (
@@ -206,6 +200,7 @@ command or flag, missing argument); scan exits 3 when it finds tokens.`,
 			c.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
 		}
 	}
+	registerCompletions(root, admin)
 	markRunErrors(root)
 	return root
 }
