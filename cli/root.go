@@ -48,7 +48,6 @@ func defaultDataDir() string {
 // writes its admin token.
 func defaultAdminTokenFile() string { return filepath.Join(defaultDataDir(), admintoken.FileName) }
 
-
 // Exit codes.
 const (
 	exitOK    = 0
