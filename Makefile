@@ -3,7 +3,9 @@
 
 GO        ?= go
 BIN       := bin/tokenwarden
-DATA_DIR  ?= .data
+# Empty: the agent's default data directory, ~/.local/state/tokenwarden,
+# where the CLI looks for the admin token from any directory.
+DATA_DIR  ?=
 POLICY    ?= deploy/policy.example.yaml
 ENV       ?= dev
 FUZZTIME  ?= 3s
@@ -42,7 +44,7 @@ image-check: image
 	deploy/image/check.sh $(IMAGE) $(VERSION) $(COMMIT)
 
 run: build
-	$(BIN) serve --data-dir $(DATA_DIR) --policy $(POLICY) --env $(ENV) $(addprefix --bpf-iface ,$(BPF_IFACE))
+	$(BIN) serve $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --policy $(POLICY) --env $(ENV) $(addprefix --bpf-iface ,$(BPF_IFACE))
 
 # The README's test command: gofmt, vet and staticcheck, every test under
 # the race detector, then each fuzz target briefly on its committed corpus
