@@ -30,7 +30,7 @@ func newKeysCommand(af *adminFlags) *cobra.Command {
 				return err
 			}
 			if k.State == store.KeyPending {
-				fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s is published; it signs from %s\n", k.ID, k.ActivateAt.Format(time.RFC3339))
+				fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s is published; it signs from %s\n", k.ID, k.ActivateAt.UTC().Format(time.RFC3339))
 				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s is active\n", k.ID)
