@@ -194,8 +194,8 @@ func TestOutputGolden(t *testing.T) {
 		golden(t, "audit-tail."+f, s.scrub(step("audit", "tail", "-n", "8", "-o", f)))
 	}
 	// --local shows times in the local zone, with its offset.
-	defer func(l *time.Location) { time.Local = l }(time.Local)
-	time.Local = time.FixedZone("CET", 3600)
+	defer func(l *time.Location) { localZone = l }(localZone)
+	localZone = time.FixedZone("CET", 3600)
 	golden(t, "token-list.table-local", s.scrub(step("token", "list", "--local")))
 	golden(t, "audit-tail.table-local", s.scrub(step("audit", "tail", "-n", "2", "--local")))
 }

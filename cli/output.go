@@ -86,10 +86,14 @@ func addJSONAlias(cmd *cobra.Command, o *outputFlags) {
 	cmd.Flags().MarkDeprecated("json", "use -o json")
 }
 
+// localZone is the zone of --local (a variable for tests: time.Local is
+// read by every goroutine of the process).
+var localZone = time.Local
+
 // zone is the time zone times are shown in.
 func (o *outputFlags) zone() *time.Location {
 	if o.local {
-		return time.Local
+		return localZone
 	}
 	return time.UTC
 }
