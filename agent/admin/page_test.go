@@ -186,3 +186,32 @@ func TestPageTokenAttacks(t *testing.T) {
 		t.Errorf("second page %+v", next.Items)
 	}
 }
+
+// TestTokenShapes: the issue answer carries the id, expiry and state
+// beside the token; every token view has one lifecycle field, state, and
+// no stored status or bookkeeping flags; times are UTC.
+func TestTokenShapes(t *testing.T) {
+	s := newServer(t)
+	r := s.as(http.MethodPost, "/v1/tokens", map[string]any{"subject": "ci", "class": "service"})
+	wantStatus(t, r, http.StatusCreated)
+	var issued map[string]any
+	json.Unmarshal(r.body, &issued)
+	for _, k := range []string{"token", "id", "expires_at", "issued_at", "state", "subject", "class", "scopes", "kid"} {
+		if issued[k] == nil {
+			t.Errorf("issue answer lacks %q: %s", k, r.body)
+		}
+	}
+	id, _ := issued["id"].(string)
+	for _, path := range []string{"/v1/tokens/" + id, "/v1/tokens"} {
+		r := s.as(http.MethodGet, path, nil)
+		wantStatus(t, r, http.StatusOK)
+		for _, gone := range []string{`"status"`, `"expiry_warned"`, `"expiry_recorded"`, `"wire_id"`, `"token": "tw_`} {
+			if strings.Contains(string(r.body), gone) {
+				t.Errorf("%s shows %s: %s", path, gone, r.body)
+			}
+		}
+		if !strings.Contains(string(r.body), `"state": "active"`) || !strings.Contains(string(r.body), `Z"`) {
+			t.Errorf("%s: %s", path, r.body)
+		}
+	}
+}
