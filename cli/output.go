@@ -42,7 +42,7 @@ func (o *outputFormat) Set(s string) error {
 }
 
 // jsonAlias is the deprecated --json: -o json.
-type jsonAlias struct{ o *outputFormat }
+type jsonAlias struct{ o *outputFlags }
 
 func (j jsonAlias) String() string { return "false" }
 func (j jsonAlias) Type() string   { return "bool" }
@@ -52,7 +52,8 @@ func (j jsonAlias) IsBoolFlag() bool {
 func (j jsonAlias) Set(s string) error {
 	switch s {
 	case "true":
-		j.o.value = outJSON
+		j.o.format.value = outJSON
+		j.o.jsonAlias = true
 	case "false":
 	default:
 		return fmt.Errorf("want true or false")
@@ -62,8 +63,9 @@ func (j jsonAlias) Set(s string) error {
 
 // outputFlags are -o and --local.
 type outputFlags struct {
-	format outputFormat
-	local  bool
+	format    outputFormat
+	local     bool
+	jsonAlias bool // --json was given
 }
 
 // addOutputFlags gives cmd -o (formats allowed, the first the default) and
@@ -79,11 +81,20 @@ func addOutputFlags(cmd *cobra.Command, formats ...string) *outputFlags {
 	return o
 }
 
-// addJSONAlias keeps the --json of earlier versions as -o json.
+// addJSONAlias keeps the --json of earlier versions as -o json, hidden;
+// using it says so on stderr (cobra's own deprecation notice would go to
+// the command's output, into the JSON).
 func addJSONAlias(cmd *cobra.Command, o *outputFlags) {
-	f := cmd.Flags().VarPF(jsonAlias{&o.format}, "json", "", "same as -o json")
+	f := cmd.Flags().VarPF(jsonAlias{o}, "json", "", "same as -o json (deprecated)")
 	f.NoOptDefVal = "true"
-	cmd.Flags().MarkDeprecated("json", "use -o json")
+	f.Hidden = true
+	run := cmd.RunE
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if o.jsonAlias {
+			fmt.Fprintln(cmd.ErrOrStderr(), "warning: --json is deprecated: use -o json")
+		}
+		return run(cmd, args)
+	}
 }
 
 // localZone is the zone of --local (a variable for tests: time.Local is
