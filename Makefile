@@ -3,7 +3,9 @@
 
 GO        ?= go
 BIN       := bin/tokenwarden
-DATA_DIR  ?= .data
+# Empty: the agent's default data directory, ~/.local/state/tokenwarden,
+# where the CLI looks for the admin token from any directory.
+DATA_DIR  ?=
 POLICY    ?= deploy/policy.example.yaml
 ENV       ?= dev
 FUZZTIME  ?= 3s
@@ -44,7 +46,7 @@ image-check: image
 # Local: per-token metric series carry token id and subject (elsewhere the
 # default is none: whoever scrapes /metrics would see them).
 run: build
-	$(BIN) serve --data-dir $(DATA_DIR) --policy $(POLICY) --env $(ENV) $(addprefix --bpf-iface ,$(BPF_IFACE)) --metrics-token-labels id+subject
+	$(BIN) serve $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --policy $(POLICY) --env $(ENV) $(addprefix --bpf-iface ,$(BPF_IFACE)) --metrics-token-labels id+subject
 
 # The README's test command: gofmt, vet and staticcheck, every test under
 # the race detector, then each fuzz target briefly on its committed corpus

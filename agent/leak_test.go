@@ -111,7 +111,7 @@ func TestGitHubLeakDeniedOnEveryNode(t *testing.T) {
 			t.Fatalf("list revocations: %d %v", st, out)
 		}
 		n := 0
-		if rs, ok := out["revocations"].([]any); ok {
+		if rs, ok := out["items"].([]any); ok {
 			n = len(rs)
 		}
 		return n

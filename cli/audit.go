@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,13 +34,20 @@ func newAuditCommand(af *adminFlags) *cobra.Command {
 
 func newAuditTailCommand(af *adminFlags) *cobra.Command {
 	var n int
-	var follow, asJSON bool
+	var follow bool
 	var filter audit.Filter
+	var o *outputFlags
 	cmd := &cobra.Command{
-		Use:   "tail [-f] [--token ID] [--subject S] [--action A]",
+		Use:   "tail [-f] [-n N] [--token ID] [--subject S] [--action A] [-o table|wide|json|yaml]",
 		Short: "Print the last audit records; -f follows new ones",
+		Long: `Print the last audit records, oldest first; -f keeps printing new ones.
+
+-o json and -o yaml print {"items": [...]} as the admin API does; with -f
+they print one record per line (JSON) or per document (YAML), as records
+come.`,
 		Example: `  tokenwarden audit tail -n 20
-  tokenwarden audit tail -f --action token.   # every token.* action, live`,
+  tokenwarden audit tail -f --action token.   # every token.* action, live
+  tokenwarden audit tail -f -o json | jq -c 'select(.action == "token.revoke")'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if n < 0 || n > 10000 {
@@ -49,37 +57,59 @@ func newAuditTailCommand(af *adminFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			q := url.Values{"n": {strconv.Itoa(n)}}
+			q := url.Values{}
 			for k, v := range map[string]string{"token": filter.TokenID, "subject": filter.Subject, "action": filter.Action} {
 				if v != "" {
 					q.Set(k, v)
 				}
 			}
 			out := cmd.OutOrStdout()
-			print := func(r audit.Record) {
-				if asJSON {
-					json.NewEncoder(out).Encode(r)
-					return
-				}
-				fmt.Fprintln(out, formatRecord(r))
-			}
 			if !follow {
-				var resp struct {
-					Records []audit.Record `json:"records"`
+				var recs []audit.Record
+				if n > 0 {
+					// Pages go back in time: the newest first.
+					pages, err := listPages[audit.Record](cmd.Context(), c, "/v1/audit", q, n)
+					if err != nil {
+						return err
+					}
+					slices.Reverse(pages)
+					recs = slices.Concat(pages...)
 				}
-				if err := c.do(cmd.Context(), "GET", "/v1/audit?"+q.Encode(), nil, &resp); err != nil {
-					return err
+				switch o.format.value {
+				case outJSON, outYAML:
+					return auditOut.list(out, o, recs)
 				}
-				for _, r := range resp.Records {
-					print(r)
+				printAuditHeader(out, o)
+				for _, r := range recs {
+					printAuditRow(out, o, r)
 				}
 				return nil
 			}
+			q.Set("n", strconv.Itoa(n))
 			resp, err := c.send(cmd.Context(), "GET", "/v1/audit/stream?"+q.Encode(), nil)
 			if err != nil {
 				return err
 			}
 			defer resp.Body.Close()
+			print := func(r audit.Record) error {
+				switch o.format.value {
+				case outJSON:
+					b, err := json.Marshal(auditOut.zoned(o, r))
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(out, "%s\n", b)
+					return err
+				case outYAML:
+					fmt.Fprintln(out, "---")
+					return encode(out, outYAML, auditOut.zoned(o, r))
+				}
+				printAuditRow(out, o, r)
+				return nil
+			}
+			if o.format.value == outTable || o.format.value == outWide {
+				printAuditHeader(out, o)
+			}
 			sc := bufio.NewScanner(resp.Body)
 			sc.Buffer(make([]byte, 64<<10), 2<<20)
 			for sc.Scan() {
@@ -91,7 +121,9 @@ func newAuditTailCommand(af *adminFlags) *cobra.Command {
 				if err := json.Unmarshal(line, &r); err != nil {
 					return fmt.Errorf("audit stream: %w", err)
 				}
-				print(r)
+				if err := print(r); err != nil {
+					return err
+				}
 			}
 			if cmd.Context().Err() != nil {
 				return nil
@@ -105,20 +137,46 @@ func newAuditTailCommand(af *adminFlags) *cobra.Command {
 	f := cmd.Flags()
 	f.IntVarP(&n, "lines", "n", 20, "how many past records to print first (0 to 10000)")
 	f.BoolVarP(&follow, "follow", "f", false, "keep printing new records as they are written")
-	f.BoolVar(&asJSON, "json", false, "print records as JSON lines")
 	f.StringVar(&filter.TokenID, "token", "", "only records about this token id")
 	f.StringVar(&filter.Subject, "subject", "", "only records about this subject")
 	f.StringVar(&filter.Action, "action", "", `only this action ("token." for a prefix)`)
+	o = addOutputFlags(cmd)
+	addJSONAlias(cmd, o)
 	return cmd
 }
 
-// formatRecord renders one record on one line for people.
-func formatRecord(r audit.Record) string {
+// Audit records are printed a line each, in fixed-width columns, so that
+// a followed log stays aligned without waiting for the records to come.
+func printAuditHeader(w io.Writer, o *outputFlags) {
+	printAuditLine(w, o, "TIME", "SEQ", "ACTION", "ACTOR", "DETAILS", "CHAIN KEY", "HASH")
+}
+
+func printAuditRow(w io.Writer, o *outputFlags, r audit.Record) {
+	printAuditLine(w, o, o.when(r.Time), strconv.FormatUint(r.Seq, 10), r.Action, r.Actor, recordDetails(r), r.ChainKey, r.Hash)
+}
+
+func printAuditLine(w io.Writer, o *outputFlags, when, seq, action, actor, details, chainKey, hash string) {
+	width := len(time.RFC3339) - 5 // 2006-01-02T15:04:05Z
+	if o.local {
+		width = len(time.RFC3339)
+	}
+	line := fmt.Sprintf("%-*s  %6s  %-18s  %-26s  ", width, cell(when), cell(seq), cell(action), cell(actor))
+	if o.format.value == outWide {
+		line += fmt.Sprintf("%-19s  %-64s  ", cell(chainKey), cell(hash))
+	}
+	fmt.Fprintln(w, line+cell(details))
+}
+
+// recordDetails is what a record says beyond its time, seq, action and
+// actor, as key=value pairs and its evidence as compact JSON.
+func recordDetails(r audit.Record) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s  #%d  %-18s actor=%s", r.Time.Local().Format(time.DateTime), r.Seq, r.Action, r.Actor)
 	for _, kv := range [][2]string{{"token", r.TokenID}, {"subject", r.Subject}, {"tenant", r.Tenant}, {"reason", r.Reason}, {"source", r.Source}, {"route", r.Route}} {
-		if kv[1] != "" {
-			fmt.Fprintf(&b, " %s=%s", kv[0], kv[1])
+		if v := kv[1]; v != "" {
+			if strings.ContainsAny(v, " \"=") {
+				v = strconv.Quote(v)
+			}
+			fmt.Fprintf(&b, " %s=%s", kv[0], v)
 		}
 	}
 	if r.Count > 0 {
@@ -130,7 +188,7 @@ func formatRecord(r audit.Record) string {
 			fmt.Fprintf(&b, " %s", compact.Bytes())
 		}
 	}
-	return printable(b.String())
+	return strings.TrimPrefix(b.String(), " ")
 }
 
 // printable escapes what a terminal would act on rather than show (control
@@ -180,6 +238,9 @@ key and recorded head.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if online {
 				return verifyOnline(cmd, af)
+			}
+			if backend != agent.StoreBolt && backend != agent.StoreEtcd {
+				return usageErrorf("--store %q: want %s or %s", backend, agent.StoreBolt, agent.StoreEtcd)
 			}
 			dir := filepath.Join(dataDir, "audit")
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {

@@ -77,7 +77,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 	}
 	id := strings.Fields(strings.TrimPrefix(errOut, "issued "))[0]
 
-	out, errOut, code = run(t, "token", "show", id)
+	out, errOut, code = run(t, "token", "show", id, "-o", "json")
 	if code != 0 || !strings.Contains(out, `"subject": "ci"`) {
 		t.Fatalf("show: exit %d: %s %s", code, out, errOut)
 	}
@@ -94,7 +94,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("audit tail: exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"token.issue", "token.revoke", "token=" + id, "reason=leaked in CI logs"} {
+	for _, want := range []string{"token.issue", "token.revoke", "token=" + id, `reason="leaked in CI logs"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("audit tail lacks %q:\n%s", want, out)
 		}
@@ -261,7 +261,7 @@ func TestScanFindsAndRevokesLeaks(t *testing.T) {
 	if code != 3 || !strings.Contains(out, "revoked (rule") {
 		t.Fatalf("scan --revoke: exit %d:\n%s", code, out)
 	}
-	out, _, _ = run(t, "token", "show", id)
+	out, _, _ = run(t, "token", "show", id, "-o", "json")
 	if !strings.Contains(out, `"state": "revoked"`) {
 		t.Fatalf("token not revoked after scan --revoke:\n%s", out)
 	}
@@ -457,7 +457,7 @@ func TestIssueBoundToWorkload(t *testing.T) {
 		t.Fatalf("issue: exit %d: %s", code, errOut)
 	}
 	jti := strings.Fields(strings.TrimPrefix(errOut, "issued "))[0]
-	if out, errOut, code = run(t, "token", "show", jti); code != 0 || !strings.Contains(out, `"workload": "`+id+`"`) {
+	if out, errOut, code = run(t, "token", "show", jti, "-o", "json"); code != 0 || !strings.Contains(out, `"workload": "`+id+`"`) {
 		t.Fatalf("show: exit %d: %s %s", code, out, errOut)
 	}
 	for name, args := range map[string][]string{
@@ -498,7 +498,7 @@ func TestDPoPKeygenIssueProof(t *testing.T) {
 	}
 	token := strings.TrimSpace(out)
 	jti := strings.Fields(strings.TrimPrefix(errOut, "issued "))[0]
-	if out, errOut, code = run(t, "token", "show", jti); code != 0 || !strings.Contains(out, `"jkt": "`+jkt+`"`) {
+	if out, errOut, code = run(t, "token", "show", jti, "-o", "json"); code != 0 || !strings.Contains(out, `"jkt": "`+jkt+`"`) {
 		t.Fatalf("show: exit %d: %s %s", code, out, errOut)
 	}
 	tokFile := filepath.Join(dir, "tok")

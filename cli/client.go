@@ -9,23 +9,76 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent"
+	"github.com/tokenwarden/tokenwarden/agent/admin"
 )
 
 // adminFlags are the flags every admin API command shares.
 type adminFlags struct {
 	server    string
 	tokenFile string
+	context   string
 	// An agent serving TLS (serve --tls-cert-file): the CA its certificate
 	// chains to, and a client certificate where it requires one.
 	serverCA, clientCert, clientKey string
+}
+
+// target is the agent a command talks to and how.
+type target struct {
+	server, tokenFile, caFile string
+	clientCert, clientKey     string
+}
+
+// resolve picks each setting from, in order: its flag; the context named
+// by --context or $TOKENWARDEN_CONTEXT; its environment variable
+// (TOKENWARDEN_SERVER, TOKENWARDEN_ADMIN_TOKEN_FILE); the configuration
+// file's current-context; the default (the local agent, and the admin
+// token in the default data directory: absolute, so the CLI works from any
+// directory).
+func (f *adminFlags) resolve() (target, error) {
+	cfg, err := loadConfig(configPath())
+	if err != nil {
+		return target{}, err
+	}
+	ctx, _, err := cfg.selected(f.context)
+	if err != nil {
+		return target{}, err
+	}
+	explicit := f.context != "" || os.Getenv(envContext) != ""
+	var named, current cliContext
+	if ctx != nil && explicit {
+		named = *ctx
+	} else if ctx != nil {
+		current = *ctx
+	}
+	t := target{
+		server:     firstOf(f.server, named.Server, os.Getenv(envServer), current.Server, defaultServer),
+		tokenFile:  firstOf(f.tokenFile, named.AdminTokenFile, os.Getenv(envAdminTokenFile), current.AdminTokenFile, defaultAdminTokenFile()),
+		caFile:     firstOf(f.serverCA, named.CAFile, os.Getenv(envServerCA), current.CAFile),
+		clientCert: firstOf(f.clientCert, os.Getenv(envClientCert)),
+		clientKey:  firstOf(f.clientKey, os.Getenv(envClientKey)),
+	}
+	return t, nil
+}
+
+// firstOf is the first of vs that is set.
+func firstOf(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 // adminClient calls the agent's admin API.
@@ -50,22 +103,26 @@ const (
 // (a token file others may read, a token about to cross the network in
 // clear text) go to warn.
 func (f *adminFlags) client(warn io.Writer) (*adminClient, error) {
-	base, err := serverURL(f.server)
+	t, err := f.resolve()
 	if err != nil {
 		return nil, err
 	}
-	tok, err := readAdminToken(f.tokenFile, warn)
+	base, err := serverURL(t.server)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := readAdminToken(t.tokenFile, warn)
 	if err != nil {
 		return nil, err
 	}
 	if u, _ := url.Parse(base); u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
 		fmt.Fprintf(warn, "warning: --server %s is plain http:// beyond this host: the admin token crosses the network unencrypted and anyone on the path can act as admin; use https:// (a TLS proxy in front of the agent) or an SSH tunnel to 127.0.0.1\n", base)
 	}
-	transport, err := f.transport(base)
+	transport, err := t.transport(base)
 	if err != nil {
 		return nil, err
 	}
-	return &adminClient{base: base, token: tok, tokenFile: f.tokenFile, http: &http.Client{
+	return &adminClient{base: base, token: tok, tokenFile: t.tokenFile, http: &http.Client{
 		Transport: transport,
 		// The admin API never redirects; following one would send the
 		// admin token wherever the redirect points.
@@ -75,39 +132,43 @@ func (f *adminFlags) client(warn io.Writer) (*adminClient, error) {
 	}}, nil
 }
 
-// transport is the HTTP transport to base: with --server-ca and
-// --client-cert, TLS that trusts that CA and presents that certificate.
-func (f *adminFlags) transport(base string) (http.RoundTripper, error) {
-	if f.serverCA == "" && f.clientCert == "" && f.clientKey == "" {
+// transport is the HTTP transport to base: for an https:// server with a
+// CA (--server-ca or the context's ca-file) or a client certificate
+// (--client-cert), TLS that trusts that CA and presents that certificate.
+func (t target) transport(base string) (http.RoundTripper, error) {
+	if t.caFile == "" && t.clientCert == "" && t.clientKey == "" {
 		return nil, nil // http.DefaultTransport: https:// trusts the system's CAs
 	}
 	if !strings.HasPrefix(base, "https://") {
-		return nil, usageErrorf("--server-ca, --client-cert and --client-key need an https:// --server")
+		if t.clientCert != "" || t.clientKey != "" {
+			return nil, usageErrorf("--client-cert and --client-key need an https:// --server")
+		}
+		return nil, nil // a CA for an http:// server: nothing to verify
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if f.serverCA != "" {
-		b, err := os.ReadFile(f.serverCA)
+	if t.caFile != "" {
+		b, err := readBounded(t.caFile, 1<<20)
 		if err != nil {
-			return nil, fmt.Errorf("--server-ca: %w", err)
+			return nil, fmt.Errorf("server CA: %w", err)
 		}
 		cfg.RootCAs = x509.NewCertPool()
 		if !cfg.RootCAs.AppendCertsFromPEM(b) {
-			return nil, usageErrorf("--server-ca %s holds no PEM certificate", f.serverCA)
+			return nil, usageErrorf("server CA %s holds no PEM certificate", t.caFile)
 		}
 	}
-	if f.clientCert != "" || f.clientKey != "" {
-		if f.clientCert == "" || f.clientKey == "" {
+	if t.clientCert != "" || t.clientKey != "" {
+		if t.clientCert == "" || t.clientKey == "" {
 			return nil, usageErrorf("--client-cert and --client-key go together")
 		}
-		cert, err := tls.LoadX509KeyPair(f.clientCert, f.clientKey)
+		cert, err := tls.LoadX509KeyPair(t.clientCert, t.clientKey)
 		if err != nil {
 			return nil, fmt.Errorf("--client-cert: %w", err)
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.TLSClientConfig = cfg
-	return t, nil
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	return tr, nil
 }
 
 // redirectError is a redirect the client refused to follow.
@@ -146,7 +207,7 @@ func isLoopbackHost(host string) bool {
 // size, holding one token. A file group or others may read is used, with a
 // warning.
 func readAdminToken(path string, warn io.Writer) (string, error) {
-	hint := "is the agent running? `make run` writes .data/admin.token; or pass --admin-token-file (env " + envAdminTokenFile + ")"
+	hint := "is the agent running? it writes <data-dir>/admin.token; pass --admin-token-file (env " + envAdminTokenFile + "), or name it in a context: `tokenwarden config set-context`"
 	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("read admin token: %w (%s)", err, hint)
@@ -267,4 +328,45 @@ func (c *adminClient) send(ctx context.Context, method, path string, in any) (*h
 		return nil, e
 	}
 	return resp, nil
+}
+
+// maxListItems bounds what one listing gathers across pages.
+const maxListItems = 1 << 20
+
+// listPages reads a list endpoint page after page ({"items": [...],
+// "next_page_token": "..."}) until the last page or until max items (0: no
+// cap), asking for at most admin.MaxPageLimit at a time.
+func listPages[T any](ctx context.Context, c *adminClient, path string, q url.Values, max int) ([][]T, error) {
+	q = maps.Clone(q)
+	if q == nil {
+		q = url.Values{}
+	}
+	var pages [][]T
+	n := 0
+	for {
+		limit := admin.MaxPageLimit
+		if max > 0 {
+			limit = min(limit, max-n)
+		}
+		q.Set("limit", strconv.Itoa(limit))
+		var page admin.Page[T]
+		if err := c.do(ctx, "GET", path+"?"+q.Encode(), nil, &page); err != nil {
+			return nil, err
+		}
+		pages = append(pages, page.Items)
+		n += len(page.Items)
+		if page.NextPageToken == "" || (max > 0 && n >= max) {
+			return pages, nil
+		}
+		if len(page.Items) == 0 || n > maxListItems || page.NextPageToken == q.Get("page_token") {
+			return nil, fmt.Errorf("the admin API at %s keeps answering pages (%d items so far); narrow the query or pass --limit", c.base, n)
+		}
+		q.Set("page_token", page.NextPageToken)
+	}
+}
+
+// listAll is every item of listPages, in the API's order.
+func listAll[T any](ctx context.Context, c *adminClient, path string, q url.Values, max int) ([]T, error) {
+	pages, err := listPages[T](ctx, c, path, q, max)
+	return slices.Concat(pages...), err
 }

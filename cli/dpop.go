@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	neturl "net/url"
 	"os"
 	"strings"
 	"time"
@@ -83,6 +84,12 @@ the access token. A proof is good for one request within the agent's window.`,
     https://orders/orders/1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !isHTTPMethod(method) {
+				return usageErrorf("--method %q: want an HTTP method such as GET or POST", method)
+			}
+			if u, err := neturl.Parse(url); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+				return usageErrorf("--url %q: want the request's absolute http(s) URL, e.g. https://orders/orders/1", url)
+			}
 			key, err := readJWK(keyFile)
 			if err != nil {
 				return usageErrorf("--key %s: %v", keyFile, err)
@@ -110,7 +117,7 @@ the access token. A proof is good for one request within the agent's window.`,
 			}
 			proof, err := policy.MakeDPoPProof(signer, method, url, token, time.Now())
 			if err != nil {
-				return err
+				return usageErrorf("%v", err) // --method or --url
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), proof)
 			return nil
@@ -125,6 +132,19 @@ the access token. A proof is good for one request within the agent's window.`,
 		cmd.MarkFlagRequired(n)
 	}
 	return cmd
+}
+
+// isHTTPMethod reports whether m is an HTTP method token (RFC 9110).
+func isHTTPMethod(m string) bool {
+	if m == "" || len(m) > 32 {
+		return false
+	}
+	for _, c := range m {
+		if !strings.ContainsRune("!#$%&'*+-.^_`|~", c) && !('0' <= c && c <= '9') && !('A' <= c && c <= 'Z') && !('a' <= c && c <= 'z') {
+			return false
+		}
+	}
+	return true
 }
 
 func readJWK(name string) (*jose.JSONWebKey, error) {

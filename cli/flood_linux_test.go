@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -66,7 +66,7 @@ func startServeUnderPrlimit(t *testing.T, nofile int) *servedAgent {
 	cmd := exec.Command(prlimit, fmt.Sprintf("--nofile=%d:%d", nofile, nofile), "--", bin, "serve",
 		"--data-dir", filepath.Join(dir, "data"), "--policy", "../deploy/policy.example.yaml", "--env", "dev",
 		"--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--authz-grpc", "127.0.0.1:0",
-		"--authz-http", "127.0.0.1:0", "--xds", "127.0.0.1:0", "--xds-authz-address", "127.0.0.1:9001", "--bpf", "off", "--log-level", "warn")
+		"--authz-http", "127.0.0.1:0", "--xds", "127.0.0.1:0", "--xds-authz-address", "127.0.0.1:9001", "--bpf", "off", "--log-format", "json")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +76,6 @@ func startServeUnderPrlimit(t *testing.T, nofile int) *servedAgent {
 	}
 	exited := make(chan struct{})
 	a := &servedAgent{addrs: map[string]string{}, log: &syncBuffer{}}
-	banner := regexp.MustCompile(`^\s+(admin API|metrics|authz-grpc|authz-http|xds|admin token)\s+(?:http://)?(\S+?)(?:/metrics)?(?:\s|$)`)
 	ready := make(chan struct{})
 	go func() {
 		defer close(exited)
@@ -85,11 +84,21 @@ func startServeUnderPrlimit(t *testing.T, nofile int) *servedAgent {
 		for sc.Scan() {
 			line := sc.Text()
 			a.log.Write([]byte(line + "\n"))
-			if m := banner.FindStringSubmatch(line); m != nil {
-				a.addrs[m[1]] = m[2]
-				if m[1] == "admin token" {
-					readyOnce.Do(func() { close(ready) })
+			// The start-up summary: one JSON record.
+			var rec struct {
+				Msg       string            `json:"msg"`
+				Listeners map[string]string `json:"listeners"`
+				TokenFile string            `json:"admin_token_file"`
+			}
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "tokenwarden agent ready" {
+				for name, addr := range rec.Listeners {
+					if name == "admin" {
+						name = "admin API"
+					}
+					a.addrs[name] = addr
 				}
+				a.addrs["admin token"] = rec.TokenFile
+				readyOnce.Do(func() { close(ready) })
 			}
 		}
 		cmd.Wait()

@@ -25,11 +25,15 @@ probes run it in the container, since the admin listener binds the pod's
 loopback (docs/kubernetes.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			base, err := serverURL(admin.server)
+			t, err := admin.resolve()
 			if err != nil {
 				return err
 			}
-			transport, err := admin.transport(base)
+			base, err := serverURL(t.server)
+			if err != nil {
+				return err
+			}
+			transport, err := t.transport(base)
 			if err != nil {
 				return err
 			}

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -31,7 +30,7 @@ func newKeysCommand(af *adminFlags) *cobra.Command {
 				return err
 			}
 			if k.State == store.KeyPending {
-				fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s is published; it signs from %s\n", k.ID, k.ActivateAt.Format(time.RFC3339))
+				fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s is published; it signs from %s\n", k.ID, k.ActivateAt.UTC().Format(time.RFC3339))
 				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s is active\n", k.ID)
@@ -39,8 +38,14 @@ func newKeysCommand(af *adminFlags) *cobra.Command {
 		},
 	}
 	rotate.Flags().BoolVar(&now, "now", false, "emergency (key compromise): sign with the new key at once; verifiers that cached the JWK Set must refetch it on an unknown kid")
-	cmd.AddCommand(rotate, &cobra.Command{
-		Use:   "list",
+	cmd.AddCommand(rotate, newKeysListCommand(af))
+	return cmd
+}
+
+func newKeysListCommand(af *adminFlags) *cobra.Command {
+	var o *outputFlags
+	cmd := &cobra.Command{
+		Use:   "list [-o table|wide|json|yaml]",
 		Short: "List signing keys and their state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -48,19 +53,13 @@ func newKeysCommand(af *adminFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var out struct {
-				Keys []store.Key `json:"keys"`
-			}
-			if err := c.do(cmd.Context(), "GET", "/v1/keys", nil, &out); err != nil {
+			items, err := listAll[store.Key](cmd.Context(), c, "/v1/keys", nil, 0)
+			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "KID\tSTATE\tCREATED\tSIGNS FROM")
-			for _, k := range out.Keys {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", k.ID, k.State, k.CreatedAt.Format(time.RFC3339), k.SignsFrom().Format(time.RFC3339))
-			}
-			return tw.Flush()
+			return keyOut.list(cmd.OutOrStdout(), o, items)
 		},
-	})
+	}
+	o = addOutputFlags(cmd)
 	return cmd
 }

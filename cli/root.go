@@ -27,16 +27,29 @@ const (
 	envDataDir        = "TOKENWARDEN_DATA_DIR"
 )
 
-// defaultDataDir is where `make run` keeps its state: .data in the current
-// directory, unless TOKENWARDEN_DATA_DIR says otherwise.
-func defaultDataDir() string { return envOr(envDataDir, ".data") }
-
-func envOr(name, fallback string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
+// defaultDataDir is the agent's data directory unless --data-dir says
+// otherwise: $TOKENWARDEN_DATA_DIR, else $XDG_STATE_HOME/tokenwarden, else
+// ~/.local/state/tokenwarden, else /var/lib/tokenwarden; always absolute, so
+// that serve and the CLI agree from any directory.
+func defaultDataDir() string {
+	if d := os.Getenv(envDataDir); d != "" {
+		if abs, err := filepath.Abs(d); err == nil {
+			return abs
+		}
+		return d
 	}
-	return fallback
+	if x := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(x) {
+		return filepath.Join(x, "tokenwarden")
+	}
+	if home, err := os.UserHomeDir(); err == nil && filepath.IsAbs(home) {
+		return filepath.Join(home, ".local", "state", "tokenwarden")
+	}
+	return "/var/lib/tokenwarden"
 }
+
+// defaultAdminTokenFile is where an agent with the default data directory
+// writes its admin token.
+func defaultAdminTokenFile() string { return filepath.Join(defaultDataDir(), admintoken.FileName) }
 
 // Exit codes.
 const (
@@ -67,8 +80,13 @@ func usageErrorf(format string, args ...any) error {
 	return &exitErr{code: exitUsage, err: fmt.Errorf(format, args...)}
 }
 
+// ownProcess is set when the command line runs as the process (Execute),
+// not in a test: what is global to the process is set only then.
+var ownProcess bool
+
 // Execute runs the command line and returns the process exit code.
 func Execute() int {
+	ownProcess = true
 	root := newRootCommand()
 	cmd, err := root.ExecuteC()
 	return report(os.Stderr, cmd, err)
@@ -79,6 +97,10 @@ func Execute() int {
 func report(w io.Writer, cmd *cobra.Command, err error) int {
 	if err == nil {
 		return exitOK
+	}
+	var le *loggedError
+	if errors.As(err, &le) {
+		return le.code
 	}
 	fmt.Fprintln(w, "tokenwarden:", redactTokens(err.Error()))
 	var ee *exitErr
@@ -152,22 +174,25 @@ command or flag, missing argument); scan exits 3 when it finds tokens.`,
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	admin := &adminFlags{}
-	root.PersistentFlags().StringVar(&admin.server, "server", envOr(envServer, defaultServer),
-		"admin API of the agent (env "+envServer+")")
-	root.PersistentFlags().StringVar(&admin.tokenFile, "admin-token-file",
-		envOr(envAdminTokenFile, filepath.Join(defaultDataDir(), admintoken.FileName)),
-		"file holding an admin token (env "+envAdminTokenFile+")")
-	root.PersistentFlags().StringVar(&admin.serverCA, "server-ca", os.Getenv(envServerCA),
-		"PEM CA bundle the agent's TLS certificate chains to, for an https:// --server (env "+envServerCA+")")
-	root.PersistentFlags().StringVar(&admin.clientCert, "client-cert", os.Getenv(envClientCert),
+	root.PersistentFlags().StringVar(&admin.server, "server", "",
+		"admin API of the agent (default: the context's server, env "+envServer+", or "+defaultServer+")")
+	root.PersistentFlags().StringVar(&admin.tokenFile, "admin-token-file", "",
+		"file holding an admin token (default: the context's, env "+envAdminTokenFile+", or <data-dir>/admin.token of the default data directory)")
+	root.PersistentFlags().StringVar(&admin.context, "context", "",
+		"context of the configuration file to use (env "+envContext+"; see `tokenwarden config`)")
+	root.PersistentFlags().StringVar(&admin.serverCA, "server-ca", "",
+		"PEM CA bundle the agent's TLS certificate chains to, for an https:// --server (default: the context's ca-file, or env "+envServerCA+")")
+	root.PersistentFlags().StringVar(&admin.clientCert, "client-cert", "",
 		"PEM client certificate for an agent whose admin listener requires one (serve --admin-client-ca) (env "+envClientCert+")")
-	root.PersistentFlags().StringVar(&admin.clientKey, "client-key", os.Getenv(envClientKey),
+	root.PersistentFlags().StringVar(&admin.clientKey, "client-key", "",
 		"PEM private key of --client-cert (env "+envClientKey+")")
 	root.AddCommand(
 		newServeCommand(),
 		newTokenCommand(admin),
 		newRevokeCommand(admin),
 		newKeysCommand(admin),
+		newRevocationsCommand(admin),
+		newConfigCommand(),
 		newPolicyCommand(),
 		newAuditCommand(admin),
 		newXDSCommand(),
@@ -185,6 +210,7 @@ command or flag, missing argument); scan exits 3 when it finds tokens.`,
 			c.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
 		}
 	}
+	registerCompletions(root, admin)
 	markRunErrors(root)
 	return root
 }

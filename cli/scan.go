@@ -69,16 +69,14 @@ Secret scanners can use the same pattern: ` + policy.CandidatePattern,
 			if err != nil {
 				return err
 			}
-			var keysResp struct {
-				Keys []store.Key `json:"keys"`
-			}
-			if err := c.do(cmd.Context(), "GET", "/v1/keys", nil, &keysResp); err != nil {
+			signing, err := listAll[store.Key](cmd.Context(), c, "/v1/keys", nil, 0)
+			if err != nil {
 				return err
 			}
 			// Retired keys too: a token they signed is still a leak worth
 			// naming, even if nothing accepts it any more.
 			pubs := map[string]ed25519.PublicKey{}
-			for _, k := range keysResp.Keys {
+			for _, k := range signing {
 				pubs[k.ID] = k.Public
 			}
 			keys := policy.NewKeySet(pubs)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/tokenwarden/tokenwarden/agent"
 	"github.com/tokenwarden/tokenwarden/agent/audit"
@@ -50,33 +51,63 @@ prefix refuses to start.`,
 			return flagsFromEnv(cmd.Flags(), os.LookupEnv)
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			logger, err := newLogger(logLevel, logFormat)
+			logger, err := newLogger(cmd.ErrOrStderr(), logLevel, logFormat)
 			if err != nil {
 				return err
 			}
 			slog.SetDefault(logger)
-			cfg.Logger = logger
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			// The first signal starts a graceful shutdown; a second one
-			// ends the process at once.
-			go func() { <-ctx.Done(); stop() }()
-			// SIGHUP is caught from the start: its default action would
-			// end the process while the agent is still being built.
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
-			cfg.OnReady = func(r agent.Ready) { printReady(cmd.ErrOrStderr(), r) }
-			a, err := agent.New(ctx, cfg)
-			if err != nil {
-				return namingFlags(err)
+			if ownProcess {
+				// grpc's logger is global and not safe to swap while
+				// servers run: only a process of its own sets it.
+				grpclog.SetLoggerV2(grpcLogger{logger})
 			}
-			defer a.Close()
-			a.Registry().MustRegister(buildinfo.Collector())
-			go reloadOnHangup(ctx, hup, a, logger)
-			return a.Run(ctx)
+			cfg.Logger = logger
+			err = serve(cmd, cfg, logger, logFormat == logText && isTerminal(cmd.ErrOrStderr()))
+			if err != nil && logFormat == logJSON {
+				// Even the last word is a record.
+				code := exitError
+				var ee *exitErr
+				if errors.As(err, &ee) {
+					code = ee.code
+				}
+				logger.Error("tokenwarden stopped", "err", err.Error(), "exit_code", code)
+				return &loggedError{exitErr{code: code, err: err}}
+			}
+			return err
 		},
 	}
+	serveFlagsOf(cmd, &cfg, &logLevel, &logFormat)
+	return cmd
+}
+
+// serve runs the agent until a signal ends it. The start-up banner is for a
+// person at a terminal; the agent's "tokenwarden agent ready" record is the
+// start-up summary in every format.
+func serve(cmd *cobra.Command, cfg agent.Config, logger *slog.Logger, banner bool) error {
+	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	// The first signal starts a graceful shutdown; a second one
+	// ends the process at once.
+	go func() { <-ctx.Done(); stop() }()
+	// SIGHUP is caught from the start: its default action would
+	// end the process while the agent is still being built.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	if banner {
+		cfg.OnReady = func(r agent.Ready) { printReady(cmd.ErrOrStderr(), r) }
+	}
+	a, err := agent.New(ctx, cfg)
+	if err != nil {
+		return namingFlags(err)
+	}
+	defer a.Close()
+	a.Registry().MustRegister(buildinfo.Collector())
+	go reloadOnHangup(ctx, hup, a, logger)
+	return a.Run(ctx)
+}
+
+func serveFlagsOf(cmd *cobra.Command, cfg *agent.Config, logLevel, logFormat *string) {
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data-dir", defaultDataDir(), "state: store, keys, audit log, admin token")
 	f.StringVar(&cfg.PolicyPath, "policy", "", "policy file (required; see deploy/policy.example.yaml)")
@@ -128,14 +159,13 @@ prefix refuses to start.`,
 	f.IntVar(&cfg.CacheSize, "cache-size", agent.DefaultCacheSize, "verified tokens remembered (LRU)")
 	f.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name, under which its audit chain head is recorded in the store; distinct per node sharing a store (env NODE_NAME; default: the host name and a digest of --data-dir)")
 	f.Int64Var(&cfg.AuditMaxBytes, "audit-max-bytes", audit.DefaultMaxTotalBytes, "the audit log's size budget in bytes, all files together; the oldest files are removed beyond it (recorded as audit.prune)")
-	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	f.StringVar(logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(logFormat, "log-format", logText, "text (a start-up banner on a terminal) or json (every line of stderr one JSON record)")
 	// Required flags may come from the environment, so they are checked
 	// after flagsFromEnv.
 	cmd.MarkFlagRequired("policy")
 	cmd.MarkFlagRequired("env")
 	documentEnv(f)
-	return cmd
 }
 
 // serveFlags names the flag that sets each agent.Config field.
@@ -208,21 +238,6 @@ func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, a *agent.Agent, l
 			}
 		}
 	}
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
 // printReady tells the person at the terminal where things are and what to

@@ -1,17 +1,14 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/url"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tokenwarden/tokenwarden/agent/admin"
-	"github.com/tokenwarden/tokenwarden/agent/issuer"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -29,17 +26,21 @@ func newTokenIssueCommand(af *adminFlags) *cobra.Command {
 	var req admin.IssueRequest
 	var ttl time.Duration
 	var bindJWK string
+	var o *outputFlags
 	cmd := &cobra.Command{
 		Use:   "issue --subject S --class C [--scope X]... [--ttl D] [--tenant T] [--bind-workload SPIFFE-ID | --bind-jwk FILE]",
 		Short: "Issue a token within policy; prints the token alone on stdout",
 		Long: `Issue a token within policy. The token is printed alone on stdout, once:
 tokenwarden keeps only its id and hashes. Its id and expiry go to stderr.
+With -o json or -o yaml the token and its record (id, expires_at, ...)
+are printed together on stdout instead.
 
 Refused (exit 1) when a scope is outside the class, the TTL is above the
 policy's limit, or the class is not allowed in the agent's environment,
 or the workload binding does not fit the class (docs/binding.md).`,
-		Example: `  TOKEN=$(tokenwarden token issue --subject ci --class service --scope orders:read --ttl 30m)`,
-		Args:    cobra.NoArgs,
+		Example: `  TOKEN=$(tokenwarden token issue --subject ci --class service --scope orders:read --ttl 30m)
+  tokenwarden token issue --subject ci --class service -o json | jq -r '.id, .token'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ttl < 0 {
 				return usageErrorf("--ttl %s: want a positive duration such as 30m or 12h", ttl)
@@ -58,13 +59,16 @@ or the workload binding does not fit the class (docs/binding.md).`,
 				}
 				req.BindJKT = jkt
 			}
-			var out issuer.Issued
+			var out admin.IssueResponse
 			if err := c.do(cmd.Context(), "POST", "/v1/tokens", req, &out); err != nil {
 				return err
 			}
+			if o.format.value != outToken {
+				return issuedOut.one(cmd.OutOrStdout(), o, out)
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), out.Token)
 			fmt.Fprintf(cmd.ErrOrStderr(), "issued %s for %s (class %s, expires %s)\n",
-				out.Record.ID, out.Record.Subject, out.Record.Class, out.Record.ExpiresAt.Format(time.RFC3339))
+				out.ID, printable(out.Subject), printable(out.Class), o.when(out.ExpiresAt))
 			return nil
 		},
 	}
@@ -76,25 +80,33 @@ or the workload binding does not fit the class (docs/binding.md).`,
 	f.StringVar(&req.Tenant, "tenant", "", "tenant the token belongs to")
 	f.StringVar(&bindJWK, "bind-jwk", "", "file holding the client's JWK (public, or private: only its public part is used) a token of a class with binding: dpop is bound to")
 	f.StringVar(&req.BindWorkload, "bind-workload", "", "SPIFFE ID the token is bound to (required for, and only for, a class with binding: workload)")
+	o = addOutputFlags(cmd, outToken, outJSON, outYAML)
 	cmd.MarkFlagRequired("subject")
 	cmd.MarkFlagRequired("class")
 	return cmd
 }
 
 func newTokenListCommand(af *adminFlags) *cobra.Command {
-	var subject, tenant, class string
-	var live, asJSON bool
+	var subject, tenant, class, kid string
+	var live bool
+	var limit int
+	var o *outputFlags
 	cmd := &cobra.Command{
-		Use:   "list",
+		Use:   "list [--subject S] [--tenant T] [--class C] [--kid KID] [--live] [-o table|wide|json|yaml]",
 		Short: "List issued tokens (ids and claims, never token strings)",
-		Args:  cobra.NoArgs,
+		Long: `List issued tokens, oldest first: ids and claims, never token strings.
+Every page of the admin API is read unless --limit caps the count.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if limit < 0 {
+				return usageErrorf("--limit %d: want 0 (no limit) or more", limit)
+			}
 			c, err := af.client(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
 			q := url.Values{}
-			for k, v := range map[string]string{"subject": subject, "tenant": tenant, "class": class} {
+			for k, v := range map[string]string{"subject": subject, "tenant": tenant, "class": class, "kid": kid} {
 				if v != "" {
 					q.Set(k, v)
 				}
@@ -102,36 +114,29 @@ func newTokenListCommand(af *adminFlags) *cobra.Command {
 			if live {
 				q.Set("live", "true")
 			}
-			var out struct {
-				Tokens []admin.TokenView `json:"tokens"`
-			}
-			if err := c.do(cmd.Context(), "GET", "/v1/tokens?"+q.Encode(), nil, &out); err != nil {
+			items, err := listAll[admin.TokenView](cmd.Context(), c, "/v1/tokens", q, limit)
+			if err != nil {
 				return err
 			}
-			if asJSON {
-				return printJSON(cmd, out.Tokens)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSUBJECT\tCLASS\tTENANT\tSTATE\tEXPIRES\tSCOPES")
-			for _, t := range out.Tokens {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", printable(t.ID), printable(t.Subject), printable(t.Class),
-					printable(dash(t.Tenant)), printable(t.State), t.ExpiresAt.Format(time.RFC3339), printable(strings.Join(t.Scopes, " ")))
-			}
-			return tw.Flush()
+			return tokenOut.list(cmd.OutOrStdout(), o, items)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&subject, "subject", "", "only this subject's tokens")
 	f.StringVar(&tenant, "tenant", "", "only this tenant's tokens")
 	f.StringVar(&class, "class", "", "only tokens of this class")
+	f.StringVar(&kid, "kid", "", "only tokens signed by this key")
 	f.BoolVar(&live, "live", false, "only tokens that can still be used")
-	f.BoolVar(&asJSON, "json", false, "print JSON")
+	f.IntVar(&limit, "limit", 0, "list at most this many tokens (0: all)")
+	o = addOutputFlags(cmd)
+	addJSONAlias(cmd, o)
 	return cmd
 }
 
 func newTokenShowCommand(af *adminFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "show ID",
+	var o *outputFlags
+	cmd := &cobra.Command{
+		Use:   "show ID [-o table|wide|json|yaml]",
 		Short: "Show one token's record",
 		Args:  tokenIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -143,9 +148,11 @@ func newTokenShowCommand(af *adminFlags) *cobra.Command {
 			if err := c.do(cmd.Context(), "GET", "/v1/tokens/"+url.PathEscape(args[0]), nil, &out); err != nil {
 				return err
 			}
-			return printJSON(cmd, out)
+			return tokenOut.one(cmd.OutOrStdout(), o, out)
 		},
 	}
+	o = addOutputFlags(cmd)
+	return cmd
 }
 
 func newTokenRevokeCommand(af *adminFlags) *cobra.Command {
@@ -174,7 +181,8 @@ func newTokenRevokeCommand(af *adminFlags) *cobra.Command {
 }
 
 func newTokenRotateCommand(af *adminFlags) *cobra.Command {
-	return &cobra.Command{
+	var o *outputFlags
+	cmd := &cobra.Command{
 		Use:   "rotate ID",
 		Short: "Issue a successor; the old token is revoked after its class's rotation_grace",
 		Long: `Issue a successor of token ID (same subject, class and tenant; the scopes
@@ -188,15 +196,23 @@ successor: it is revoked at the same time.`,
 			if err != nil {
 				return err
 			}
-			var out issuer.Issued
+			var out admin.RotateResponse
 			if err := c.do(cmd.Context(), "POST", "/v1/tokens/"+url.PathEscape(args[0])+"/rotate", nil, &out); err != nil {
 				return err
 			}
+			if out.Warning != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", printable(out.Warning))
+			}
+			if o.format.value != outToken {
+				return issuedOut.one(cmd.OutOrStdout(), o, out.IssueResponse)
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), out.Token)
-			fmt.Fprintf(cmd.ErrOrStderr(), "rotated %s -> %s (expires %s)\n", args[0], out.Record.ID, out.Record.ExpiresAt.Format(time.RFC3339))
+			fmt.Fprintf(cmd.ErrOrStderr(), "rotated %s -> %s (expires %s)\n", args[0], out.ID, o.when(out.ExpiresAt))
 			return nil
 		},
 	}
+	o = addOutputFlags(cmd, outToken, outJSON, outYAML)
+	return cmd
 }
 
 func newRevokeCommand(af *adminFlags) *cobra.Command {
@@ -251,17 +267,4 @@ func tokenIDArg(cmd *cobra.Command, args []string) error {
 		return fmt.Errorf("that is a token, not a token ID: pass its ID (the ID column of `tokenwarden token list`), and treat the token as leaked if it was pasted somewhere shared")
 	}
 	return nil
-}
-
-func printJSON(cmd *cobra.Command, v any) error {
-	enc := json.NewEncoder(cmd.OutOrStdout())
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

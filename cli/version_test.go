@@ -22,3 +22,10 @@ func TestVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestVersionJSON(t *testing.T) {
+	out, errOut, code := run(t, "version", "-o", "json")
+	if code != 0 || !strings.Contains(out, `"go_version": "`+runtime.Version()+`"`) || !strings.Contains(out, `"commit": "`) {
+		t.Fatalf("exit %d: %s%s", code, out, errOut)
+	}
+}

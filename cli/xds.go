@@ -59,7 +59,9 @@ policy change.`,
 			}
 			out, err := xds.RenderBootstrap(p, node, service, cfg)
 			if err != nil {
-				return err
+				// The policy loaded: what is left is the flags (addresses,
+				// node id, service).
+				return usageErrorf("%v", err)
 			}
 			if output == "" {
 				_, err = cmd.OutOrStdout().Write(out)

@@ -80,6 +80,7 @@ type API struct {
 	patternsMu sync.RWMutex
 	patterns   map[string]bool
 	failures   failureBudget // of admin.request records (operators.go)
+	pages      *pager
 }
 
 // New builds the API.
@@ -105,7 +106,7 @@ func New(cfg Config) (*API, error) {
 	if cfg.Ready == nil {
 		cfg.Ready = func() error { return nil }
 	}
-	a := &API{cfg: cfg, mux: http.NewServeMux()}
+	a := &API{cfg: cfg, mux: http.NewServeMux(), pages: newPager()}
 	if err := a.register(a.routes()); err != nil {
 		return nil, err
 	}
@@ -305,30 +306,83 @@ func (a *API) issue(w http.ResponseWriter, r *http.Request, c caller) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, out)
+	writeJSON(w, http.StatusCreated, a.issued(out))
 	return nil
 }
 
-// TokenView is a token record as the API shows it.
-type TokenView struct {
-	store.TokenRecord
-	LeakHash string `json:"leak_hash"`
-	WireHash string `json:"wire_hash"`
-	State    string `json:"state"` // active, rotated, revoked, expired
+// IssueResponse is the answer to POST /v1/tokens (and, with a warning, to
+// a rotation): the token string, shown once, beside its record's fields.
+type IssueResponse struct {
+	Token string `json:"token"`
+	TokenView
+	// Record repeats TokenView for clients of the earlier answer, which
+	// nested the record; deprecated, to be removed.
+	Record *TokenView `json:"record,omitempty"`
 }
 
+func (a *API) issued(out issuer.Issued) IssueResponse {
+	v := a.view(out.Record, a.cfg.Now())
+	return IssueResponse{Token: out.Token, TokenView: v, Record: &v}
+}
+
+// Token states: the one lifecycle field of a token as the API shows it.
+const (
+	StateActive  = "active"  // can be used
+	StateRotated = "rotated" // has a successor; usable until its rotation grace ends
+	StateRevoked = "revoked" // a revocation rule covers it
+	StateExpired = "expired" // past its expiry
+)
+
+// TokenView is a token record as the API shows it: the stored record's
+// claims and hashes, and its state at the time of the answer (the stored
+// record's own status, which a later or future-effective rule does not
+// update, is not shown).
+type TokenView struct {
+	ID        string    `json:"id"`
+	Subject   string    `json:"subject"`
+	Class     string    `json:"class"`
+	Env       string    `json:"env"`
+	Tenant    string    `json:"tenant,omitempty"`
+	Scopes    []string  `json:"scopes"`
+	KeyID     string    `json:"kid"`
+	IssuedAt  time.Time `json:"issued_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	State     string    `json:"state"`               // StateActive, StateRotated, StateRevoked or StateExpired
+	Rotated   string    `json:"rotated,omitempty"`   // predecessor's id
+	Successor string    `json:"successor,omitempty"` // successor's id
+	Workload  string    `json:"workload,omitempty"`  // SPIFFE ID the token is bound to
+	JKT       string    `json:"jkt,omitempty"`       // thumbprint of the DPoP key the token is bound to
+	Actor     string    `json:"actor"`               // id of the admin token that issued it, or "system"
+	LeakHash  string    `json:"leak_hash"`           // hex sha256 of the token string
+	WireHash  string    `json:"wire_hash"`           // hex of the token's wire identity (policy.WireHash)
+}
+
+// view is the one place a token's state is decided.
 func (a *API) view(rec store.TokenRecord, now time.Time) TokenView {
-	state := string(rec.Status)
+	state := StateActive
 	switch {
-	case rec.Status == store.TokenRevoked:
-	case a.revoked(rec, now):
+	case rec.Status == store.TokenRevoked || a.revoked(rec, now):
 		// A rule that took effect after it was made (a rotation grace
 		// ended, a future effective_at came) leaves the record's status.
-		state = string(store.TokenRevoked)
+		state = StateRevoked
 	case !now.Before(rec.ExpiresAt):
-		state = "expired"
+		state = StateExpired
+	case rec.Status == store.TokenRotated:
+		state = StateRotated
 	}
-	return TokenView{TokenRecord: rec, LeakHash: fmt.Sprintf("%x", rec.LeakHash), WireHash: fmt.Sprintf("%016x", rec.WireHash), State: state}
+	return TokenView{
+		ID: rec.ID, Subject: rec.Subject, Class: rec.Class, Env: rec.Env, Tenant: rec.Tenant,
+		Scopes: nonNil(rec.Scopes), KeyID: rec.KeyID, IssuedAt: rec.IssuedAt.UTC(), ExpiresAt: rec.ExpiresAt.UTC(),
+		State: state, Rotated: rec.Rotated, Successor: rec.Successor, Workload: rec.Workload, JKT: rec.JKT, Actor: rec.Actor,
+		LeakHash: fmt.Sprintf("%x", rec.LeakHash), WireHash: fmt.Sprintf("%016x", rec.WireHash),
+	}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 // revoked asks the live revocation set whether rec's token is revoked at now.
@@ -341,6 +395,10 @@ func (a *API) revoked(rec store.TokenRecord, now time.Time) bool {
 }
 
 func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c caller) error {
+	pr, err := a.pages.parse(r)
+	if err != nil {
+		return err
+	}
 	q := r.URL.Query()
 	f := store.TokenFilter{Subject: q.Get("subject"), Tenant: q.Get("tenant"), KeyID: q.Get("kid"), Class: q.Get("class")}
 	now := a.cfg.Now()
@@ -359,14 +417,14 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request, c caller) error
 		}
 		views = append(views, a.view(rec, now))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"tokens": views})
+	writeJSON(w, http.StatusOK, paginate(a.pages, r, pr, views, func(v TokenView) string { return sortKey(v.IssuedAt, v.ID) }))
 	return nil
 }
 
 func (a *API) showToken(w http.ResponseWriter, r *http.Request, c caller) error {
 	rec, err := a.cfg.Store.Token(r.Context(), r.PathValue("id"))
 	if err != nil {
-		return fmt.Errorf("token %s: %w", r.PathValue("id"), err)
+		return err // names the token
 	}
 	writeJSON(w, http.StatusOK, a.view(rec, a.cfg.Now()))
 	return nil
@@ -467,11 +525,18 @@ func (a *API) reportLeak(w http.ResponseWriter, r *http.Request, c caller) error
 }
 
 func (a *API) listRevocations(w http.ResponseWriter, r *http.Request, c caller) error {
+	pr, err := a.pages.parse(r)
+	if err != nil {
+		return err
+	}
 	rules, err := a.cfg.Store.Revocations(r.Context())
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"revocations": rules})
+	for i := range rules {
+		rules[i] = utcRevocation(rules[i])
+	}
+	writeJSON(w, http.StatusOK, paginate(a.pages, r, pr, rules, func(v policy.Revocation) string { return sortKey(v.CreatedAt, v.ID) }))
 	return nil
 }
 
@@ -483,7 +548,7 @@ func (a *API) rotateToken(w http.ResponseWriter, r *http.Request, c caller) erro
 	if err != nil && out.Token == "" {
 		return err
 	}
-	resp := RotateResponse{Issued: out}
+	resp := RotateResponse{IssueResponse: a.issued(out)}
 	if err != nil {
 		// The successor exists but a delivery sink failed: the caller gets
 		// the token here, as it is not kept anywhere else.
@@ -495,12 +560,20 @@ func (a *API) rotateToken(w http.ResponseWriter, r *http.Request, c caller) erro
 
 // RotateResponse is the answer to POST /v1/tokens/{id}/rotate.
 type RotateResponse struct {
-	issuer.Issued
+	IssueResponse
 	Warning string `json:"warning,omitempty"`
 }
 
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request, c caller) error {
-	writeJSON(w, http.StatusOK, map[string]any{"keys": a.cfg.Issuer.Keys()})
+	pr, err := a.pages.parse(r)
+	if err != nil {
+		return err
+	}
+	keys := a.cfg.Issuer.Keys()
+	for i := range keys {
+		keys[i] = utcKey(keys[i])
+	}
+	writeJSON(w, http.StatusOK, paginate(a.pages, r, pr, keys, func(k store.Key) string { return sortKey(k.CreatedAt, k.ID) }))
 	return nil
 }
 
@@ -522,20 +595,40 @@ func auditFilter(r *http.Request) audit.Filter {
 	return audit.Filter{TokenID: q.Get("token"), Subject: q.Get("subject"), Action: q.Get("action")}
 }
 
+// auditTail answers the latest matching records, oldest first; its next
+// page holds the records before them.
 func (a *API) auditTail(w http.ResponseWriter, r *http.Request, c caller) error {
-	n := 50
-	if s := r.URL.Query().Get("n"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 || v > 10000 {
-			return badRequest("n: want a number from 1 to 10000")
-		}
-		n = v
-	}
-	recs, err := audit.Tail(a.cfg.AuditDir, n, auditFilter(r))
+	pr, err := a.pages.parse(r)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"records": recs})
+	f := auditFilter(r)
+	if pr.after != "" {
+		before, err := strconv.ParseUint(pr.after, 10, 64)
+		if err != nil || before == 0 {
+			return badRequest("page_token: not a position in the audit log")
+		}
+		f.Before = before
+	}
+	// One more than asked says whether older records remain.
+	recs, err := audit.Tail(a.cfg.AuditDir, pr.limit+1, f)
+	if err != nil {
+		return err
+	}
+	page := Page[audit.Record]{Items: recs}
+	if len(recs) > pr.limit {
+		page.Items = recs[1:]
+	}
+	if page.Items == nil {
+		page.Items = []audit.Record{}
+	}
+	for i := range page.Items {
+		page.Items[i].Time = page.Items[i].Time.UTC()
+	}
+	if len(recs) > pr.limit && page.Items[0].Seq > 1 {
+		page.NextPageToken = a.pages.seal(pageScope(r), strconv.FormatUint(page.Items[0].Seq, 10))
+	}
+	writeJSON(w, http.StatusOK, page)
 	return nil
 }
 

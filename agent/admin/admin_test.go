@@ -501,9 +501,10 @@ func TestEveryEndpointNeedsAuthentication(t *testing.T) {
 
 // issuedView is the JSON of an issuer.Issued.
 type issuedView struct {
-	Token   string            `json:"token"`
-	Record  store.TokenRecord `json:"record"`
-	Warning string            `json:"warning"`
+	Token string `json:"token"`
+	tokenView
+	Record  tokenView `json:"record"` // deprecated repeat
+	Warning string    `json:"warning"`
 }
 
 func TestIssue(t *testing.T) {
@@ -576,8 +577,8 @@ func TestIssue(t *testing.T) {
 			var out issuedView
 			r.decode(t, &out)
 			pt := s.verify(out.Token)
-			if pt.ID != out.Record.ID || !slices.Equal(pt.Scopes, tc.wantScopes) || out.Record.Actor != s.adminID {
-				t.Errorf("issued %+v (claims %+v), want scopes %v, actor %s", out.Record, pt.Claims, tc.wantScopes, s.adminID)
+			if pt.ID != out.ID || !slices.Equal(pt.Scopes, tc.wantScopes) || out.Actor != s.adminID {
+				t.Errorf("issued %+v (claims %+v), want scopes %v, actor %s", out.tokenView, pt.Claims, tc.wantScopes, s.adminID)
 			}
 			if rec := s.record(pt.ID); rec.LeakHash != sha256.Sum256([]byte(out.Token)) {
 				t.Error("stored leak hash is not the token's sha256")
@@ -628,7 +629,8 @@ func TestIssueBodyLimit(t *testing.T) {
 
 // tokenList is the JSON of GET /v1/tokens.
 type tokenList struct {
-	Tokens []tokenView `json:"tokens"`
+	Tokens        []tokenView `json:"items"`
+	NextPageToken string      `json:"next_page_token"`
 }
 
 type tokenView struct {
@@ -1010,7 +1012,8 @@ func TestCreateRevocation(t *testing.T) {
 			}
 			wantStatus(t, after, http.StatusOK)
 			var list struct {
-				Revocations []policy.Revocation `json:"revocations"`
+				Revocations   []policy.Revocation `json:"items"`
+				NextPageToken string              `json:"next_page_token"`
 			}
 			after.decode(t, &list)
 			if want := 1 + map[bool]int{true: 0, false: 1}[tc.wantCode != ""]; len(list.Revocations) != want {
@@ -1124,7 +1127,7 @@ func TestKeys(t *testing.T) {
 	}
 
 	var list struct {
-		Keys []map[string]any `json:"keys"`
+		Keys []map[string]any `json:"items"`
 	}
 	listStates := func() map[string]any {
 		r = s.as(http.MethodGet, "/v1/keys", nil)
@@ -1147,8 +1150,8 @@ func TestKeys(t *testing.T) {
 	wantStatus(t, r, http.StatusCreated)
 	var early issuedView
 	r.decode(t, &early)
-	if early.Record.KeyID != first {
-		t.Errorf("token within the lead time signed by %s, want %s", early.Record.KeyID, first)
+	if early.KeyID != first {
+		t.Errorf("token within the lead time signed by %s, want %s", early.KeyID, first)
 	}
 	s.clock.Add(issuer.KeyLead)
 	if states := listStates(); states[first] != string(store.KeyVerifying) || states[nk.ID] != string(store.KeyActive) || len(states) != 2 {
@@ -1175,8 +1178,8 @@ func TestKeys(t *testing.T) {
 	wantStatus(t, r, http.StatusCreated)
 	var out issuedView
 	r.decode(t, &out)
-	if out.Record.KeyID != nk.ID {
-		t.Errorf("new token signed by %s, want %s", out.Record.KeyID, nk.ID)
+	if out.KeyID != nk.ID {
+		t.Errorf("new token signed by %s, want %s", out.KeyID, nk.ID)
 	}
 	wantStatus(t, s.call(http.MethodGet, "/v1/keys", out.Token, nil), http.StatusOK)
 
@@ -1197,7 +1200,8 @@ func TestKeys(t *testing.T) {
 }
 
 type auditList struct {
-	Records []audit.Record `json:"records"`
+	Records       []audit.Record `json:"items"`
+	NextPageToken string         `json:"next_page_token"`
 }
 
 func TestAuditTail(t *testing.T) {
@@ -1214,7 +1218,7 @@ func TestAuditTail(t *testing.T) {
 		want       []string // action:token of each record
 	}{
 		"last two issues": {
-			query: "?n=2&action=token.issue", wantStatus: http.StatusOK,
+			query: "?limit=2&action=token.issue", wantStatus: http.StatusOK,
 			want: []string{"token.issue:" + ids[1], "token.issue:" + ids[2]},
 		},
 		"revocations": {
@@ -1226,15 +1230,15 @@ func TestAuditTail(t *testing.T) {
 			want: []string{"token.issue:" + ids[0], "token.revoke:" + ids[0]},
 		},
 		"action prefix": {
-			query: "?n=3&action=token.", wantStatus: http.StatusOK,
+			query: "?limit=3&action=token.", wantStatus: http.StatusOK,
 			want: []string{"token.issue:" + ids[1], "token.issue:" + ids[2], "token.revoke:" + ids[0]},
 		},
 		"default n": {
 			query: "?action=key.rotate", wantStatus: http.StatusOK, want: []string{"key.rotate:"},
 		},
-		"n zero":         {query: "?n=0", wantStatus: http.StatusBadRequest},
-		"n too large":    {query: "?n=10001", wantStatus: http.StatusBadRequest},
-		"n not a number": {query: "?n=all", wantStatus: http.StatusBadRequest},
+		"limit zero":         {query: "?limit=0", wantStatus: http.StatusBadRequest},
+		"limit too large":    {query: "?limit=1001", wantStatus: http.StatusBadRequest},
+		"limit not a number": {query: "?limit=all", wantStatus: http.StatusBadRequest},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -1356,7 +1360,7 @@ func TestAuditStream(t *testing.T) {
 				r := s.as(http.MethodPost, "/v1/tokens", map[string]any{"subject": "orders-api", "class": "service"})
 				var out issuedView
 				json.Unmarshal(r.body, &out)
-				return out.Record.ID
+				return out.ID
 			},
 			wantAction:  audit.ActionTokenIssue,
 			thenRequest: true,

@@ -79,7 +79,7 @@ func (a *API) issueAdmin(w http.ResponseWriter, r *http.Request, c caller) error
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, out)
+	writeJSON(w, http.StatusCreated, a.issued(out))
 	return nil
 }
 

@@ -133,10 +133,16 @@ type Filter struct {
 	// Action matches exactly, or, when it ends in ".", as a prefix:
 	// "token." matches token.issue and token.revoke but not tokenize.
 	Action string
+	// Before, when not 0, matches only records with a smaller seq: the
+	// admin API's next page of older records.
+	Before uint64
 }
 
 // Match reports whether r passes the filter.
 func (f Filter) Match(r Record) bool {
+	if f.Before != 0 && r.Seq >= f.Before {
+		return false
+	}
 	if f.TokenID != "" && r.TokenID != f.TokenID {
 		return false
 	}

@@ -245,7 +245,7 @@ func (i *Issuer) Rotate(ctx context.Context, id, actor string) (Issued, error) {
 	defer i.rotateMu.Unlock()
 	pred, err := i.cfg.Store.Token(ctx, id)
 	if err != nil {
-		return Issued{}, fmt.Errorf("token %s: %w", id, err)
+		return Issued{}, err // names the token
 	}
 	now := i.cfg.Now()
 	if !pred.Live(now) {
@@ -492,7 +492,7 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 	case policy.RevokeToken:
 		rec, err := i.cfg.Store.Token(ctx, r.Target)
 		if err != nil {
-			return r, nil, fmt.Errorf("token %s: %w", r.Target, err)
+			return r, nil, err // names the token
 		}
 		r.Expires = rec.ExpiresAt.Add(skew).UTC()
 		if rec.Live(now) {

@@ -278,7 +278,7 @@ func (s *Scheduler) rotate(ctx context.Context, id, actor, trigger string) (issu
 	s.rotateMu.Unlock()
 	if err != nil {
 		s.rotations[trigger][resultError].Inc()
-		return issuer.Issued{}, fmt.Errorf("rotate token %s: %w", id, err)
+		return issuer.Issued{}, fmt.Errorf("rotate: %w", err) // err names the token
 	}
 	s.rotations[trigger][resultOK].Inc()
 	s.log.Info("token rotated", "token_id", id, "successor", issued.Record.ID, "trigger", trigger, "actor", actor)

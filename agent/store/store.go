@@ -18,6 +18,19 @@ import (
 // ErrNotFound is returned for a key, token or rule that is not stored.
 var ErrNotFound = errors.New("not found")
 
+// NotFoundError is ErrNotFound naming what was not found. The store names
+// the record; callers wrap it with what they were doing and do not name
+// the record again (an error says each thing once).
+type NotFoundError struct {
+	Kind string // "token"
+	ID   string
+}
+
+func (e *NotFoundError) Error() string { return e.Kind + " " + e.ID + " not found" }
+
+// Is makes a NotFoundError ErrNotFound.
+func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
+
 // ErrClosed is returned by calls on a closed store.
 var ErrClosed = errors.New("store is closed")
 

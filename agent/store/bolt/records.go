@@ -109,6 +109,9 @@ func (s *Store) Token(ctx context.Context, id string) (store.TokenRecord, error)
 		t, err = get[store.TokenRecord](tx.Bucket(bucketTokens), id)
 		return err
 	})
+	if errors.Is(err, store.ErrNotFound) {
+		return store.TokenRecord{}, &store.NotFoundError{Kind: "token", ID: id}
+	}
 	if err != nil {
 		return store.TokenRecord{}, fmt.Errorf("token %s: %w", id, err)
 	}

@@ -124,6 +124,9 @@ func (s *Store) PutToken(ctx context.Context, t store.TokenRecord) error {
 // Token returns the record of token id.
 func (s *Store) Token(ctx context.Context, id string) (store.TokenRecord, error) {
 	t, err := get[store.TokenRecord](ctx, s, s.key(nsTokens, id))
+	if errors.Is(err, store.ErrNotFound) {
+		return store.TokenRecord{}, &store.NotFoundError{Kind: "token", ID: id}
+	}
 	if err != nil {
 		return store.TokenRecord{}, fmt.Errorf("token %s: %w", id, err)
 	}
