@@ -178,7 +178,7 @@ func TestPolicyCheckEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const adminEnvs = "    scopes: [tokenwarden:admin]\n    default_ttl: 24h\n    max_ttl: 24h\n    environments: [dev, staging, prod]\n"
+	const adminEnvs = "    default_ttl: 24h\n    max_ttl: 24h\n    environments: [dev, staging, prod]\nservices:"
 	noProdAdmin := strings.Replace(string(example), adminEnvs, strings.Replace(adminEnvs, ", prod]", "]", 1), 1)
 	if noProdAdmin == string(example) {
 		t.Fatal("the example policy's admin class changed; update this test")

@@ -140,10 +140,7 @@ func (t target) transport(base string) (http.RoundTripper, error) {
 		return nil, nil // http.DefaultTransport: https:// trusts the system's CAs
 	}
 	if !strings.HasPrefix(base, "https://") {
-		if t.clientCert != "" || t.clientKey != "" {
-			return nil, usageErrorf("--client-cert and --client-key need an https:// --server")
-		}
-		return nil, nil // a CA for an http:// server: nothing to verify
+		return nil, usageErrorf("--server-ca (or a context's ca-file), --client-cert and --client-key need an https:// --server")
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if t.caFile != "" {
