@@ -32,6 +32,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/tokenwarden/tokenwarden/agent/store"
 )
@@ -59,6 +60,10 @@ const (
 	// network gone without a FIN) within seconds instead of waiting on TCP.
 	keepAliveTime    = 10 * time.Second
 	keepAliveTimeout = 5 * time.Second
+
+	// maxReconnectDelay caps the backoff between attempts to reconnect to
+	// an endpoint.
+	maxReconnectDelay = 500 * time.Millisecond
 )
 
 // Namespaces under the prefix.
@@ -118,6 +123,7 @@ type Store struct {
 	mu       sync.Mutex // guards watchers, session and the moment closed is set
 	watchers map[*watcher]struct{}
 	session  *session // the running etcd watch; nil between two
+	progress []*progressWaiter
 }
 
 var _ store.Store = (*Store)(nil)
@@ -182,7 +188,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		Password:             cfg.Password,
 		TLS:                  cfg.TLS,
 		Logger:               lg,
-		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(requestDeadline(requestTimeout))},
+		DialOptions: []grpc.DialOption{
+			grpc.WithChainUnaryInterceptor(requestDeadline(requestTimeout)),
+			// gRPC's default reconnect backoff grows to two minutes: after a
+			// long outage an agent would stay blind that long once the
+			// cluster is back. Capped, every agent reconnects within moments.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: maxReconnectDelay},
+				MinConnectTimeout: time.Second,
+			}),
+		},
 	})
 	if err != nil {
 		if isAuthError(err) {

@@ -21,8 +21,10 @@ var minRestartDelay = 50 * time.Millisecond
 
 const (
 	// maxRestartDelay bounds the backoff between attempts to start the etcd
-	// watch again.
-	maxRestartDelay = 5 * time.Second
+	// watch again: kept short, so that every agent is current within
+	// moments of the cluster coming back, however long it was gone (a
+	// retry is one cheap read per node).
+	maxRestartDelay = 500 * time.Millisecond
 	// stableSession is how long an etcd watch must have run for the
 	// backoff to start again from its minimum.
 	stableSession = 30 * time.Second
@@ -39,6 +41,7 @@ var errWatchClosed = errors.New("etcd watch channel closed")
 // starts.
 type session struct {
 	from   int64 // the first revision it delivers
+	ctx    context.Context
 	cancel context.CancelFunc
 }
 
@@ -209,7 +212,7 @@ func (s *Store) startSession(ctx context.Context, from int64) (clientv3.WatchCha
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.session = &session{from: from, cancel: cancel}
+	s.session = &session{from: from, ctx: wctx, cancel: cancel}
 	for w := range s.watchers {
 		if !w.ready && w.minRev != 0 {
 			s.activateLocked(w)
@@ -309,6 +312,9 @@ func (s *Store) consume(wch clientv3.WatchChan, from int64) (last int64, err err
 		if len(evs) > 0 {
 			s.dispatch(evs)
 		}
+		// Every change up to the response's revision has now been
+		// dispatched: a progress notification says so with no events.
+		s.reached(resp.Header.Revision)
 	}
 	if err := s.ctx.Err(); err != nil {
 		return last, err
