@@ -123,7 +123,11 @@ type Store struct {
 	mu       sync.Mutex // guards watchers, session and the moment closed is set
 	watchers map[*watcher]struct{}
 	session  *session // the running etcd watch; nil between two
-	progress []*progressWaiter
+	// dispatched is the revision up to which every change has been handed
+	// to the watchers (or, before a session's start, loaded by them);
+	// progress are the Progress calls waiting for it to move.
+	dispatched int64
+	progress   []*progressWaiter
 }
 
 var _ store.Store = (*Store)(nil)
@@ -174,8 +178,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 
 	// The client's own log goes to stderr as JSON; keep it to what an
-	// operator must see.
-	lg, err := logutil.CreateDefaultZapLogger(zapcore.WarnLevel)
+	// operator must see. Its warnings are one line per failed attempt of
+	// every request (the freshness check makes several a second while the
+	// cluster is unreachable); the store's callers report failures.
+	lg, err := logutil.CreateDefaultZapLogger(zapcore.ErrorLevel)
 	if err != nil {
 		return nil, fmt.Errorf("open etcd store at %s: client logger: %w", endpoints, err)
 	}

@@ -4,69 +4,78 @@ import (
 	"context"
 	"fmt"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/tokenwarden/tokenwarden/agent/store"
 )
 
 var _ store.Progresser = (*Store)(nil)
 
-// progressWaiter is a Progress call waiting for the etcd watch to reach rev.
+// progressWaiter is a Progress call waiting for the watch to dispatch every
+// change up to need.
 type progressWaiter struct {
-	rev  int64
-	done chan int64 // receives the revision reached, once
+	need int64 // the newest rule or key change the watch must have dispatched
+	rev  int64 // the revision Progress read: what the barrier says
+	done chan struct{}
 }
 
-// Progress reads the cluster's revision (a linearizable read, so it needs a
-// quorum), asks etcd for a progress notification on the watch stream, and
-// returns once the watch has dispatched every change up to that revision and
-// an EventProgress after them to every running watcher. It fails when ctx
-// ends first: the cluster or the link to it is down, or the watch is being
-// re-established.
+// Progress proves the watch current. In one linearizable read (a
+// transaction, so it needs a quorum) it takes the cluster's revision and
+// the revocation rules and signing keys changed since the last change the
+// watch dispatched; once the watch has dispatched those too, every watcher
+// is sent an EventProgress at that revision, after them, and Progress
+// returns it. It fails when ctx ends first: the cluster or the link to it
+// is down, or the watch is being re-established.
 //
-// etcd answers a progress request with the revision its watch stream has
-// reached; releases before the fix for etcd-io/etcd#15220 (3.4.25, 3.5.8)
-// may send that answer just ahead of the last events it covers, already
-// committed and queued on the same stream, so a barrier can precede by
-// moments a change committed at the instant of the read.
+// It does not rely on etcd's progress notifications: etcd 3.4 may send one
+// ahead of the events it covers while a watch catches up after a broken
+// connection (etcd-io/etcd#15220). Token records are not awaited (they
+// feed the kernel side's index, not the decision), nor deletions (rules
+// are removed only past their expiry; keys only once retired).
 func (s *Store) Progress(ctx context.Context) (int64, error) {
 	if err := s.usable(ctx); err != nil {
 		return 0, err
 	}
-	rev, err := s.currentRevision(ctx)
+	s.mu.Lock()
+	sess, seen := s.session, s.dispatched
+	s.mu.Unlock()
+	if sess == nil {
+		return 0, fmt.Errorf("progress: the etcd watch is being re-established")
+	}
+	changed := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMinModRev(seen + 1)}
+	resp, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(s.key(nsRevocations, ""), changed...),
+		clientv3.OpGet(s.key(nsKeys, ""), changed...),
+	).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("progress: %w", s.fail(ctx, err))
 	}
-	w := &progressWaiter{rev: rev, done: make(chan int64, 1)}
+	w := &progressWaiter{rev: resp.Header.Revision, done: make(chan struct{})}
+	for _, r := range resp.Responses {
+		for _, kv := range r.GetResponseRange().GetKvs() {
+			w.need = max(w.need, kv.ModRevision)
+		}
+	}
 	s.mu.Lock()
-	sess := s.session
-	if sess == nil {
+	if s.session != sess {
 		s.mu.Unlock()
-		return 0, fmt.Errorf("progress: the etcd watch is being re-established")
+		return 0, fmt.Errorf("progress: the etcd watch was re-established meanwhile")
 	}
 	s.progress = append(s.progress, w)
+	s.progressedLocked()
 	s.mu.Unlock()
-	defer s.dropProgress(w)
-	// The request goes on the session's stream (the same metadata), whose
-	// context ends with the session; a new stream is never opened on ctx.
-	errc := make(chan error, 1)
-	go func() { errc <- s.cli.RequestProgress(sess.ctx) }()
-	for {
-		select {
-		case reached := <-w.done:
-			return reached, nil
-		case err := <-errc:
-			if err != nil {
-				return 0, fmt.Errorf("progress: request: %w", s.fail(ctx, err))
-			}
-			errc = nil
-		case <-ctx.Done():
-			return 0, fmt.Errorf("progress: revision %d not reached by the watch: %w", rev, ctx.Err())
-		}
+	select {
+	case <-w.done:
+		return w.rev, nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		s.dropProgressLocked(w)
+		s.mu.Unlock()
+		return 0, fmt.Errorf("progress: changes up to revision %d not delivered by the watch (at %d): %w", w.need, seen, ctx.Err())
 	}
 }
 
-func (s *Store) dropProgress(w *progressWaiter) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func (s *Store) dropProgressLocked(w *progressWaiter) {
 	for i, x := range s.progress {
 		if x == w {
 			s.progress = append(s.progress[:i], s.progress[i+1:]...)
@@ -75,20 +84,20 @@ func (s *Store) dropProgress(w *progressWaiter) {
 	}
 }
 
-// reached is called by the watch's one goroutine once it has dispatched
-// every change up to rev: Progress calls waiting for rev or less get an
-// EventProgress sent to every ready watcher first, then return.
-func (s *Store) reached(rev int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if rev == 0 || len(s.progress) == 0 {
+// progressedLocked answers the Progress calls whose changes have all been
+// dispatched: every ready watcher is sent one EventProgress at the newest
+// of their revisions, after those changes. s.mu must be held.
+func (s *Store) progressedLocked() {
+	if len(s.progress) == 0 {
 		return
 	}
 	keep := s.progress[:0]
 	var due []*progressWaiter
+	var rev int64
 	for _, w := range s.progress {
-		if w.rev <= rev {
+		if w.need <= s.dispatched {
 			due = append(due, w)
+			rev = max(rev, w.rev)
 		} else {
 			keep = append(keep, w)
 		}
@@ -104,6 +113,6 @@ func (s *Store) reached(rev int64) {
 		}
 	}
 	for _, w := range due {
-		w.done <- rev
+		close(w.done)
 	}
 }

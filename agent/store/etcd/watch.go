@@ -41,7 +41,6 @@ var errWatchClosed = errors.New("etcd watch channel closed")
 // starts.
 type session struct {
 	from   int64 // the first revision it delivers
-	ctx    context.Context
 	cancel context.CancelFunc
 }
 
@@ -135,12 +134,15 @@ func (s *Store) activateLocked(w *watcher) {
 	}
 }
 
-// dispatch hands the events of one etcd watch response to every watcher
-// without blocking. One goroutine calls it, so every watcher sees the one
+// dispatch hands the events of one etcd watch response, up to revision
+// last, to every watcher without blocking, then answers the Progress calls
+// this completes. One goroutine calls it, so every watcher sees the one
 // commit order.
-func (s *Store) dispatch(evs []revEvent) {
+func (s *Store) dispatch(evs []revEvent, last int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.progressedLocked()
+	s.dispatched = max(s.dispatched, last)
 	for w := range s.watchers {
 		for _, e := range evs {
 			if w.ready {
@@ -212,7 +214,10 @@ func (s *Store) startSession(ctx context.Context, from int64) (clientv3.WatchCha
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.session = &session{from: from, ctx: wctx, cancel: cancel}
+	s.session = &session{from: from, cancel: cancel}
+	// Nothing before from comes from this session: watchers it activates
+	// loaded those changes themselves.
+	s.dispatched = max(s.dispatched, from-1)
 	for w := range s.watchers {
 		if !w.ready && w.minRev != 0 {
 			s.activateLocked(w)
@@ -309,12 +314,9 @@ func (s *Store) consume(wch clientv3.WatchChan, from int64) (last int64, err err
 				evs = append(evs, revEvent{rev: e.Kv.ModRevision, ev: ev})
 			}
 		}
-		if len(evs) > 0 {
-			s.dispatch(evs)
+		if len(resp.Events) > 0 {
+			s.dispatch(evs, last)
 		}
-		// Every change up to the response's revision has now been
-		// dispatched: a progress notification says so with no events.
-		s.reached(resp.Header.Revision)
 	}
 	if err := s.ctx.Err(); err != nil {
 		return last, err
