@@ -3,10 +3,15 @@ package agent
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -332,4 +337,100 @@ func TestStoreFaults(t *testing.T) {
 		m.converged(time.Now())
 		m.verify()
 	})
+}
+
+// TestPausedAgentNeverAllowsOnStaleRules attacks a node resumed after
+// SIGSTOP: a real agent process (--stale-action=serve, the permissive
+// default) is stopped, a token it allowed is revoked on another node, the
+// bound passes, and a check reaches the stopped process's socket. Resumed,
+// that first check must be denied: the node confirms its view before
+// deciding on rules it last confirmed before the pause.
+func TestPausedAgentNeverAllowsOnStaleRules(t *testing.T) {
+	e, err := etcdtest.StartProcess(t.TempDir())
+	if err != nil {
+		if os.Getenv("TOKENWARDEN_REQUIRE_BPF") == "" {
+			t.Skipf("real etcd: %v", err)
+		}
+		t.Fatalf("real etcd: %v", err)
+	}
+	t.Cleanup(e.Kill)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "tokenwarden")
+	if out, err := exec.Command("go", "build", "-o", bin, "..").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	kek := writeKEK(t, store.KEKSize)
+	prefix := "/tokenwarden-pause/"
+	a := startAgentWith(t, Config{StoreBackend: StoreEtcd, EtcdEndpoints: []string{e.Endpoint}, EtcdPrefix: prefix, KEKFile: kek})
+
+	admin, authzAddr := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(bin, "serve", "--data-dir", filepath.Join(dir, "data"), "--policy", "../deploy/policy.example.yaml", "--env", "dev",
+		"--store", "etcd", "--etcd-endpoints", e.Endpoint, "--etcd-prefix", prefix, "--kek-file", kek,
+		"--max-staleness", faultMaxStaleness.String(), "--stale-action", "serve",
+		"--admin", admin, "--metrics", "127.0.0.1:0", "--authz-grpc", "", "--authz-http", authzAddr, "--xds", "", "--bpf", "off", "--log-level", "error")
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGCONT)
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	client := &http.Client{Timeout: 10 * time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := client.Get("http://" + admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent process is not ready after 20s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	for trial := range 3 {
+		token, id := issue(t, a, `{"subject":"svc-pause","class":"service","scopes":["orders:read"]}`)
+		if st, err := check(client, authzAddr, token); err != nil || st != http.StatusOK {
+			t.Fatalf("trial %d: a fresh token on the process: %d %v", trial, st, err)
+		}
+		if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		if st, out := call(t, "POST", "http://"+a.AdminAddr+"/v1/tokens/"+id+"/revoke", readToken(t, a.AdminTokenFile), `{"reason":"pause test"}`); st != http.StatusCreated && st != http.StatusAccepted {
+			t.Fatalf("revoke: %d %v", st, out)
+		}
+		time.Sleep(faultMaxStaleness + 200*time.Millisecond)
+		got := make(chan int, 1)
+		go func() {
+			st, err := check(client, authzAddr, token) // queued on the stopped process's socket
+			if err != nil {
+				st = 0
+			}
+			got <- st
+		}()
+		time.Sleep(50 * time.Millisecond)
+		if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		if st := <-got; st != http.StatusUnauthorized {
+			t.Errorf("trial %d: the first check after the pause answered %d, want 401 (revoked)", trial, st)
+		}
+	}
+}
+
+// freeAddr is a loopback address nothing listens on (as far as one can
+// tell: another process may take it before it is used).
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

@@ -31,6 +31,10 @@ const (
 	// meets it once: with the store reachable, a confirmation takes a
 	// round trip or two.
 	ConfirmWait = 500 * time.Millisecond
+
+	// MaxPollEvery caps the interval between two confirmations (a failed
+	// one, at start or in an outage, is tried again this soon).
+	MaxPollEvery = 500 * time.Millisecond
 )
 
 // Action is what a node does with a check once its view is stale
@@ -57,8 +61,9 @@ type Config struct {
 	Confirm func(ctx context.Context) error
 	// MaxStaleness is the bound (DefaultMaxStaleness when zero).
 	MaxStaleness time.Duration
-	// PollEvery is how often Run confirms (MaxStaleness/4 when zero): a
-	// reachable store keeps the view fresh without any check waiting.
+	// PollEvery is how often Run confirms (MaxStaleness/4, at most
+	// MaxPollEvery, when zero): a reachable store keeps the view fresh
+	// without any check waiting.
 	PollEvery time.Duration
 	Action    Action // ActionServe when empty
 	// Now is a monotonic clock (time.Now when nil): a paused process must
@@ -100,7 +105,7 @@ func New(cfg Config) (*Tracker, error) {
 	if cfg.MaxStaleness < 0 {
 		return nil, fmt.Errorf("freshness: max staleness %v is negative", cfg.MaxStaleness)
 	}
-	cfg.PollEvery = cmp.Or(cfg.PollEvery, cfg.MaxStaleness/4)
+	cfg.PollEvery = cmp.Or(cfg.PollEvery, min(cfg.MaxStaleness/4, MaxPollEvery))
 	cfg.Action = cmp.Or(cfg.Action, ActionServe)
 	if cfg.Action != ActionServe && cfg.Action != ActionDeny {
 		return nil, fmt.Errorf("freshness: stale action %q is neither %q nor %q", cfg.Action, ActionServe, ActionDeny)
