@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/kernel"
 )
@@ -37,6 +38,8 @@ func TestBadConfigTouchesNothingOnDisk(t *testing.T) {
 		"relative authz socket":     {func(c *Config) { c.AuthzGRPCAddr = "unix://run/authz.sock" }, "AuthzGRPCAddr"},
 		"xds address":               {func(c *Config) { c.XDSAddr = "localhost" }, "XDSAddr"},
 		"negative cache":            {func(c *Config) { c.CacheSize = -1 }, "CacheSize"},
+		"negative staleness":        {func(c *Config) { c.MaxStaleness = -time.Second }, "MaxStaleness"},
+		"unknown stale action":      {func(c *Config) { c.StaleAction = "allow" }, "StaleAction"},
 		"no environment":            {func(c *Config) { c.Env = "" }, "Env"},
 	}
 	for name, tc := range tests {
