@@ -114,7 +114,7 @@ func New(cfg Config) (*Tracker, error) {
 		cfg.Now = time.Now
 	}
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	t := &Tracker{cfg: cfg, base: cfg.Now(), lastErr: errors.New("not confirmed yet"), stale: true}
+	t := &Tracker{cfg: cfg, base: cfg.Now(), lastErr: errors.New("not confirmed yet")}
 	t.confirmedAt.Store(-1)
 	return t, nil
 }
@@ -134,13 +134,13 @@ func (t *Tracker) Admit() bool {
 
 func (t *Tracker) admitStale() bool {
 	if t.since() < t.knownStaleUntil.Load() {
-		t.start() // a confirmation failed lately: try again, but do not wait
+		t.start(false) // a confirmation failed lately: try again, but do not wait
 		return t.cfg.Action == ActionServe
 	}
 	timer := time.NewTimer(ConfirmWait)
 	defer timer.Stop()
 	for {
-		f := t.start()
+		f := t.start(false)
 		select {
 		case <-f.done:
 		case <-timer.C:
@@ -157,12 +157,24 @@ func (t *Tracker) admitStale() bool {
 	}
 }
 
-// start returns the confirmation running, or starts one.
-func (t *Tracker) start() *flight {
+// confirmed is the answer of a confirmation that just ended well.
+var confirmed = func() *flight {
+	f := &flight{done: make(chan struct{}), ok: true}
+	close(f.done)
+	return f
+}()
+
+// start returns the confirmation running, or starts one. Unless forced, a
+// view found fresh meanwhile (a confirmation ended since the caller looked)
+// needs none.
+func (t *Tracker) start(force bool) *flight {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.flight != nil {
 		return t.flight
+	}
+	if !force && t.since() < t.freshUntil.Load() {
+		return confirmed
 	}
 	f := &flight{done: make(chan struct{})}
 	t.flight = f
@@ -206,7 +218,7 @@ func (t *Tracker) Confirm() bool {
 	if t == nil {
 		return true
 	}
-	f := t.start()
+	f := t.start(true)
 	<-f.done
 	return f.ok
 }

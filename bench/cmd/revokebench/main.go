@@ -1,5 +1,6 @@
 // Command revokebench measures revoke -> denied on every agent of a mesh:
-// a real etcd process (Debian's etcd-server), N in-process agents sharing
+// a real etcd process (Debian's etcd-server), N agent processes (the
+// tokenwarden binary, built from this module unless -bin names one) sharing
 // it, revocations alternating by token id and by subject, each made on one
 // agent (in turn) through the admin API, while every agent is asked about
 // the token over ext_authz HTTP mode until it denies. It prints a markdown
@@ -16,9 +17,10 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"log/slog"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -26,8 +28,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tokenwarden/tokenwarden/agent"
-	"github.com/tokenwarden/tokenwarden/agent/kernel"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	etcdstore "github.com/tokenwarden/tokenwarden/agent/store/etcd"
 	"github.com/tokenwarden/tokenwarden/agent/store/etcd/etcdtest"
@@ -38,6 +38,7 @@ func main() {
 	revocations := flag.Int("revocations", 200, "revocations per round (half by id, half by subject)")
 	recordsFlag := flag.String("records", "0,20000", "token records stored before each round (comma-separated rounds)")
 	policyPath := flag.String("policy", "deploy/policy.example.yaml", "policy file")
+	binFlag := flag.String("bin", "", "tokenwarden binary (default: go build . into a temporary directory; run from the repository root)")
 	flag.Parse()
 	var rounds []int
 	for f := range strings.SplitSeq(*recordsFlag, ",") {
@@ -52,6 +53,13 @@ func main() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
+	bin := *binFlag
+	if bin == "" {
+		bin = filepath.Join(dir, "tokenwarden")
+		if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+			log.Fatalf("go build: %v\n%s", err, out)
+		}
+	}
 	e, err := etcdtest.StartProcess(dir)
 	if err != nil {
 		log.Fatal(err)
@@ -66,7 +74,7 @@ func main() {
 	fmt.Println("| records stored | kind | revocations | p50 | p99 | max |")
 	fmt.Println("|---:|---|---:|---:|---:|---:|")
 	for i, n := range rounds {
-		b := &bench{dir: filepath.Join(dir, fmt.Sprint(i)), endpoint: e.Endpoint, prefix: fmt.Sprintf("/revokebench/%d/", i), kek: kek, policy: *policyPath}
+		b := &bench{bin: bin, dir: filepath.Join(dir, fmt.Sprint(i)), endpoint: e.Endpoint, prefix: fmt.Sprintf("/revokebench/%d/", i), kek: kek, policy: *policyPath}
 		res, err := b.run(*agents, *revocations, n)
 		if err != nil {
 			log.Fatal(err)
@@ -80,9 +88,14 @@ func main() {
 }
 
 type bench struct {
-	dir, endpoint, prefix, kek, policy string
-	nodes                              []agent.Ready
-	client                             *http.Client
+	bin, dir, endpoint, prefix, kek, policy string
+	nodes                                   []node
+	client                                  *http.Client
+}
+
+// node is one agent process.
+type node struct {
+	admin, authz, tokenFile string
 }
 
 func (b *bench) run(agents, revocations, records int) (map[string][]time.Duration, error) {
@@ -91,32 +104,13 @@ func (b *bench) run(agents, revocations, records int) (map[string][]time.Duratio
 	if err := b.storeRecords(ctx, records); err != nil {
 		return nil, err
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
 	for i := range agents {
-		ready := make(chan agent.Ready, 1)
-		a, err := agent.New(ctx, agent.Config{
-			DataDir: filepath.Join(b.dir, fmt.Sprint(i)), PolicyPath: b.policy, Env: "dev", BPF: kernel.ModeOff,
-			StoreBackend: agent.StoreEtcd, EtcdEndpoints: []string{b.endpoint}, EtcdPrefix: b.prefix, KEKFile: b.kek,
-			AdminAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0", AuthzHTTPAddr: "127.0.0.1:0",
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), OnReady: func(r agent.Ready) { ready <- r },
-		})
+		n, stop, err := b.start(filepath.Join(b.dir, fmt.Sprint(i)))
 		if err != nil {
 			return nil, err
 		}
-		wg.Go(func() {
-			if err := a.Run(ctx); err != nil {
-				log.Printf("agent %d: %v", i, err)
-			}
-			a.Close()
-		})
-		select {
-		case r := <-ready:
-			b.nodes = append(b.nodes, r)
-		case <-time.After(60 * time.Second):
-			return nil, fmt.Errorf("agent %d not ready", i)
-		}
+		defer stop()
+		b.nodes = append(b.nodes, n)
 	}
 	b.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 
@@ -130,7 +124,7 @@ func (b *bench) run(agents, revocations, records int) (map[string][]time.Duratio
 		}
 		for _, n := range b.nodes { // allowed everywhere first (and cached)
 			if st, err := b.check(n, token); err != nil || st != http.StatusOK {
-				return nil, fmt.Errorf("fresh token on %s: %d %v", n.AdminAddr, st, err)
+				return nil, fmt.Errorf("fresh token on %s: %d %v", n.admin, st, err)
 			}
 		}
 		on := b.nodes[(i+1)%len(b.nodes)]
@@ -162,6 +156,41 @@ func (b *bench) run(agents, revocations, records int) (map[string][]time.Duratio
 		res[kind] = append(res[kind], last)
 	}
 	return res, nil
+}
+
+// start runs one agent process and waits until it is ready.
+func (b *bench) start(dir string) (node, func(), error) {
+	n := node{admin: freeAddr(), authz: freeAddr(), tokenFile: filepath.Join(dir, "admin.token")}
+	cmd := exec.Command(b.bin, "serve", "--data-dir", dir, "--policy", b.policy, "--env", "dev",
+		"--store", "etcd", "--etcd-endpoints", b.endpoint, "--etcd-prefix", b.prefix, "--kek-file", b.kek,
+		"--admin", n.admin, "--metrics", "127.0.0.1:0", "--authz-grpc", "", "--authz-http", n.authz, "--xds", "",
+		"--bpf", "off", "--log-level", "error")
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		return n, nil, err
+	}
+	stop := func() { cmd.Process.Kill(); cmd.Wait() }
+	client := &http.Client{Timeout: time.Second}
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		resp, err := client.Get("http://" + n.admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return n, stop, nil
+			}
+		}
+	}
+	stop()
+	return n, nil, fmt.Errorf("agent in %s not ready after 60s", dir)
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // storeRecords writes n token records straight into the store, as weeks of
@@ -199,7 +228,7 @@ func (b *bench) storeRecords(ctx context.Context, n int) error {
 	return <-errs
 }
 
-func (b *bench) issue(n agent.Ready, subject string) (token, id string, err error) {
+func (b *bench) issue(n node, subject string) (token, id string, err error) {
 	var out struct {
 		Token  string `json:"token"`
 		Record struct {
@@ -213,12 +242,12 @@ func (b *bench) issue(n agent.Ready, subject string) (token, id string, err erro
 	return out.Token, out.Record.ID, err
 }
 
-func (b *bench) admin(n agent.Ready, path, body string, out any) (int, error) {
-	tok, err := os.ReadFile(n.AdminTokenFile)
+func (b *bench) admin(n node, path, body string, out any) (int, error) {
+	tok, err := os.ReadFile(n.tokenFile)
 	if err != nil {
 		return 0, err
 	}
-	req, _ := http.NewRequest("POST", "http://"+n.AdminAddr+path, strings.NewReader(body))
+	req, _ := http.NewRequest("POST", "http://"+n.admin+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
 	resp, err := b.client.Do(req)
 	if err != nil {
@@ -235,8 +264,8 @@ func (b *bench) admin(n agent.Ready, path, body string, out any) (int, error) {
 }
 
 // check asks node n's ext_authz HTTP mode about token, as Envoy would.
-func (b *bench) check(n agent.Ready, token string) (int, error) {
-	req, _ := http.NewRequest("GET", "http://"+n.Listeners["authz-http"]+"/envoy/orders/orders/42", nil)
+func (b *bench) check(n node, token string) (int, error) {
+	req, _ := http.NewRequest("GET", "http://"+n.authz+"/envoy/orders/orders/42", nil)
 	req.Host = "orders"
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := b.client.Do(req)
