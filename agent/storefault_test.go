@@ -27,9 +27,8 @@ const (
 	// converge is how soon after the store is back every agent must be
 	// ready and enforce every acknowledged revocation.
 	converge = 2 * time.Second
-	// slack covers the etcd 3.4 progress notification that may overtake
-	// the last events it covers (etcdstore.Progress) and the test's own
-	// timing of a check.
+	// slack covers the test's own timing of a check (its send time is
+	// taken just before the request leaves).
 	slack = 100 * time.Millisecond
 )
 

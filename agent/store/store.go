@@ -183,10 +183,10 @@ type Event struct {
 // Progresser is a store whose watches may lag its writes (etcd: another
 // node writes, the link to the cluster breaks). Progress reads the store's
 // revision now, as a linearizable read, and returns it once every running
-// watch has been sent an EventProgress at or past it, after every change
-// up to it: a watcher that reads that event has seen every write
-// acknowledged before Progress was called. A store without it (bolt: one
-// node, every write seen at once) is always current.
+// watch has been sent an EventProgress at it, after every revocation rule
+// and signing key change up to it: a watcher that reads that event has
+// every rule and key written before Progress was called. A store without
+// it (bolt: one node, every write seen at once) is always current.
 type Progresser interface {
 	Progress(ctx context.Context) (int64, error)
 }
