@@ -164,7 +164,8 @@ const (
 	EventToken      EventKind = "token"
 	EventRevocation EventKind = "revocation"
 	// EventProgress is a barrier, delivered only after a Progress call
-	// (Progresser): every change up to Revision was delivered before it.
+	// (Progresser): every revocation rule and signing key change up to
+	// Revision was delivered before it.
 	EventProgress EventKind = "progress"
 )
 
