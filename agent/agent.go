@@ -23,6 +23,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/anomaly"
 	"github.com/tokenwarden/tokenwarden/agent/audit"
 	"github.com/tokenwarden/tokenwarden/agent/authz"
+	"github.com/tokenwarden/tokenwarden/agent/freshness"
 	"github.com/tokenwarden/tokenwarden/agent/issuer"
 	"github.com/tokenwarden/tokenwarden/agent/kernel"
 	"github.com/tokenwarden/tokenwarden/agent/listen"
@@ -48,6 +49,7 @@ type Agent struct {
 	store      store.Store
 	audit      *audit.Log
 	replica    *replica.Replica
+	fresh      *freshness.Tracker // nil: a store with one node, always current
 	issuer     *issuer.Issuer
 	revoker    *revoke.Revoker
 	cache      *revocation.Cache
@@ -124,6 +126,16 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		}
 	}
 	a.replica = replica.New(replica.Config{ReloadKeys: a.reloadKeys, Now: cfg.Now, Logger: cfg.Logger})
+	var admit authz.Admitter
+	if p, ok := a.store.(store.Progresser); ok {
+		if a.fresh, err = freshness.New(freshness.Config{
+			Confirm:      func(ctx context.Context) error { return a.replica.Confirm(ctx, p) },
+			MaxStaleness: cfg.MaxStaleness, Action: freshness.Action(cfg.StaleAction), Logger: cfg.Logger,
+		}); err != nil {
+			return nil, err
+		}
+		admit = a.fresh
+	}
 	a.decider = policy.NewDecider(policy.DeciderConfig{
 		Env: cfg.Env, Policy: p, Keys: policy.NewKeySet(nil), Cache: a.cache, CacheStats: a.metrics, Revocations: a.replica.Revocations(),
 	})
@@ -188,6 +200,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if a.authz, err = authz.New(authz.Config{
 		Decider: a.decider, Now: cfg.Now, StripAuthorization: cfg.StripAuthorization, ClientCertHeader: cfg.ClientCertHeader,
 		Observer: authz.ObserverFunc(a.observeCheck), Metrics: a.metrics, ListenerMetrics: a.conns, Logger: cfg.Logger,
+		Freshness: admit,
 	}); err != nil {
 		return nil, err
 	}
@@ -237,6 +250,10 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		revocation.RulesGauge(a.replica.Revocations()),
 		revocation.CacheGauge(a.cache),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tokenwarden_store_staleness_seconds",
+			Help: "Age of this node's view of the store: time since it last confirmed it had applied every change (0 with the one-node store). Past --max-staleness the node is not ready and checks follow --stale-action.",
+		}, func() float64 { return a.fresh.Staleness().Seconds() }),
 	)
 	return a, nil
 }
@@ -289,7 +306,10 @@ func (a *Agent) readiness() error {
 	if !a.ready.Load() {
 		return errors.New("not serving (starting or shutting down)")
 	}
-	return a.replica.Gap()
+	if err := a.replica.Gap(); err != nil {
+		return err
+	}
+	return a.fresh.Err()
 }
 
 func (a *Agent) reloadKeys(ctx context.Context) error {

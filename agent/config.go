@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/authz"
+	"github.com/tokenwarden/tokenwarden/agent/freshness"
 	"github.com/tokenwarden/tokenwarden/agent/kernel"
 	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/agent/retention"
@@ -83,6 +84,13 @@ type Config struct {
 	// Kubernetes Secret). Required with StoreEtcd; with StoreBolt the
 	// default is DataDir/kek, created on first start.
 	KEKFile string
+	// MaxStaleness bounds how old this node's view of the etcd store may
+	// be (freshness.DefaultMaxStaleness when zero); past it /readyz fails
+	// and checks are decided under StaleAction: ActionServe (the default)
+	// keeps deciding on the rules the node has, ActionDeny denies every
+	// check with store_unavailable (503). No effect with StoreBolt.
+	MaxStaleness time.Duration
+	StaleAction  string
 
 	// NodeName names this node's audit chain head in the store (default:
 	// DefaultNodeName). Nodes sharing a store need distinct names.
@@ -134,6 +142,9 @@ const (
 	DefaultMetricsTokenLabels = string(usage.LabelsNone)
 	DefaultBPF                = kernel.ModeAuto
 	DefaultStore              = StoreBolt
+	DefaultStaleAction        = string(freshness.ActionServe)
+	// DefaultMaxStaleness is freshness.DefaultMaxStaleness.
+	DefaultMaxStaleness = freshness.DefaultMaxStaleness
 
 	// DefaultPolicyPoll is how often the policy file is checked for
 	// changes. A poll of the content (not inotify) also sees Kubernetes
@@ -202,6 +213,8 @@ func (c Config) withDefaults() Config {
 	c.BPF = cmp.Or(c.BPF, DefaultBPF)
 	c.StoreBackend = cmp.Or(c.StoreBackend, DefaultStore)
 	c.EtcdPrefix = cmp.Or(c.EtcdPrefix, DefaultEtcdPrefix)
+	c.MaxStaleness = cmp.Or(c.MaxStaleness, DefaultMaxStaleness)
+	c.StaleAction = cmp.Or(c.StaleAction, DefaultStaleAction)
 	c.CacheSize = cmp.Or(c.CacheSize, DefaultCacheSize)
 	c.TopTokens = cmp.Or(c.TopTokens, DefaultTopTokens)
 	c.MetricsTokenLabels = cmp.Or(c.MetricsTokenLabels, DefaultMetricsTokenLabels)
@@ -265,6 +278,12 @@ func (c Config) Validate() error {
 		errs = append(errs, fieldErr("StoreBackend", c.StoreBackend, "want %s or %s", StoreBolt, StoreEtcd))
 	}
 	errs = append(errs, c.validateTLS()...)
+	if c.MaxStaleness < 0 {
+		errs = append(errs, fieldErr("MaxStaleness", c.MaxStaleness.String(), "want a positive duration, e.g. 2s"))
+	}
+	if a := freshness.Action(c.StaleAction); a != freshness.ActionServe && a != freshness.ActionDeny {
+		errs = append(errs, fieldErr("StaleAction", c.StaleAction, "want %s or %s", freshness.ActionServe, freshness.ActionDeny))
+	}
 	if c.AuditMaxBytes < 0 {
 		errs = append(errs, fieldErr("AuditMaxBytes", fmt.Sprint(c.AuditMaxBytes), "want a positive number of bytes"))
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/kernel"
 	"github.com/tokenwarden/tokenwarden/agent/listen"
@@ -49,6 +50,8 @@ func TestBadConfigTouchesNothingOnDisk(t *testing.T) {
 			c.AuthzGRPCAddr = "unix:///run/authz.sock"
 			c.TLS = listen.TLSFiles{CertFile: "/c", KeyFile: "/k", ClientCAs: listen.ClientCAs{AuthzGRPC: "/ca"}}
 		}, "TLS.ClientCAs.AuthzGRPC"},
+		"negative staleness":   {func(c *Config) { c.MaxStaleness = -time.Second }, "MaxStaleness"},
+		"unknown stale action": {func(c *Config) { c.StaleAction = "allow" }, "StaleAction"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

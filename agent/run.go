@@ -50,6 +50,7 @@ func (a *Agent) records() []task {
 func (a *Agent) foundation() []task {
 	return []task{
 		{"replica", func(ctx context.Context) error { return a.replica.Run(ctx, a.store) }},
+		{"freshness", loop(a.fresh.Run)},
 		{"audit-use", loop(a.use.Run)},
 	}
 }

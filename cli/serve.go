@@ -155,6 +155,8 @@ func serveFlagsOf(cmd *cobra.Command, cfg *agent.Config, logLevel, logFormat *st
 	f.StringVar(&cfg.Etcd.PasswordFile, "etcd-password-file", "", "file holding the etcd user's password (mode 0600 or stricter)")
 	f.DurationVar(&cfg.Etcd.DialTimeout, "etcd-dial-timeout", 5*time.Second, "how long start-up waits for etcd to answer")
 	f.DurationVar(&cfg.Etcd.RequestTimeout, "etcd-request-timeout", 5*time.Second, "bound on each etcd read or write")
+	f.DurationVar(&cfg.MaxStaleness, "max-staleness", agent.DefaultMaxStaleness, "with --store=etcd: how old this node's view of the store may be; past it /readyz fails and checks follow --stale-action (docs/operations.md)")
+	f.StringVar(&cfg.StaleAction, "stale-action", agent.DefaultStaleAction, "with --store=etcd, once the view is older than --max-staleness: serve (keep deciding on the rules this node has) or deny (deny every check, store_unavailable, 503)")
 	f.StringVar(&cfg.KEKFile, "kek-file", "", "key-encryption key (32 bytes) sealing the signing keys; required with --store=etcd, where every agent mounts the same Secret (default: <data-dir>/kek, created on first start)")
 	f.IntVar(&cfg.CacheSize, "cache-size", agent.DefaultCacheSize, "verified tokens remembered (LRU)")
 	f.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name, under which its audit chain head is recorded in the store; distinct per node sharing a store (env NODE_NAME; default: the host name and a digest of --data-dir)")
@@ -184,6 +186,7 @@ var serveFlags = map[string]string{
 	"TLS.CertFile": "--tls-cert-file", "TLS.KeyFile": "--tls-key-file", "TLS.MinVersion": "--tls-min-version",
 	"TLS.ClientCAs.Admin": "--admin-client-ca", "TLS.ClientCAs.Metrics": "--metrics-client-ca",
 	"TLS.ClientCAs.AuthzGRPC": "--authz-grpc-client-ca", "TLS.ClientCAs.AuthzHTTP": "--authz-http-client-ca", "TLS.ClientCAs.XDS": "--xds-client-ca",
+	"MaxStaleness": "--max-staleness", "StaleAction": "--stale-action",
 }
 
 // fieldNames matches the Config field names the agent's errors use.

@@ -45,6 +45,7 @@ func TestReasonStatusAndChallenge(t *testing.T) {
 		policy.ReasonSenderMismatch:        {http.StatusUnauthorized, invalid(policy.ReasonSenderMismatch) + `, DPoP algs="ES256 EdDSA", error="invalid_token", error_description="sender_mismatch"`},
 		policy.ReasonDPoPInvalid:           {http.StatusUnauthorized, `DPoP algs="ES256 EdDSA", error="invalid_dpop_proof", error_description="dpop_invalid"`},
 		policy.ReasonDPoPReplayed:          {http.StatusUnauthorized, `DPoP algs="ES256 EdDSA", error="invalid_dpop_proof", error_description="dpop_replayed"`},
+		policy.ReasonStoreUnavailable:      {http.StatusServiceUnavailable, ""}, // nothing about the token: no challenge
 	}
 	if len(tests) != len(policy.Reasons) {
 		t.Errorf("the table has %d reasons, policy.Reasons %d", len(tests), len(policy.Reasons))

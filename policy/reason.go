@@ -38,6 +38,11 @@ const (
 	// missing or repeated original-request header): the proxy's auth
 	// configuration is wrong, not the client's token.
 	ReasonProxyMisconfigured Reason = "proxy_misconfigured"
+	// ReasonStoreUnavailable: this node's view of the shared store is older
+	// than its bound and its stale action is deny; nothing about the token
+	// was checked. 503, so that a client and an operator tell it from a
+	// token fault.
+	ReasonStoreUnavailable Reason = "store_unavailable"
 )
 
 // Reasons lists every reason code, for metrics pre-registration and docs.
@@ -47,6 +52,7 @@ var Reasons = []Reason{
 	ReasonLifetimeExceedsPolicy, ReasonWrongEnvironment, ReasonUnknownClass,
 	ReasonRevoked, ReasonInsufficientScope, ReasonNoMatchingRoute, ReasonInternalError,
 	ReasonSenderMismatch, ReasonDPoPInvalid, ReasonDPoPReplayed, ReasonProxyMisconfigured,
+	ReasonSenderMismatch, ReasonDPoPInvalid, ReasonDPoPReplayed, ReasonStoreUnavailable,
 }
 
 // Status is the HTTP status of a decision with this reason (RFC 6750):
@@ -55,9 +61,12 @@ var Reasons = []Reason{
 // policy allows, of a class the policy no longer has, revoked, presented by a
 // sender it is not bound to), 403 for scope, environment and route faults (the
 // token is fine but not for this request), 200 when allowed. An internal
-// fault denies with 403.
+// fault denies with 403. A node whose view of the store is too stale to
+// decide answers 503.
 func (r Reason) Status() int {
 	switch r {
+	case ReasonStoreUnavailable:
+		return http.StatusServiceUnavailable
 	case ReasonAllowed, ReasonPublicRoute:
 		return http.StatusOK
 	case ReasonInsufficientScope, ReasonWrongEnvironment, ReasonNoMatchingRoute:
@@ -129,6 +138,8 @@ func (r Reason) Message() string {
 		return "the DPoP proof was used before"
 	case ReasonProxyMisconfigured:
 		return "the proxy did not say which request to check; denied"
+	case ReasonStoreUnavailable:
+		return "this node cannot confirm it knows the latest revocations; denied, try again shortly"
 	}
 	return ""
 }

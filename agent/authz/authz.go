@@ -75,11 +75,22 @@ type Config struct {
 	// with it (docs/binding.md). Empty (the default): HTTP mode never reads
 	// a peer identity, and workload-bound tokens are denied there.
 	ClientCertHeader string
+	// Freshness, when set, is asked before every decision whether this
+	// node's view of the store is fresh enough to decide on
+	// (freshness.Tracker); false denies the check with store_unavailable
+	// (503). Nil: the view is always fresh (one node).
+	Freshness Admitter
 }
+
+// Admitter says whether a check may be decided on the rules this node
+// has. It is called on every check: one atomic load and one clock read
+// while the view is fresh.
+type Admitter interface{ Admit() bool }
 
 // Server answers checks over gRPC and HTTP. It is safe for concurrent use.
 type Server struct {
 	decider         *policy.Decider
+	fresh           Admitter
 	now             func() time.Time
 	observer        Observer
 	metrics         *Metrics
@@ -110,6 +121,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		decider:         cfg.Decider,
+		fresh:           cfg.Freshness,
 		now:             cfg.Now,
 		observer:        cfg.Observer,
 		metrics:         cfg.Metrics,
@@ -162,6 +174,9 @@ func (s *Server) decide(req policy.Request) (dec policy.Decision) {
 			dec = denyDecision(policy.ReasonInternalError)
 		}
 	}()
+	if s.fresh != nil && !s.fresh.Admit() {
+		return denyDecision(policy.ReasonStoreUnavailable)
+	}
 	return s.decider.Decide(req, s.now())
 }
 

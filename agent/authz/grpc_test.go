@@ -81,8 +81,11 @@ func headerValues(opts []*corev3.HeaderValueOption) map[string]string {
 func assertGRPCDenial(t *testing.T, resp *authv3.CheckResponse, r policy.Reason) {
 	t.Helper()
 	wantCode := code.Code_PERMISSION_DENIED
-	if r.Status() == 401 {
+	switch r.Status() {
+	case 401:
 		wantCode = code.Code_UNAUTHENTICATED
+	case 503:
+		wantCode = code.Code_UNAVAILABLE
 	}
 	if got := code.Code(resp.GetStatus().GetCode()); got != wantCode {
 		t.Errorf("status code = %v, want %v", got, wantCode)

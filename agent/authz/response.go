@@ -44,8 +44,13 @@ func newDenial(r policy.Reason) *denial {
 		panic("authz: marshal deny body: " + err.Error()) // two strings cannot fail
 	}
 	grpcCode := code.Code_PERMISSION_DENIED
-	if r.Status() == 401 {
+	switch r.Status() {
+	case 401:
 		grpcCode = code.Code_UNAUTHENTICATED
+	case 503:
+		// Still a check response, not a failed call: Envoy denies with
+		// the 503 and body below whatever its failure_mode_allow says.
+		grpcCode = code.Code_UNAVAILABLE
 	}
 	headers := []*corev3.HeaderValueOption{
 		{Header: &corev3.HeaderValue{Key: "content-type", Value: contentTypeJSON[0]}, Append: overwrite},

@@ -51,6 +51,13 @@ type Replica struct {
 
 	timersMu sync.Mutex
 	timers   map[int64]*time.Timer // future effective times -> wake-up
+
+	// barrier is the revision of the last EventProgress applied: every
+	// change up to it is applied. barrierMu guards advanced, closed and
+	// replaced each time barrier moves.
+	barrier   atomic.Int64
+	barrierMu sync.Mutex
+	advanced  chan struct{}
 }
 
 // New returns an empty replica; Run fills it.
@@ -66,6 +73,7 @@ func New(cfg Config) *Replica {
 	return &Replica{
 		cfg: cfg, set: revocation.NewSet(), tokens: newIndex(),
 		changed: make(chan struct{}, 1), synced: make(chan struct{}), timers: map[int64]*time.Timer{},
+		advanced: make(chan struct{}),
 	}
 }
 
@@ -209,6 +217,43 @@ func (r *Replica) apply(ctx context.Context, ev store.Event) {
 	case store.EventKey:
 		if err := r.cfg.ReloadKeys(ctx); err != nil {
 			r.cfg.Logger.Error("reload signing keys", "err", err)
+		}
+	case store.EventProgress:
+		r.reached(ev.Revision)
+	}
+}
+
+func (r *Replica) reached(rev int64) {
+	r.barrierMu.Lock()
+	defer r.barrierMu.Unlock()
+	if rev > r.barrier.Load() {
+		r.barrier.Store(rev)
+		close(r.advanced)
+		r.advanced = make(chan struct{})
+	}
+}
+
+// Confirm proves this replica current: it asks st for its revision now
+// and returns once every change up to it has been applied here, or fails
+// when ctx ends first (the store or the link to it is down, the watch is
+// being re-established). Every write acknowledged anywhere before Confirm
+// was called is then enforced here.
+func (r *Replica) Confirm(ctx context.Context, st store.Progresser) error {
+	rev, err := st.Progress(ctx)
+	if err != nil {
+		return err
+	}
+	for {
+		r.barrierMu.Lock()
+		at, advanced := r.barrier.Load(), r.advanced
+		r.barrierMu.Unlock()
+		if at >= rev {
+			return nil
+		}
+		select {
+		case <-advanced:
+		case <-ctx.Done():
+			return fmt.Errorf("changes up to revision %d not applied yet (at %d): %w", rev, at, ctx.Err())
 		}
 	}
 }

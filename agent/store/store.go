@@ -176,16 +176,33 @@ const (
 	EventKey        EventKind = "key"
 	EventToken      EventKind = "token"
 	EventRevocation EventKind = "revocation"
+	// EventProgress is a barrier, delivered only after a Progress call
+	// (Progresser): every revocation rule and signing key change up to
+	// Revision was delivered before it.
+	EventProgress EventKind = "progress"
 )
 
 // Event is one change, delivered by Watch. Exactly one of Key, Token and
-// Revocation is set. Deleted is true when the object was removed.
+// Revocation is set, except for an EventProgress, which carries only
+// Revision. Deleted is true when the object was removed.
 type Event struct {
 	Kind       EventKind
 	Deleted    bool
 	Key        *Key
 	Token      *TokenRecord
 	Revocation *policy.Revocation
+	Revision   int64 // EventProgress only
+}
+
+// Progresser is a store whose watches may lag its writes (etcd: another
+// node writes, the link to the cluster breaks). Progress reads the store's
+// revision now, as a linearizable read, and returns it once every running
+// watch has been sent an EventProgress at it, after every revocation rule
+// and signing key change up to it: a watcher that reads that event has
+// every rule and key written before Progress was called. A store without
+// it (bolt: one node, every write seen at once) is always current.
+type Progresser interface {
+	Progress(ctx context.Context) (int64, error)
 }
 
 // AuditKey is the key of the audit log's hash chain, one per store: every

@@ -54,6 +54,7 @@ var exported = []string{
 	"tokenwarden_kernel_revoked_sync_errors_total",
 	"tokenwarden_anomalies_total",
 	"tokenwarden_revocation_rules",
+	"tokenwarden_store_staleness_seconds",
 	"tokenwarden_rotations_total",
 	"tokenwarden_rotation_deliveries_total",
 	"tokenwarden_tokens_expiring",

@@ -32,6 +32,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/tokenwarden/tokenwarden/agent/store"
 )
@@ -59,6 +60,10 @@ const (
 	// network gone without a FIN) within seconds instead of waiting on TCP.
 	keepAliveTime    = 10 * time.Second
 	keepAliveTimeout = 5 * time.Second
+
+	// maxReconnectDelay caps the backoff between attempts to reconnect to
+	// an endpoint.
+	maxReconnectDelay = 500 * time.Millisecond
 )
 
 // Namespaces under the prefix.
@@ -118,6 +123,11 @@ type Store struct {
 	mu       sync.Mutex // guards watchers, session and the moment closed is set
 	watchers map[*watcher]struct{}
 	session  *session // the running etcd watch; nil between two
+	// dispatched is the revision up to which every change has been handed
+	// to the watchers (or, before a session's start, loaded by them);
+	// progress are the Progress calls waiting for it to move.
+	dispatched int64
+	progress   []*progressWaiter
 }
 
 var _ store.Store = (*Store)(nil)
@@ -168,8 +178,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 
 	// The client's own log goes to stderr as JSON; keep it to what an
-	// operator must see.
-	lg, err := logutil.CreateDefaultZapLogger(zapcore.WarnLevel)
+	// operator must see. Its warnings are one line per failed attempt of
+	// every request (the freshness check makes several a second while the
+	// cluster is unreachable); the store's callers report failures.
+	lg, err := logutil.CreateDefaultZapLogger(zapcore.ErrorLevel)
 	if err != nil {
 		return nil, fmt.Errorf("open etcd store at %s: client logger: %w", endpoints, err)
 	}
@@ -182,7 +194,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		Password:             cfg.Password,
 		TLS:                  cfg.TLS,
 		Logger:               lg,
-		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(requestDeadline(requestTimeout))},
+		DialOptions: []grpc.DialOption{
+			grpc.WithChainUnaryInterceptor(requestDeadline(requestTimeout)),
+			// gRPC's default reconnect backoff grows to two minutes: after a
+			// long outage an agent would stay blind that long once the
+			// cluster is back. Capped, every agent reconnects within moments.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: maxReconnectDelay},
+				MinConnectTimeout: time.Second,
+			}),
+		},
 	})
 	if err != nil {
 		if isAuthError(err) {

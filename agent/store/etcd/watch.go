@@ -21,8 +21,10 @@ var minRestartDelay = 50 * time.Millisecond
 
 const (
 	// maxRestartDelay bounds the backoff between attempts to start the etcd
-	// watch again.
-	maxRestartDelay = 5 * time.Second
+	// watch again: kept short, so that every agent is current within
+	// moments of the cluster coming back, however long it was gone (a
+	// retry is one cheap read per node).
+	maxRestartDelay = 500 * time.Millisecond
 	// stableSession is how long an etcd watch must have run for the
 	// backoff to start again from its minimum.
 	stableSession = 30 * time.Second
@@ -132,12 +134,15 @@ func (s *Store) activateLocked(w *watcher) {
 	}
 }
 
-// dispatch hands the events of one etcd watch response to every watcher
-// without blocking. One goroutine calls it, so every watcher sees the one
+// dispatch hands the events of one etcd watch response, up to revision
+// last, to every watcher without blocking, then answers the Progress calls
+// this completes. One goroutine calls it, so every watcher sees the one
 // commit order.
-func (s *Store) dispatch(evs []revEvent) {
+func (s *Store) dispatch(evs []revEvent, last int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.progressedLocked()
+	s.dispatched = max(s.dispatched, last)
 	for w := range s.watchers {
 		for _, e := range evs {
 			if w.ready {
@@ -210,6 +215,9 @@ func (s *Store) startSession(ctx context.Context, from int64) (clientv3.WatchCha
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.session = &session{from: from, cancel: cancel}
+	// Nothing before from comes from this session: watchers it activates
+	// loaded those changes themselves.
+	s.dispatched = max(s.dispatched, from-1)
 	for w := range s.watchers {
 		if !w.ready && w.minRev != 0 {
 			s.activateLocked(w)
@@ -306,8 +314,8 @@ func (s *Store) consume(wch clientv3.WatchChan, from int64) (last int64, err err
 				evs = append(evs, revEvent{rev: e.Kv.ModRevision, ev: ev})
 			}
 		}
-		if len(evs) > 0 {
-			s.dispatch(evs)
+		if len(resp.Events) > 0 {
+			s.dispatch(evs, last)
 		}
 	}
 	if err := s.ctx.Err(); err != nil {
