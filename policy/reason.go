@@ -52,7 +52,7 @@ var Reasons = []Reason{
 	ReasonLifetimeExceedsPolicy, ReasonWrongEnvironment, ReasonUnknownClass,
 	ReasonRevoked, ReasonInsufficientScope, ReasonNoMatchingRoute, ReasonInternalError,
 	ReasonSenderMismatch, ReasonDPoPInvalid, ReasonDPoPReplayed, ReasonProxyMisconfigured,
-	ReasonSenderMismatch, ReasonDPoPInvalid, ReasonDPoPReplayed, ReasonStoreUnavailable,
+	ReasonStoreUnavailable,
 }
 
 // Status is the HTTP status of a decision with this reason (RFC 6750):
