@@ -286,6 +286,11 @@ func checkAgentPod(t *testing.T, ds *appsv1.DaemonSet, kernel bool) {
 		if v, _ := env(c, "TOKENWARDEN_BPF"); v != "off" {
 			t.Errorf("kernel side off but TOKENWARDEN_BPF=%q", v)
 		}
+		// Secret volumes are root-owned and mounted 0400: without fsGroup
+		// the non-root agent could not read its KEK or TLS key.
+		if uid, fs := pod.SecurityContext.RunAsUser, pod.SecurityContext.FSGroup; uid == nil || fs == nil || *fs != *uid {
+			t.Errorf("kernel side off: fsGroup %v must be the agent's uid %v, or its 0400 secrets are unreadable", fs, uid)
+		}
 		for _, v := range pod.Volumes {
 			if v.HostPath != nil {
 				t.Errorf("kernel side off but hostPath volume %s", v.Name)
