@@ -18,6 +18,11 @@ import (
 // ErrNotFound is returned for a key, token or rule that is not stored.
 var ErrNotFound = errors.New("not found")
 
+// ErrUnavailable wraps a fault of a store that did not answer in time or
+// cannot be reached (etcd down, partitioned, paused): a condition to report
+// as the store's (503 store_unavailable), not as the caller's.
+var ErrUnavailable = errors.New("store unavailable")
+
 // ErrClosed is returned by calls on a closed store.
 var ErrClosed = errors.New("store is closed")
 
