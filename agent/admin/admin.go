@@ -56,11 +56,12 @@ type Config struct {
 	Decider     *policy.Decider          // policy, keys and environment in force
 	Revocations policy.RevocationChecker // the live revocation set
 	Ready       func() error             // nil error when the agent is ready
+	Now         func() time.Time
+	Logger      *slog.Logger
+
 	// AdminTokenRevoked writes the agent a new admin token at once; it is
 	// called after a caller revoked (force) the key that signed its own.
 	AdminTokenRevoked func(ctx context.Context) error
-	Now         func() time.Time
-	Logger      *slog.Logger
 }
 
 // Revoker is the agent's one revocation path (*revoke.Revoker): a rule is
