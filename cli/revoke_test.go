@@ -1,0 +1,64 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"testing"
+)
+
+func runIn(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	root := newRootCommand()
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetArgs(args)
+	cmd, err := root.ExecuteContextC(context.Background())
+	code := report(&errOut, cmd, err)
+	return out.String(), errOut.String(), code
+}
+
+// TestRevokeSafetyRails attacks each rail of a broad revocation from the
+// CLI: no confirmation off a terminal (exit 2), a "no" on a terminal, a
+// target that covers nothing, a dry run that must change nothing, and the
+// same rule twice.
+func TestRevokeSafetyRails(t *testing.T) {
+	r := startAgent(t)
+	t.Setenv(envServer, r.AdminAddr)
+	t.Setenv(envAdminTokenFile, r.AdminTokenFile)
+	if _, errOut, code := run(t, "token", "issue", "--subject", "bob", "--class", "service"); code != 0 {
+		t.Fatalf("issue: %s", errOut)
+	}
+	check := func(name string, wantCode int, wantOut string, out, errOut string, code int) {
+		t.Helper()
+		if code != wantCode || !strings.Contains(out+errOut, wantOut) {
+			t.Errorf("%s: exit %d, want %d with %q:\n%s%s", name, code, wantCode, wantOut, out, errOut)
+		}
+	}
+	out, errOut, code := runIn(t, "", "revoke", "--subject", "bob", "--reason", "left")
+	check("not a terminal, no --yes", 2, "pass --yes", out, errOut, code)
+
+	old := isTerminal
+	isTerminal = func(io.Reader) bool { return true }
+	out, errOut, code = runIn(t, "n\n", "revoke", "--subject", "bob", "--reason", "left")
+	check("answered no", 2, "not confirmed", out, errOut, code)
+	if !strings.Contains(errOut, "covers 1 live token(s)") {
+		t.Errorf("the prompt does not say what it covers: %s", errOut)
+	}
+	isTerminal = old
+
+	out, errOut, code = run(t, "revoke", "--subject", "bob", "--reason", "left", "--dry-run")
+	check("dry run", 0, "would cover 1 live token(s)", out, errOut, code)
+	out, errOut, code = run(t, "revoke", "--subject", "nobody", "--reason", "typo", "--yes")
+	check("covers nothing", 1, "covers no live token", out, errOut, code)
+
+	isTerminal = func(io.Reader) bool { return true }
+	out, errOut, code = runIn(t, "y\n", "revoke", "--subject", "bob", "--reason", "left")
+	isTerminal = old
+	check("confirmed", 0, "stored: every agent enforces it", out, errOut, code)
+	out, errOut, code = run(t, "revoke", "--subject", "bob", "--reason", "left", "--yes")
+	check("again", 0, "was revoked already: nothing added", out, errOut, code)
+}
