@@ -10,6 +10,8 @@
 //	tokens/<jti>             store.TokenRecord
 //	leak/<hex sha256>        jti: the index behind TokenByLeakHash
 //	revocations/<rule id>    policy.Revocation
+//	index/<field>/<value>/<jti>  "": tokens by subject, tenant and kid
+//	index/v1                 "": the indexes are complete
 //
 // A write returns once etcd has committed it through raft, so it is on a
 // quorum's disks. Reads are linearizable: a node reads what any node wrote
@@ -223,6 +225,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)
 	}
 	go s.run(wch, from)
+	ictx, icancel := context.WithTimeout(ctx, 5*dialTimeout)
+	err = s.buildIndexes(ictx)
+	icancel()
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open etcd store at %s: build token indexes: %w", endpoints, err)
+	}
 	return s, nil
 }
 
