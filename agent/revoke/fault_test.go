@@ -122,7 +122,7 @@ type node struct {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func loadPolicy(t *testing.T) *policy.Policy {
+func loadPolicy(t testing.TB) *policy.Policy {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("..", "..", "deploy", "policy.example.yaml"))
 	if err != nil {
