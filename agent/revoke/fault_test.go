@@ -109,17 +109,6 @@ func (p *proxy) pipe(dst, src net.Conn) {
 	}
 }
 
-// node is the revocation path of one agent over the etcd store.
-type node struct {
-	st      *etcd.Store
-	rep     *replica.Replica
-	iss     *issuer.Issuer
-	journal *revoke.Journal
-	rev     *revoke.Revoker
-	stop    context.CancelFunc
-	done    sync.WaitGroup
-}
-
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func loadPolicy(t testing.TB) *policy.Policy {

@@ -242,7 +242,7 @@ func (j *Journal) compact() error {
 	if err != nil {
 		return fmt.Errorf("compact revocation journal: %w", err)
 	}
-	if _, err := f.Write(buf.Bytes()); err == nil {
+	if _, err = f.Write(buf.Bytes()); err == nil {
 		err = f.Sync()
 	}
 	if err == nil {
