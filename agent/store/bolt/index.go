@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 
 	"go.etcd.io/bbolt"
 
@@ -37,18 +38,28 @@ func buildIndexes(tx *bbolt.Tx) error {
 		if err != nil {
 			return fmt.Errorf("create bucket %s: %w", ix.bucket, err)
 		}
+		var keys [][]byte
 		err = tokens.ForEach(func(k, v []byte) error {
 			t, err := store.DecodeRecord[store.TokenRecord](v)
 			if err != nil {
 				return fmt.Errorf("index token %s: %w", k, err)
 			}
 			if f := ix.field(&t); f != "" {
-				return b.Put(indexKey(f, t.ID), nil)
+				keys = append(keys, indexKey(f, t.ID))
 			}
 			return nil
 		})
 		if err != nil {
 			return err
+		}
+		// In key order: bbolt splits nodes only at commit, and inserting
+		// out of order into one large node is quadratic.
+		slices.SortFunc(keys, bytes.Compare)
+		b.FillPercent = 1
+		for _, k := range keys {
+			if err := b.Put(k, nil); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
