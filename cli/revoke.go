@@ -107,3 +107,29 @@ func scanState(cmd *cobra.Command, c *adminClient, tok *policy.Token) string {
 	}
 	return "live"
 }
+
+// withDryRun gives a mutation the --dry-run flag.
+func withDryRun(cmd *cobra.Command) *cobra.Command {
+	cmd.Flags().Bool("dry-run", false, "say what it would do and change nothing (nothing is signed, stored or audited)")
+	return cmd
+}
+
+// dryRunAsked reports --dry-run.
+func dryRunAsked(cmd *cobra.Command) bool {
+	dry, _ := cmd.Flags().GetBool("dry-run")
+	return dry
+}
+
+// dryRun asks the API what path would do (?dry_run=true) and prints it.
+func dryRun(cmd *cobra.Command, c *adminClient, path string, body any) error {
+	sep := "?"
+	if strings.Contains(path, "?") {
+		sep = "&"
+	}
+	var out admin.DryRunResponse
+	if err := c.do(cmd.Context(), "POST", path+sep+"dry_run=true", body, &out); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "dry run: would %s\n", out.Would)
+	return nil
+}

@@ -62,3 +62,29 @@ func TestRevokeSafetyRails(t *testing.T) {
 	out, errOut, code = run(t, "revoke", "--subject", "bob", "--reason", "left", "--yes")
 	check("again", 0, "was revoked already: nothing added", out, errOut, code)
 }
+
+// TestMutationDryRunFlags: --dry-run on issue, rotate and keys rotate says
+// what it would do and prints no token.
+func TestMutationDryRunFlags(t *testing.T) {
+	r := startAgent(t)
+	t.Setenv(envServer, r.AdminAddr)
+	t.Setenv(envAdminTokenFile, r.AdminTokenFile)
+	out, errOut, code := run(t, "token", "issue", "--subject", "ci", "--class", "service", "--dry-run")
+	if code != 0 || !strings.HasPrefix(out, "dry run: would issue a service token to ci") || strings.Contains(out, "tw_") {
+		t.Fatalf("issue --dry-run: exit %d: %s%s", code, out, errOut)
+	}
+	_, errOut, _ = run(t, "token", "issue", "--subject", "ci", "--class", "service")
+	id := strings.Fields(strings.TrimPrefix(errOut, "issued "))[0]
+	out, errOut, code = run(t, "token", "rotate", id, "--dry-run")
+	if code != 0 || !strings.Contains(out, "would issue a successor of "+id) || strings.Contains(out, "tw_") {
+		t.Fatalf("rotate --dry-run: exit %d: %s%s", code, out, errOut)
+	}
+	out, errOut, code = run(t, "keys", "rotate", "--now", "--dry-run")
+	if code != 0 || !strings.Contains(out, "would make a new signing key") {
+		t.Fatalf("keys rotate --dry-run: exit %d: %s%s", code, out, errOut)
+	}
+	out, _, _ = run(t, "token", "list")
+	if strings.Count(out, "\n") > 3 {
+		t.Errorf("dry runs issued tokens:\n%s", out)
+	}
+}

@@ -58,6 +58,9 @@ or the workload binding does not fit the class (docs/binding.md).`,
 				}
 				req.BindJKT = jkt
 			}
+			if dryRunAsked(cmd) {
+				return dryRun(cmd, c, "/v1/tokens", req)
+			}
 			var out issuer.Issued
 			if err := c.do(cmd.Context(), "POST", "/v1/tokens", req, &out); err != nil {
 				return err
@@ -78,6 +81,7 @@ or the workload binding does not fit the class (docs/binding.md).`,
 	f.StringVar(&req.BindWorkload, "bind-workload", "", "SPIFFE ID the token is bound to (required for, and only for, a class with binding: workload)")
 	cmd.MarkFlagRequired("subject")
 	cmd.MarkFlagRequired("class")
+	withDryRun(cmd)
 	return cmd
 }
 
@@ -180,7 +184,7 @@ Revoking a token twice adds nothing.`,
 }
 
 func newTokenRotateCommand(af *adminFlags) *cobra.Command {
-	return &cobra.Command{
+	return withDryRun(&cobra.Command{
 		Use:   "rotate ID",
 		Short: "Issue a successor; the old token is revoked after its class's rotation_grace",
 		Long: `Issue a successor of token ID (same subject, class and tenant; the scopes
@@ -194,6 +198,9 @@ successor: it is revoked at the same time.`,
 			if err != nil {
 				return err
 			}
+			if dryRunAsked(cmd) {
+				return dryRun(cmd, c, "/v1/tokens/"+url.PathEscape(args[0])+"/rotate", nil)
+			}
 			var out issuer.Issued
 			if err := c.do(cmd.Context(), "POST", "/v1/tokens/"+url.PathEscape(args[0])+"/rotate", nil, &out); err != nil {
 				return err
@@ -202,7 +209,7 @@ successor: it is revoked at the same time.`,
 			fmt.Fprintf(cmd.ErrOrStderr(), "rotated %s -> %s (expires %s)\n", args[0], out.Record.ID, out.Record.ExpiresAt.Format(time.RFC3339))
 			return nil
 		},
-	}
+	})
 }
 
 func newRevokeCommand(af *adminFlags) *cobra.Command {

@@ -309,10 +309,15 @@ func (a *API) issue(w http.ResponseWriter, r *http.Request, c caller) error {
 		}
 		ttl = d
 	}
-	out, err := a.cfg.Issuer.Issue(r.Context(), policy.IssueRequest{
+	preq := policy.IssueRequest{
 		Subject: req.Subject, Class: req.Class, Scopes: req.Scopes, TTL: ttl, Tenant: req.Tenant,
 		BindWorkload: req.BindWorkload, BindJKT: req.BindJKT,
-	}, c.tokenID)
+	}
+	if dryRun(r) {
+		preq.Env = a.cfg.Decider.Env()
+		return a.issueDryRun(w, preq)
+	}
+	out, err := a.cfg.Issuer.Issue(r.Context(), preq, c.tokenID)
 	if err != nil {
 		return err
 	}
@@ -565,6 +570,9 @@ func (a *API) listRevocations(w http.ResponseWriter, r *http.Request, c caller) 
 }
 
 func (a *API) rotateToken(w http.ResponseWriter, r *http.Request, c caller) error {
+	if dryRun(r) {
+		return a.rotateDryRun(w, r, r.PathValue("id"))
+	}
 	out, err := a.cfg.Rotator.Rotate(r.Context(), r.PathValue("id"), c.tokenID)
 	if err != nil && out.Token == "" {
 		return err
@@ -591,6 +599,9 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request, c caller) error {
 }
 
 func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, c caller) error {
+	if dryRun(r) {
+		return a.rotateKeysDryRun(w, r.URL.Query().Get("now") == "true")
+	}
 	rotate := a.cfg.Issuer.RotateKeys // published ahead (issuer.KeyLead)
 	if r.URL.Query().Get("now") == "true" {
 		rotate = a.cfg.Issuer.RotateKeysNow // emergency: signs at once

@@ -3,8 +3,11 @@ package admin_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 
+	"github.com/tokenwarden/tokenwarden/agent/admin"
+	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -112,6 +115,43 @@ func TestRevokeSafeMutations(t *testing.T) {
 			t.Error("forced key revocation did not revoke the caller's token")
 		}
 	})
+}
+
+// TestMutationDryRuns: ?dry_run=true on issue, rotate and keys rotate
+// signs, stores and audits nothing, and a dry run of a refused issuance is
+// refused the same way.
+func TestMutationDryRuns(t *testing.T) {
+	s := newServer(t)
+	tok := s.issue(policy.IssueRequest{Subject: "alice", Class: "service"})
+	tokens, _ := s.st.Tokens(context.Background(), store.TokenFilter{})
+	keys := s.iss.Keys()
+	for _, c := range []struct {
+		path string
+		body any
+		want string
+	}{
+		{"/v1/tokens?dry_run=true", map[string]any{"subject": "bob", "class": "service"}, "issue a service token to bob"},
+		{"/v1/tokens/" + tok.Record.ID + "/rotate?dry_run=true", nil, "issue a successor of " + tok.Record.ID},
+		{"/v1/keys/rotate?dry_run=true", nil, "make a new signing key"},
+		{"/v1/keys/rotate?now=true&dry_run=true", nil, "make a new signing key"},
+	} {
+		r := s.as(http.MethodPost, c.path, c.body)
+		wantStatus(t, r, http.StatusOK)
+		var out admin.DryRunResponse
+		r.decode(t, &out)
+		if !out.DryRun || !strings.Contains(out.Would, c.want) {
+			t.Errorf("%s: %+v, want a dry run saying %q", c.path, out, c.want)
+		}
+	}
+	r := s.as(http.MethodPost, "/v1/tokens?dry_run=true", map[string]any{"subject": "bob", "class": "nosuchclass"})
+	wantStatus(t, r, http.StatusBadRequest)
+	s.sync()
+	if after, _ := s.st.Tokens(context.Background(), store.TokenFilter{}); len(after) != len(tokens) {
+		t.Errorf("dry runs stored %d token records", len(after)-len(tokens))
+	}
+	if len(s.iss.Keys()) != len(keys) {
+		t.Error("a dry-run key rotation made a key")
+	}
 }
 
 func leakHex(token string) string {
