@@ -3,9 +3,14 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"io"
+	"os"
 	"strings"
 	"testing"
+
+	"github.com/tokenwarden/tokenwarden/policy"
 )
 
 func runIn(t *testing.T, stdin string, args ...string) (string, string, int) {
@@ -86,5 +91,42 @@ func TestMutationDryRunFlags(t *testing.T) {
 	out, _, _ = run(t, "token", "list")
 	if strings.Count(out, "\n") > 3 {
 		t.Errorf("dry runs issued tokens:\n%s", out)
+	}
+}
+
+// TestRevokeOwnAdminKey: revoking the key that signed the caller's own
+// admin token is refused with an explanation; with --force it is revoked
+// and the agent writes itself a new admin token at once, so the CLI is not
+// locked out.
+func TestRevokeOwnAdminKey(t *testing.T) {
+	r := startAgent(t)
+	t.Setenv(envServer, r.AdminAddr)
+	t.Setenv(envAdminTokenFile, r.AdminTokenFile)
+	old, err := os.ReadFile(r.AdminTokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	header, err := base64.RawURLEncoding.DecodeString(strings.SplitN(strings.TrimPrefix(strings.TrimSpace(string(old)), policy.TokenPrefix), ".", 2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct{ Kid string }
+	json.Unmarshal(header, &h)
+	if out, errOut, code := run(t, "keys", "rotate", "--now"); code != 0 {
+		t.Fatalf("keys rotate --now: %s%s", out, errOut)
+	}
+	out, errOut, code := run(t, "revoke", "--key", h.Kid, "--reason", "compromised", "--yes")
+	if code != 1 || !strings.Contains(errOut, "signed the admin token this request was made with") {
+		t.Fatalf("own key without --force: exit %d: %s%s", code, out, errOut)
+	}
+	out, errOut, code = run(t, "revoke", "--key", h.Kid, "--reason", "compromised", "--yes", "--force")
+	if code != 0 || !strings.Contains(out, "wrote a new one") {
+		t.Fatalf("own key with --force: exit %d: %s%s", code, out, errOut)
+	}
+	if now, _ := os.ReadFile(r.AdminTokenFile); bytes.Equal(now, old) {
+		t.Fatal("the admin token was not re-issued")
+	}
+	if out, errOut, code = run(t, "token", "list"); code != 0 {
+		t.Fatalf("locked out after revoking the own key: exit %d: %s%s", code, out, errOut)
 	}
 }
