@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -148,8 +147,13 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a.decider.SetKeys(a.issuer.KeySet())
+	journal, err := revoke.OpenJournal(filepath.Join(cfg.DataDir, revoke.JournalFile))
+	if err != nil {
+		return nil, err
+	}
+	a.closers = append(a.closers, journal.Close)
 	if a.revoker, err = revoke.New(revoke.Config{
-		Store: a.issuer, Enforce: a.replica, MaxLifetime: func() time.Duration { return a.decider.Policy().MaxLifetime() },
+		Store: a.issuer, Enforce: a.replica, Revocations: a.replica.Revocations(), Journal: journal,
 		Now: cfg.Now, Logger: cfg.Logger,
 	}); err != nil {
 		return nil, err
@@ -207,6 +211,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if a.admin, err = admin.New(admin.Config{
 		Issuer: a.issuer, Revoker: a.revoker, Rotator: a.rotation, Store: writer, Audit: a.audit, AuditDir: filepath.Join(cfg.DataDir, auditDir), NodeName: a.cfg.NodeName,
 		Decider: a.decider, Revocations: a.replica.Revocations(), Ready: a.readiness, Now: cfg.Now, Logger: cfg.Logger,
+		AdminTokenRevoked: func(ctx context.Context) error { return a.adminToken.Ensure(ctx) },
 	}); err != nil {
 		return nil, err
 	}

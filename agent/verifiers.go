@@ -33,7 +33,7 @@ func (a *Agent) verifierEndpoints() error {
 		if err != nil {
 			return fmt.Errorf("SecretScanningKeysURL: %w", err)
 		}
-		gh, err := secretscan.New(secretscan.Config{Keys: src, Tokens: a.decider.Keys, Leaks: a.issuer, Audit: a.audit, Logger: a.log})
+		gh, err := secretscan.New(secretscan.Config{Keys: src, Tokens: a.decider.Keys, Leaks: a.revoker, Audit: a.audit, Logger: a.log})
 		if err != nil {
 			return err
 		}

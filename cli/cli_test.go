@@ -102,7 +102,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 	if strings.Contains(out, token) {
 		t.Fatal("audit printed the token string")
 	}
-	if out, _, code = run(t, "revoke", "--subject", "ci", "--reason", "role change"); code != 0 || !strings.Contains(out, "covers 0 live token(s)") {
+	if out, _, code = run(t, "revoke", "--subject", "ci", "--reason", "role change", "--yes", "--allow-empty"); code != 0 || !strings.Contains(out, "covers 0 live token(s)") {
 		t.Errorf("revoke --subject: exit %d: %s", code, out)
 	}
 	if out, _, code = run(t, "keys", "rotate"); code != 0 || !strings.Contains(out, "is published; it signs from") {
@@ -264,6 +264,11 @@ func TestScanFindsAndRevokesLeaks(t *testing.T) {
 	out, _, _ = run(t, "token", "show", id, "-o", "json")
 	if !strings.Contains(out, `"state": "revoked"`) {
 		t.Fatalf("token not revoked after scan --revoke:\n%s", out)
+	}
+	// A revoked token is reported as revoked, and not revoked again.
+	out, _, code = run(t, "scan", "--revoke", dir)
+	if code != 3 || !strings.Contains(out, "revoked)") || strings.Contains(out, "rule") {
+		t.Fatalf("second scan --revoke: exit %d:\n%s", code, out)
 	}
 	if _, _, code = run(t, "scan", "testdata"); code != 0 {
 		t.Fatalf("clean dir: exit %d", code)

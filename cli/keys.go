@@ -25,6 +25,9 @@ func newKeysCommand(af *adminFlags) *cobra.Command {
 			if now {
 				path += "?now=true"
 			}
+			if dryRunAsked(cmd) {
+				return dryRun(cmd, c, path, nil)
+			}
 			var k store.Key
 			if err := c.do(cmd.Context(), "POST", path, nil, &k); err != nil {
 				return err
@@ -37,6 +40,7 @@ func newKeysCommand(af *adminFlags) *cobra.Command {
 			return nil
 		},
 	}
+	withDryRun(rotate)
 	rotate.Flags().BoolVar(&now, "now", false, "emergency (key compromise): sign with the new key at once; verifiers that cached the JWK Set must refetch it on an unknown kid")
 	cmd.AddCommand(rotate, newKeysListCommand(af))
 	return cmd

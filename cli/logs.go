@@ -33,17 +33,6 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return nil, usageErrorf("--log-format %q: want text or json", format)
 }
 
-// isTerminal reports whether w is a terminal: the start-up banner is for a
-// person, not for a log collector.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
 // loggedError is an error serve has already written as a log record; it is
 // not printed again.
 type loggedError struct{ exitErr }

@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -46,7 +45,7 @@ func leakSource(path string) string {
 }
 
 func newScanCommand(af *adminFlags) *cobra.Command {
-	var revoke bool
+	var revoke, dryRun bool
 	cmd := &cobra.Command{
 		Use:   "scan [PATH...]",
 		Short: "Find leaked tokens in files; confirm them by signature; optionally revoke them",
@@ -94,22 +93,24 @@ Secret scanners can use the same pattern: ` + policy.CandidatePattern,
 					}
 					found++
 					line := 1 + bytes.Count(data[:cand.Offset], []byte("\n"))
-					state := "live"
-					if time.Now().Unix() >= tok.Expires {
-						state = "expired"
-					}
+					state := scanState(cmd, c, tok)
 					fmt.Fprint(out, printable(fmt.Sprintf("%s:%d: token %s (subject %s, class %s, %s)", path, line, tok.ID, tok.Subject, tok.Class, state)))
 					if revoke && state == "live" {
 						sum := policy.LeakHash(cand.Text)
 						var lr admin.LeakResponse
-						if err := c.do(cmd.Context(), "POST", "/v1/leaks", admin.LeakReport{SHA256: hex.EncodeToString(sum[:]), Source: leakSource(path)}, &lr); err != nil {
+						if err := c.do(cmd.Context(), "POST", "/v1/leaks", admin.LeakReport{SHA256: hex.EncodeToString(sum[:]), Source: leakSource(path), DryRun: dryRun}, &lr); err != nil {
 							notRevoked++
 							fmt.Fprintf(out, ": NOT revoked: %v\n", err)
 							continue
 						}
-						if lr.AlreadyRevoked {
+						switch {
+						case lr.DryRun:
+							fmt.Fprint(out, ": would be revoked (dry run)")
+						case lr.AlreadyRevoked:
 							fmt.Fprint(out, ": already revoked")
-						} else {
+						case lr.Replicating:
+							fmt.Fprintf(out, ": revoked on this agent (rule %s), REPLICATING: the store has not taken it yet", lr.Revocation.ID)
+						default:
 							fmt.Fprintf(out, ": revoked (rule %s)", lr.Revocation.ID)
 						}
 					}
@@ -172,6 +173,7 @@ Secret scanners can use the same pattern: ` + policy.CandidatePattern,
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&revoke, "revoke", false, "revoke every live token found")
+	cmd.Flags().BoolVar(&revoke, "revoke", false, "revoke every live token found (revoked and expired ones are skipped)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "with --revoke: say which tokens would be revoked, revoke nothing")
 	return cmd
 }

@@ -62,7 +62,7 @@ prefix refuses to start.`,
 				grpclog.SetLoggerV2(grpcLogger{logger})
 			}
 			cfg.Logger = logger
-			err = serve(cmd, cfg, logger, logFormat == logText && isTerminal(cmd.ErrOrStderr()))
+			err = serve(cmd, cfg, logger, logFormat == logText && terminal(cmd.ErrOrStderr()))
 			if err != nil && logFormat == logJSON {
 				// Even the last word is a record.
 				code := exitError

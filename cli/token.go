@@ -59,6 +59,9 @@ or the workload binding does not fit the class (docs/binding.md).`,
 				}
 				req.BindJKT = jkt
 			}
+			if dryRunAsked(cmd) {
+				return dryRun(cmd, c, "/v1/tokens", req)
+			}
 			var out admin.IssueResponse
 			if err := c.do(cmd.Context(), "POST", "/v1/tokens", req, &out); err != nil {
 				return err
@@ -83,6 +86,7 @@ or the workload binding does not fit the class (docs/binding.md).`,
 	o = addOutputFlags(cmd, outToken, outJSON, outYAML)
 	cmd.MarkFlagRequired("subject")
 	cmd.MarkFlagRequired("class")
+	withDryRun(cmd)
 	return cmd
 }
 
@@ -157,9 +161,14 @@ func newTokenShowCommand(af *adminFlags) *cobra.Command {
 
 func newTokenRevokeCommand(af *adminFlags) *cobra.Command {
 	var reason string
+	var m mutationFlags
 	cmd := &cobra.Command{
-		Use:     "revoke ID --reason R",
-		Short:   "Revoke one token now, everywhere",
+		Use:   "revoke ID --reason R",
+		Short: "Revoke one token now, everywhere",
+		Long: `Revoke one token. The agent asked enforces it at once and stores it; it
+says "stored" when every agent has it, "REPLICATING" when the store did not
+answer within 2 s (the agent keeps retrying; see docs/operations.md).
+Revoking a token twice adds nothing.`,
 		Example: `  tokenwarden token revoke 3q2x... --reason "leaked in CI logs"`,
 		Args:    tokenIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -168,13 +177,14 @@ func newTokenRevokeCommand(af *adminFlags) *cobra.Command {
 				return err
 			}
 			var out admin.RevokeResponse
-			if err := c.do(cmd.Context(), "POST", "/v1/tokens/"+url.PathEscape(args[0])+"/revoke", admin.RevokeRequest{Reason: reason}, &out); err != nil {
+			if err := c.do(cmd.Context(), "POST", "/v1/tokens/"+url.PathEscape(args[0])+"/revoke", admin.RevokeRequest{Reason: reason, DryRun: m.dryRun}, &out); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "revoked token %s (rule %s)\n", args[0], out.Revocation.ID)
+			printRevocation(cmd.OutOrStdout(), "token "+args[0], out)
 			return nil
 		},
 	}
+	m.register(cmd, false)
 	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded in the audit log; required)")
 	cmd.MarkFlagRequired("reason")
 	return cmd
@@ -196,6 +206,9 @@ successor: it is revoked at the same time.`,
 			if err != nil {
 				return err
 			}
+			if dryRunAsked(cmd) {
+				return dryRun(cmd, c, "/v1/tokens/"+url.PathEscape(args[0])+"/rotate", nil)
+			}
 			var out admin.RotateResponse
 			if err := c.do(cmd.Context(), "POST", "/v1/tokens/"+url.PathEscape(args[0])+"/rotate", nil, &out); err != nil {
 				return err
@@ -212,18 +225,22 @@ successor: it is revoked at the same time.`,
 		},
 	}
 	o = addOutputFlags(cmd, outToken, outJSON, outYAML)
-	return cmd
+	return withDryRun(cmd)
 }
 
 func newRevokeCommand(af *adminFlags) *cobra.Command {
 	var subject, tenant, key, reason string
+	var m mutationFlags
 	cmd := &cobra.Command{
 		Use:   "revoke (--subject S | --tenant T | --key KID) --reason R",
 		Short: "Revoke every token of a subject, a tenant or a signing key",
 		Long: `Revoke by subject (role change) or tenant (contract ends): every token
 issued to it until now stops working; tokens issued afterwards work. Revoke by
 key (compromise): every token the key signed stops working.
-Prints how many live tokens the rule covers.`,
+Prints how many live tokens the rule covers. Asks for confirmation on a
+terminal (--yes elsewhere); refuses a target that covers no live token
+unless --allow-empty, and the key of your own admin token unless --force.
+--dry-run prints what it would cover and changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := admin.RevokeRequest{Reason: reason}
@@ -241,14 +258,32 @@ Prints how many live tokens the rule covers.`,
 			if err != nil {
 				return err
 			}
+			what := fmt.Sprintf("%s %s", req.Kind, req.Target)
+			if !m.yes && !m.dryRun {
+				if !isTerminal(cmd.InOrStdin()) {
+					return confirm(cmd, &m, what, nil)
+				}
+				// Show what it covers before asking.
+				var preview admin.RevokeResponse
+				dry := req
+				dry.DryRun = true
+				if err := c.do(cmd.Context(), "POST", "/v1/revocations", dry, &preview); err != nil {
+					return err
+				}
+				if err := confirm(cmd, &m, what, preview.Covered); err != nil {
+					return err
+				}
+			}
+			req.DryRun, req.AllowEmpty, req.Force = m.dryRun, m.allowEmpty, m.force
 			var out admin.RevokeResponse
 			if err := c.do(cmd.Context(), "POST", "/v1/revocations", req, &out); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s %s: covers %d live token(s) (rule %s)\n", req.Kind, req.Target, out.Covered, out.Revocation.ID)
+			printRevocation(cmd.OutOrStdout(), what, out)
 			return nil
 		},
 	}
+	m.register(cmd, true)
 	f := cmd.Flags()
 	f.StringVar(&subject, "subject", "", "revoke this subject's tokens")
 	f.StringVar(&tenant, "tenant", "", "revoke this tenant's tokens")

@@ -27,6 +27,7 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/graceful"
 	"github.com/tokenwarden/tokenwarden/agent/issuer"
 	"github.com/tokenwarden/tokenwarden/agent/listen"
+	"github.com/tokenwarden/tokenwarden/agent/revoke"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -37,6 +38,11 @@ const AdminScope = "tokenwarden:admin"
 // maxBodyBytes bounds a request body.
 const maxBodyBytes = 64 << 10
 
+// HandlerDeadline bounds every admin request but the audit stream: a
+// slow or dead store is answered 503 store_unavailable by then. It is below
+// the server's write timeout (listen.HTTPServer), so the answer gets out.
+const HandlerDeadline = 10 * time.Second
+
 // streamWriteTimeout bounds each write of the audit stream (a record or a
 // heartbeat) to a client that has stopped reading.
 const streamWriteTimeout = 30 * time.Second
@@ -44,7 +50,7 @@ const streamWriteTimeout = 30 * time.Second
 // Config configures the admin API.
 type Config struct {
 	Issuer      *issuer.Issuer
-	Revoker     Revoker // revocations and leak reports; nil means Issuer
+	Revoker     Revoker // revocations and leak reports; nil: one over Issuer, enforcing through Revocations (a *revocation.Set) or the store's watch
 	Rotator     Rotator // manual rotation; nil means Issuer (no delivery sinks)
 	Store       store.Store
 	Audit       *audit.Log
@@ -55,12 +61,18 @@ type Config struct {
 	Ready       func() error             // nil error when the agent is ready
 	Now         func() time.Time
 	Logger      *slog.Logger
+
+	// AdminTokenRevoked writes the agent a new admin token at once; it is
+	// called after a caller revoked (force) the key that signed its own.
+	AdminTokenRevoked func(ctx context.Context) error
 }
 
-// Revoker stores a revocation rule and enforces it on this node before it
-// returns (*revoke.Revoker, the agent's one revocation path).
+// Revoker is the agent's one revocation path (*revoke.Revoker): a rule is
+// enforced on this node and journaled before it is stored.
 type Revoker interface {
-	Revoke(ctx context.Context, r policy.Revocation) (policy.Revocation, int, error)
+	Submit(ctx context.Context, r policy.Revocation, opt revoke.Options) (revoke.Result, error)
+	Preview(ctx context.Context, r policy.Revocation) (revoke.Preview, error)
+	RevokeLeak(ctx context.Context, h [32]byte, source, actor string) (revoke.Leak, error)
 }
 
 // Rotator rotates a token and delivers its successor to the class's sinks.
@@ -101,7 +113,11 @@ func New(cfg Config) (*API, error) {
 		cfg.Rotator = cfg.Issuer
 	}
 	if cfg.Revoker == nil {
-		cfg.Revoker = cfg.Issuer
+		v, err := defaultRevoker(cfg)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Revoker = v
 	}
 	if cfg.Ready == nil {
 		cfg.Ready = func() error { return nil }
@@ -148,11 +164,13 @@ func (a *API) Handle(pattern string, h http.Handler) {
 }
 
 // caller is the authenticated admin: its token's jti (the actor of what
-// it does), subject (the operator who owns it) and scopes.
+// it does), subject (the operator who owns it), scopes, and the key that
+// signed it (revoking that key would lock the caller out).
 type caller struct {
 	tokenID string
 	subject string
 	scopes  []string
+	keyID   string
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, c caller) error
@@ -191,6 +209,11 @@ func (a *API) handle(pattern, scope string, h handlerFunc) {
 			defer func() { a.auditRequest(r, c, pattern, rec.status) }()
 		}
 		w = rec
+		if !strings.HasSuffix(r.URL.Path, "/stream") {
+			ctx, cancel := context.WithTimeout(r.Context(), HandlerDeadline)
+			defer cancel()
+			r = r.WithContext(ctx)
+		}
 		if err := h(w, r, c); err != nil {
 			var ae *apiError
 			var ie *policy.Refusal
@@ -200,6 +223,9 @@ func (a *API) handle(pattern, scope string, h handlerFunc) {
 				ae = &apiError{status: http.StatusBadRequest, code: "refused_by_policy", msg: ie.Msg}
 			case errors.Is(err, store.ErrNotFound):
 				ae = &apiError{status: http.StatusNotFound, code: "not_found", msg: err.Error()}
+			case storeUnavailable(r, err):
+				a.cfg.Logger.Warn("admin request: store unavailable", "method", r.Method, "path", r.URL.Path, "actor", c.tokenID, "err", err)
+				ae = &apiError{status: http.StatusServiceUnavailable, code: "store_unavailable", msg: "the store did not answer in time; try again (revocations are still enforced: see docs/operations.md)"}
 			default:
 				a.cfg.Logger.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "actor", c.tokenID, "err", err)
 				ae = &apiError{status: http.StatusInternalServerError, code: "internal_error", msg: "internal error; see the agent log"}
@@ -227,7 +253,7 @@ func (a *API) authenticate(r *http.Request) (caller, *apiError) {
 	if a.cfg.Revocations.Revoked(t, now) {
 		return caller{}, &apiError{status: http.StatusUnauthorized, code: string(policy.ReasonRevoked), msg: policy.ReasonRevoked.Message()}
 	}
-	return caller{tokenID: t.ID, subject: t.Subject, scopes: t.Scopes}, nil
+	return caller{tokenID: t.ID, subject: t.Subject, scopes: t.Scopes, keyID: t.KeyID}, nil
 }
 
 func writeError(w http.ResponseWriter, e *apiError) {
@@ -299,10 +325,15 @@ func (a *API) issue(w http.ResponseWriter, r *http.Request, c caller) error {
 		}
 		ttl = d
 	}
-	out, err := a.cfg.Issuer.Issue(r.Context(), policy.IssueRequest{
+	preq := policy.IssueRequest{
 		Subject: req.Subject, Class: req.Class, Scopes: req.Scopes, TTL: ttl, Tenant: req.Tenant,
 		BindWorkload: req.BindWorkload, BindJKT: req.BindJKT,
-	}, c.tokenID)
+	}
+	if dryRun(r) {
+		preq.Env = a.cfg.Decider.Env()
+		return a.issueDryRun(w, preq)
+	}
+	out, err := a.cfg.Issuer.Issue(r.Context(), preq, c.tokenID)
 	if err != nil {
 		return err
 	}
@@ -437,12 +468,37 @@ type RevokeRequest struct {
 	Target      string                `json:"target,omitempty"`
 	Reason      string                `json:"reason"`
 	EffectiveAt time.Time             `json:"effective_at,omitzero"`
+	// DryRun stores nothing: the answer says what the rule would cover
+	// (also ?dry_run=true).
+	DryRun bool `json:"dry_run,omitempty"`
+	// AllowEmpty takes a subject, tenant or key rule that covers no live
+	// token; without it such a rule is refused (409 covers_nothing).
+	AllowEmpty bool `json:"allow_empty,omitempty"`
+	// Force revokes the key that signed the caller's own admin token (409
+	// own_admin_key without it); the agent then writes itself a new one.
+	Force bool `json:"force,omitempty"`
 }
 
-// RevokeResponse reports a stored rule and the live tokens it covers.
+// RevokeResponse reports a rule and the live tokens it covers.
 type RevokeResponse struct {
 	Revocation policy.Revocation `json:"revocation"`
-	Covered    int               `json:"covered"`
+	// Covered is the number of live tokens the rule covers; null while it
+	// is not counted yet (replicating).
+	Covered *int `json:"covered"`
+	// Replicating (202): the rule is enforced on the agent that answered
+	// and journaled there, and the store has not taken it yet; the agent
+	// stores it as soon as the store answers. Without it (201) every agent
+	// has it.
+	Replicating bool `json:"replicating,omitempty"`
+	// Existed (200): the rule was in force already; nothing was added.
+	Existed bool `json:"existed,omitempty"`
+	// DryRun (200): nothing was stored; Sample lists some of the tokens
+	// it would cover.
+	DryRun bool     `json:"dry_run,omitempty"`
+	Sample []string `json:"sample,omitempty"`
+	// AdminTokenReissued: the caller revoked the key that signed its own
+	// admin token (force); the agent wrote itself a new admin token.
+	AdminTokenReissued bool `json:"admin_token_reissued,omitempty"`
 }
 
 func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, c caller) error {
@@ -462,6 +518,8 @@ func (a *API) createRevocation(w http.ResponseWriter, r *http.Request, c caller)
 	return a.revoke(w, r, c, req)
 }
 
+// revoke answers within revoke.DefaultDeadline whatever the store does:
+// 201 stored, 202 enforced here and replicating, 200 existed or dry run.
 func (a *API) revoke(w http.ResponseWriter, r *http.Request, c caller, req RevokeRequest) error {
 	if strings.TrimSpace(req.Reason) == "" {
 		return badRequest("reason is required: say why, e.g. \"leaked in CI logs\"")
@@ -469,14 +527,49 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request, c caller, req Revok
 	if len(req.Reason) > audit.MaxReasonBytes {
 		return badRequest("reason: at most %d bytes", audit.MaxReasonBytes)
 	}
-	rule, covered, err := a.cfg.Revoker.Revoke(r.Context(), policy.Revocation{
-		Kind: req.Kind, Target: req.Target, Reason: req.Reason, Actor: c.tokenID, EffectiveAt: req.EffectiveAt,
-	})
-	if err != nil {
+	rule := policy.Revocation{Kind: req.Kind, Target: req.Target, Reason: req.Reason, Actor: c.tokenID, EffectiveAt: req.EffectiveAt}
+	if req.DryRun || dryRun(r) {
+		p, err := a.cfg.Revoker.Preview(r.Context(), rule)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, RevokeResponse{Revocation: p.Rule, Covered: &p.Covered, Existed: p.Existed, DryRun: true, Sample: p.Sample})
+		return nil
+	}
+	res, err := a.cfg.Revoker.Submit(r.Context(), rule, revoke.Options{AllowEmpty: req.AllowEmpty, CallerKey: c.keyID, Force: req.Force})
+	switch {
+	case errors.Is(err, revoke.ErrCoversNothing):
+		return &apiError{status: http.StatusConflict, code: "covers_nothing", msg: err.Error()}
+	case errors.Is(err, revoke.ErrOwnKey):
+		return &apiError{status: http.StatusConflict, code: "own_admin_key", msg: fmt.Sprintf(
+			"key %s signed the admin token this request was made with: revoking it locks that token out. Pass --force (force) to revoke it anyway; the agent then writes itself a new admin token at once (<data-dir>/admin.token), and a copy of the old one held elsewhere stops working", req.Target)}
+	case err != nil:
 		return err
 	}
-	writeJSON(w, http.StatusCreated, RevokeResponse{Revocation: rule, Covered: covered})
+	own := req.Kind == policy.RevokeKey && req.Target == c.keyID
+	out := RevokeResponse{Revocation: res.Rule, Existed: res.Existed, Replicating: !res.Stored}
+	if res.Covered >= 0 {
+		out.Covered = &res.Covered
+	}
+	if own && a.cfg.AdminTokenRevoked != nil && !res.Existed {
+		if err := a.cfg.AdminTokenRevoked(context.WithoutCancel(r.Context())); err != nil {
+			a.cfg.Logger.Error("revoked the key of the admin token; writing a new admin token failed", "key", req.Target, "err", err)
+		} else {
+			out.AdminTokenReissued = true
+		}
+	}
+	writeJSON(w, revokeStatus(res.Stored, res.Existed), out)
 	return nil
+}
+
+func revokeStatus(stored, existed bool) int {
+	switch {
+	case existed:
+		return http.StatusOK
+	case stored:
+		return http.StatusCreated
+	}
+	return http.StatusAccepted
 }
 
 // LeakReport is the body of POST /v1/leaks: the sha256 of a token found
@@ -485,6 +578,8 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request, c caller, req Revok
 type LeakReport struct {
 	SHA256 string `json:"sha256"`
 	Source string `json:"source"`
+	// DryRun names the token and stores nothing (also ?dry_run=true).
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // LeakResponse says which token the leak was and the rule that retired it.
@@ -494,6 +589,11 @@ type LeakResponse struct {
 	Revocation policy.Revocation `json:"revocation"` // zero when AlreadyRevoked
 	// AlreadyRevoked: the token was revoked before; no rule was added.
 	AlreadyRevoked bool `json:"already_revoked,omitempty"`
+	// Replicating (202): enforced on this agent, not yet stored (see
+	// RevokeResponse).
+	Replicating bool `json:"replicating,omitempty"`
+	// DryRun (200): nothing was revoked; the token is named only.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // reportLeak revokes the token whose sha256 a scanner found in the wild. A
@@ -509,20 +609,29 @@ func (a *API) reportLeak(w http.ResponseWriter, r *http.Request, c caller) error
 	} else {
 		copy(h[:], b)
 	}
-	if len(req.Source) > issuer.MaxLeakSourceBytes {
-		return badRequest("source: at most %d bytes", issuer.MaxLeakSourceBytes)
+	if len(req.Source) > revoke.MaxLeakSourceBytes {
+		return badRequest("source: at most %d bytes", revoke.MaxLeakSourceBytes)
 	}
-	leak, err := a.cfg.Issuer.RevokeLeak(r.Context(), h, req.Source, c.tokenID)
+	if req.DryRun || dryRun(r) {
+		rec, err := a.cfg.Store.TokenByLeakHash(r.Context(), h)
+		if err != nil {
+			return fmt.Errorf("no token issued here has that hash: %w", err)
+		}
+		now := a.cfg.Now()
+		writeJSON(w, http.StatusOK, LeakResponse{TokenID: rec.ID, Subject: rec.Subject, AlreadyRevoked: !rec.Live(now) || a.revoked(rec, now), DryRun: true})
+		return nil
+	}
+	leak, err := a.cfg.Revoker.RevokeLeak(r.Context(), h, req.Source, c.tokenID)
 	if err != nil {
 		return err
 	}
-	status := http.StatusCreated
-	if leak.Already {
-		status = http.StatusOK
-	}
-	writeJSON(w, status, LeakResponse{TokenID: leak.Token.ID, Subject: leak.Token.Subject, Revocation: leak.Revocation, AlreadyRevoked: leak.Already})
+	status := revokeStatus(leak.Stored, leak.Already)
+	writeJSON(w, status, LeakResponse{TokenID: leak.Token.ID, Subject: leak.Token.Subject, Revocation: leak.Rule, AlreadyRevoked: leak.Already, Replicating: !leak.Stored})
 	return nil
 }
+
+// dryRun reports ?dry_run=true.
+func dryRun(r *http.Request) bool { return r.URL.Query().Get("dry_run") == "true" }
 
 func (a *API) listRevocations(w http.ResponseWriter, r *http.Request, c caller) error {
 	pr, err := a.pages.parse(r)
@@ -543,6 +652,9 @@ func (a *API) listRevocations(w http.ResponseWriter, r *http.Request, c caller) 
 func (a *API) rotateToken(w http.ResponseWriter, r *http.Request, c caller) error {
 	if err := a.mayRotate(r.Context(), c, r.PathValue("id")); err != nil {
 		return err
+	}
+	if dryRun(r) {
+		return a.rotateDryRun(w, r, r.PathValue("id"))
 	}
 	out, err := a.cfg.Rotator.Rotate(r.Context(), r.PathValue("id"), c.tokenID)
 	if err != nil && out.Token == "" {
@@ -578,6 +690,9 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request, c caller) error {
 }
 
 func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, c caller) error {
+	if dryRun(r) {
+		return a.rotateKeysDryRun(w, r.URL.Query().Get("now") == "true")
+	}
 	rotate := a.cfg.Issuer.RotateKeys // published ahead (issuer.KeyLead)
 	if r.URL.Query().Get("now") == "true" {
 		rotate = a.cfg.Issuer.RotateKeysNow // emergency: signs at once

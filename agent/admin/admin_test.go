@@ -745,6 +745,7 @@ func TestShowToken(t *testing.T) {
 type revokeResponse struct {
 	Revocation policy.Revocation `json:"revocation"`
 	Covered    int               `json:"covered"`
+	Existed    bool              `json:"existed"`
 }
 
 func TestRevokeToken(t *testing.T) {
@@ -764,8 +765,9 @@ func TestRevokeToken(t *testing.T) {
 				wantStatus(s.t, s.as(http.MethodPost, "/v1/tokens/"+live.Record.ID+"/revoke", map[string]string{"reason": "first"}), http.StatusCreated)
 				return live.Record.ID
 			},
+			// Idempotent: the same rule twice is one rule.
 			body:       map[string]string{"reason": "again"},
-			wantStatus: http.StatusCreated, wantCovered: 0,
+			wantStatus: http.StatusOK, wantCovered: 0,
 		},
 		"with a future effective_at": {
 			target: liveID, body: map[string]any{"reason": "migrate first", "effective_at": t0.Add(time.Hour)},
@@ -816,8 +818,8 @@ func TestRevokeToken(t *testing.T) {
 				t.Errorf("covered %d, want %d", out.Covered, tc.wantCovered)
 			}
 			rule := out.Revocation
-			if rule.Kind != policy.RevokeToken || rule.Target != id || rule.Actor != s.adminID || rule.ID == "" {
-				t.Errorf("rule %+v", rule)
+			if rule.Kind != policy.RevokeToken || rule.Target != id || rule.Actor != s.adminID || (rule.ID == "") != out.Existed {
+				t.Errorf("rule %+v (existed %v)", rule, out.Existed)
 			}
 			if revoked := s.set.Revoked(pt, s.clock.Now()); revoked != rule.EffectiveAt.Equal(t0) {
 				t.Errorf("revoked now = %v, rule effective at %v", revoked, rule.EffectiveAt)
@@ -921,7 +923,8 @@ func TestCreateRevocation(t *testing.T) {
 				if _, err := s.iss.RotateKeysNow(context.Background(), s.adminID); err != nil {
 					s.t.Fatal(err)
 				}
-				return map[string]string{"kind": "key", "target": s.record(s.adminID).KeyID, "reason": "compromised"}
+				// It signed the caller's own admin token: force.
+				return map[string]any{"kind": "key", "target": s.record(s.adminID).KeyID, "reason": "compromised", "force": true}
 			},
 			revoked:    []string{"admin", "alice-acme", "alice-globex", "bob-acme", "bob-globex"},
 			wantStatus: http.StatusCreated, wantCovered: 5,

@@ -401,43 +401,11 @@ func (i *Issuer) Revoke(ctx context.Context, r policy.Revocation) (policy.Revoca
 	return stored, n, nil
 }
 
-// Leak is the outcome of RevokeLeak.
-type Leak struct {
-	Token      store.TokenRecord
-	Revocation policy.Revocation // zero when Already
-	// Already is true when the token was revoked before: no new rule is
-	// made, so a replayed report changes nothing.
-	Already bool
-}
-
-// MaxLeakSourceBytes bounds where a leak was found, as recorded.
-const MaxLeakSourceBytes = 512
-
-// RevokeLeak revokes, now, the token whose SHA-256 (policy.LeakHash) was
-// found where it should not be: `scan`, POST /v1/leaks and GitHub
-// secret-scanning alerts all come here. source says where (at most
-// MaxLeakSourceBytes); store.ErrNotFound when no token issued here has
-// that hash.
-func (i *Issuer) RevokeLeak(ctx context.Context, h [32]byte, source, actor string) (Leak, error) {
-	if len(source) > MaxLeakSourceBytes {
-		return Leak{}, &policy.Refusal{Msg: fmt.Sprintf("source: at most %d bytes", MaxLeakSourceBytes)}
-	}
-	rec, err := i.cfg.Store.TokenByLeakHash(ctx, h)
-	if err != nil {
-		return Leak{}, fmt.Errorf("no token issued here has that hash: %w", err)
-	}
-	if rec.Status == store.TokenRevoked {
-		return Leak{Token: rec, Already: true}, nil
-	}
-	reason := "leak"
-	if source != "" {
-		reason = "leak: found in " + source
-	}
-	rule, _, err := i.Revoke(ctx, policy.Revocation{Kind: policy.RevokeToken, Target: rec.ID, Reason: reason, Actor: actor})
-	if err != nil {
-		return Leak{}, err
-	}
-	return Leak{Token: rec, Revocation: rule}, nil
+// TokenByLeakHash returns the record of the token whose SHA-256
+// (policy.LeakHash) is h: the look-up behind a leak report
+// (revoke.Revoker.RevokeLeak).
+func (i *Issuer) TokenByLeakHash(ctx context.Context, h [32]byte) (store.TokenRecord, error) {
+	return i.cfg.Store.TokenByLeakHash(ctx, h)
 }
 
 // maxLineage bounds how far a revocation follows successors. A chain is
@@ -467,13 +435,18 @@ func (i *Issuer) successors(ctx context.Context, rec store.TokenRecord, r policy
 	return out, nil
 }
 
-// revoke stores one rule and audits it; it returns the live tokens the
-// rule covers. markRecords marks them revoked when the rule is in effect.
-func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bool) (policy.Revocation, []store.TokenRecord, error) {
+// Prepare completes a revocation request into the rule to enforce and
+// store, reading nothing from the store: its id, creation and effective
+// times, the issue time a subject or tenant rule covers up to, and when it
+// may be forgotten. A token rule is kept, until the store has its token's
+// record, for the policy's longest lifetime. Prepare refuses what no store
+// would take (no actor, an unknown kind, the active or next signing key).
+// A rule prepared before keeps what it has: Prepare is idempotent.
+func (i *Issuer) Prepare(r policy.Revocation) (policy.Revocation, error) {
 	if r.Actor == "" {
 		// Checked before anything is stored: the audit log refuses a record
 		// without an actor, which would leave a rule in force unaudited.
-		return r, nil, &policy.Refusal{Msg: fmt.Sprintf("revocation needs an actor: the admin token's jti, or %q", audit.ActorSystem)}
+		return r, &policy.Refusal{Msg: fmt.Sprintf("revocation needs an actor: the admin token's jti, or %q", audit.ActorSystem)}
 	}
 	// A reason is free text: a token pasted into it (the leaked one, say)
 	// would be stored, answered and audited. It is redacted here, once, so
@@ -481,22 +454,20 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 	r.Reason = audit.Redact(r.Reason)
 	now := i.cfg.Now()
 	p := i.cfg.Policy()
-	r.ID = policy.NewRevocationID()
-	r.CreatedAt = now.UTC()
+	if r.ID == "" {
+		r.ID = policy.NewRevocationID()
+	}
+	if r.CreatedAt.IsZero() {
+		r.CreatedAt = now.UTC()
+	}
 	if r.EffectiveAt.IsZero() {
 		r.EffectiveAt = now.UTC()
 	}
 	skew := policy.MaxClockSkew
-	var covered []store.TokenRecord
 	switch r.Kind {
 	case policy.RevokeToken:
-		rec, err := i.cfg.Store.Token(ctx, r.Target)
-		if err != nil {
-			return r, nil, err // names the token
-		}
-		r.Expires = rec.ExpiresAt.Add(skew).UTC()
-		if rec.Live(now) {
-			covered = append(covered, rec)
+		if r.Expires.IsZero() {
+			r.Expires = r.CreatedAt.Add(p.MaxLifetime() + skew).UTC()
 		}
 	case policy.RevokeSubject, policy.RevokeTenant:
 		if r.IssuedBefore.IsZero() {
@@ -508,51 +479,107 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 			}
 			r.IssuedBefore = r.IssuedBefore.UTC()
 		}
-		r.Expires = r.IssuedBefore.Add(p.MaxLifetime() + skew).UTC()
-		f := store.TokenFilter{LiveAt: now}
-		if r.Kind == policy.RevokeSubject {
-			f.Subject = r.Target
-		} else {
-			f.Tenant = r.Target
-		}
-		recs, err := i.cfg.Store.Tokens(ctx, f)
-		if err != nil {
-			return r, nil, err
-		}
-		for _, rec := range recs {
-			if !rec.IssuedAt.After(r.IssuedBefore) {
-				covered = append(covered, rec)
-			}
+		if r.Expires.IsZero() {
+			r.Expires = r.IssuedBefore.Add(p.MaxLifetime() + skew).UTC()
 		}
 	case policy.RevokeKey:
-		known := false
-		for _, k := range i.Keys() {
-			known = known || k.ID == r.Target
+		if err := i.revocableKey(r.Target, now); err != nil {
+			return r, err
 		}
-		if !known {
-			return r, nil, &policy.Refusal{Msg: fmt.Sprintf("no signing key %q (see `tokenwarden keys list`)", r.Target)}
-		}
-		if r.Target == i.signer(now).ID {
-			// Every token minted from here on would be revoked on arrival.
-			return r, nil, &policy.Refusal{Msg: fmt.Sprintf("key %s is the active signing key: run `tokenwarden keys rotate --now` first, then revoke it", r.Target)}
-		}
-		for _, k := range i.Keys() {
-			if k.ID == r.Target && k.State == store.KeyPending {
-				// It would sign revoked tokens once it activates.
-				return r, nil, &policy.Refusal{Msg: fmt.Sprintf("key %s is the next signing key: run `tokenwarden keys rotate --now` first, then revoke it", r.Target)}
-			}
-		}
-		recs, err := i.cfg.Store.Tokens(ctx, store.TokenFilter{KeyID: r.Target, LiveAt: now})
-		if err != nil {
-			return r, nil, err
-		}
-		covered = recs
 	}
 	if err := r.Validate(); err != nil {
-		return r, nil, &policy.Refusal{Msg: err.Error()}
+		return r, &policy.Refusal{Msg: err.Error()}
+	}
+	return r, nil
+}
+
+// revocableKey refuses a key revocation that would revoke what is signed
+// from here on.
+func (i *Issuer) revocableKey(kid string, now time.Time) error {
+	known := false
+	for _, k := range i.Keys() {
+		known = known || k.ID == kid
+	}
+	if !known {
+		return &policy.Refusal{Msg: fmt.Sprintf("no signing key %q (see `tokenwarden keys list`)", kid)}
+	}
+	if kid == i.signer(now).ID {
+		// Every token minted from here on would be revoked on arrival.
+		return &policy.Refusal{Msg: fmt.Sprintf("key %s is the active signing key: run `tokenwarden keys rotate --now` first, then revoke it", kid)}
+	}
+	for _, k := range i.Keys() {
+		if k.ID == kid && k.State == store.KeyPending {
+			// It would sign revoked tokens once it activates.
+			return &policy.Refusal{Msg: fmt.Sprintf("key %s is the next signing key: run `tokenwarden keys rotate --now` first, then revoke it", kid)}
+		}
+	}
+	return nil
+}
+
+// Coverage returns the live tokens rule r (prepared) covers at now, read
+// from the store's indexes (by subject, tenant or key id): the cost is the
+// target's tokens, not every stored record.
+func (i *Issuer) Coverage(ctx context.Context, r policy.Revocation) ([]store.TokenRecord, error) {
+	now := i.cfg.Now()
+	f := store.TokenFilter{LiveAt: now}
+	switch r.Kind {
+	case policy.RevokeToken:
+		rec, err := i.cfg.Store.Token(ctx, r.Target)
+		if err != nil {
+			return nil, fmt.Errorf("token %s: %w", r.Target, err)
+		}
+		if rec.Live(now) {
+			return []store.TokenRecord{rec}, nil
+		}
+		return nil, nil
+	case policy.RevokeSubject:
+		f.Subject = r.Target
+	case policy.RevokeTenant:
+		f.Tenant = r.Target
+	case policy.RevokeKey:
+		f.KeyID = r.Target
+	default:
+		return nil, nil
+	}
+	recs, err := i.cfg.Store.Tokens(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	if r.Kind == policy.RevokeSubject || r.Kind == policy.RevokeTenant {
+		recs = slices.DeleteFunc(recs, func(rec store.TokenRecord) bool { return rec.IssuedAt.After(r.IssuedBefore) })
+	}
+	return recs, nil
+}
+
+// revoke stores one rule (prepared, or prepared here) and audits it; it
+// returns the live tokens the rule covers. The rule is stored before its
+// coverage is read. markRecords marks them revoked when the rule is in
+// effect.
+func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bool) (policy.Revocation, []store.TokenRecord, error) {
+	r, err := i.Prepare(r)
+	if err != nil {
+		return r, nil, err
+	}
+	now := i.cfg.Now()
+	var covered []store.TokenRecord
+	if r.Kind == policy.RevokeToken {
+		rec, err := i.cfg.Store.Token(ctx, r.Target)
+		if err != nil {
+			return r, nil, fmt.Errorf("token %s: %w", r.Target, err)
+		}
+		r.Expires = rec.ExpiresAt.Add(policy.MaxClockSkew).UTC()
+		if rec.Live(now) {
+			covered = append(covered, rec)
+		}
 	}
 	if err := i.cfg.Store.PutRevocation(ctx, r); err != nil {
 		return r, nil, fmt.Errorf("store revocation: %w", err)
+	}
+	if r.Kind != policy.RevokeToken {
+		if covered, err = i.Coverage(ctx, r); err != nil {
+			// The rule is stored and in force; only its count is missing.
+			i.cfg.Logger.Warn("revocation stored; counting the tokens it covers failed", "rule", r.ID, "err", err)
+		}
 	}
 	if markRecords && !r.EffectiveAt.After(now) {
 		for _, rec := range covered {

@@ -32,7 +32,7 @@ import (
 	"strconv"
 
 	"github.com/tokenwarden/tokenwarden/agent/audit"
-	"github.com/tokenwarden/tokenwarden/agent/issuer"
+	"github.com/tokenwarden/tokenwarden/agent/revoke"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
@@ -182,9 +182,9 @@ func ParseAlerts(body []byte) ([]Alert, error) {
 	return alerts, nil
 }
 
-// Leaks revokes leaked tokens; *issuer.Issuer implements it.
+// Leaks revokes leaked tokens; *revoke.Revoker implements it.
 type Leaks interface {
-	RevokeLeak(ctx context.Context, h [32]byte, source, actor string) (issuer.Leak, error)
+	RevokeLeak(ctx context.Context, h [32]byte, source, actor string) (revoke.Leak, error)
 }
 
 // Auditor records audit records; *audit.Log implements it.
@@ -305,7 +305,7 @@ func (h *Handler) process(ctx context.Context, alerts []Alert, keyID string) ([]
 			failed = errors.Join(failed, fmt.Errorf("revoke token %s: %w", t.ID, err))
 			continue
 		}
-		genuine = append(genuine, found{TokenID: t.ID, URL: url, Rule: leak.Revocation.ID, Already: leak.Already})
+		genuine = append(genuine, found{TokenID: t.ID, URL: url, Rule: leak.Rule.ID, Already: leak.Already})
 	}
 	details, _ := json.Marshal(map[string]any{
 		"key_id": truncate(keyID, 128), "alerts": len(alerts), "true_positive": len(genuine), "tokens": genuine,

@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/audit"
-	"github.com/tokenwarden/tokenwarden/agent/issuer"
+	"github.com/tokenwarden/tokenwarden/agent/revoke"
 	"github.com/tokenwarden/tokenwarden/agent/secretscan"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/policy"
@@ -70,24 +70,24 @@ type leaks struct {
 	fail    bool
 }
 
-func (l *leaks) RevokeLeak(_ context.Context, h [32]byte, source, actor string) (issuer.Leak, error) {
+func (l *leaks) RevokeLeak(_ context.Context, h [32]byte, source, actor string) (revoke.Leak, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.fail {
-		return issuer.Leak{}, errors.New("store down")
+		return revoke.Leak{}, errors.New("store down")
 	}
 	id, ok := l.known[h]
 	if !ok {
-		return issuer.Leak{}, store.ErrNotFound
+		return revoke.Leak{}, store.ErrNotFound
 	}
 	if actor != secretscan.Actor || !strings.HasPrefix(source, "GitHub https://") {
-		return issuer.Leak{}, errors.New("bad actor or source")
+		return revoke.Leak{}, errors.New("bad actor or source")
 	}
 	l.revoked[h]++
 	if l.revoked[h] > 1 {
-		return issuer.Leak{Token: store.TokenRecord{ID: id}, Already: true}, nil
+		return revoke.Leak{Token: store.TokenRecord{ID: id}, Already: true}, nil
 	}
-	return issuer.Leak{Token: store.TokenRecord{ID: id}, Revocation: policy.Revocation{ID: "rule-" + id}}, nil
+	return revoke.Leak{Token: store.TokenRecord{ID: id}, Result: revoke.Result{Rule: policy.Revocation{ID: "rule-" + id}}}, nil
 }
 
 type auditLog struct {

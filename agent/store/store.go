@@ -31,6 +31,11 @@ func (e *NotFoundError) Error() string { return e.Kind + " " + e.ID + " not foun
 // Is makes a NotFoundError ErrNotFound.
 func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
 
+// ErrUnavailable wraps a fault of a store that did not answer in time or
+// cannot be reached (etcd down, partitioned, paused): a condition to report
+// as the store's (503 store_unavailable), not as the caller's.
+var ErrUnavailable = errors.New("store unavailable")
+
 // ErrClosed is returned by calls on a closed store.
 var ErrClosed = errors.New("store is closed")
 

@@ -40,6 +40,12 @@ var (
 	bucketTokensByLeak = []byte("tokens_by_leak") // sha256(token) → jti
 	bucketRevocations  = []byte("revocations")    // rule id → Revocation
 	bucketAudit        = []byte("audit")          // auditKeyName → AuditKey; "head/<node>" → AuditHead
+	// The token indexes: "<subject|tenant|kid>\x00<jti>" → nothing. A
+	// revocation by subject, tenant or key counts its tokens from them,
+	// at a cost independent of how many other records are stored.
+	bucketBySubject = []byte("tokens_by_subject")
+	bucketByTenant  = []byte("tokens_by_tenant")
+	bucketByKey     = []byte("tokens_by_kid")
 )
 
 // ErrInUse is returned by Open when another process holds the store's file.
@@ -115,7 +121,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 				return fmt.Errorf("create bucket %s: %w", b, err)
 			}
 		}
-		return nil
+		return buildIndexes(tx)
 	})
 	if err != nil {
 		db.Close()

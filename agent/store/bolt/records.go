@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"go.etcd.io/bbolt"
 
@@ -69,6 +71,7 @@ func (s *Store) PutToken(ctx context.Context, t store.TokenRecord) error {
 	err = s.commit(ctx, func(tx *bbolt.Tx) (store.Event, error) {
 		tokens, byLeak := tx.Bucket(bucketTokens), tx.Bucket(bucketTokensByLeak)
 		id := []byte(t.ID)
+		var prevp *store.TokenRecord
 		if old := tokens.Get(id); old != nil {
 			prev, err := store.DecodeRecord[store.TokenRecord](old)
 			if err != nil {
@@ -79,6 +82,10 @@ func (s *Store) PutToken(ctx context.Context, t store.TokenRecord) error {
 					return store.Event{}, err
 				}
 			}
+			prevp = &prev
+		}
+		if err := reindex(tx, prevp, &t); err != nil {
+			return store.Event{}, err
 		}
 		if t.LeakHash != ([32]byte{}) {
 			// The leak hash covers the whole token, jti included, so two
@@ -141,13 +148,18 @@ func (s *Store) TokenByLeakHash(ctx context.Context, h [32]byte) (store.TokenRec
 	return t, nil
 }
 
-// Tokens returns the records that match f, ordered by ID. It scans every
-// record: fine for the thousands of tokens a node holds; an index by subject
-// or key would replace the scan if listing ever becomes hot.
+// Tokens returns the records that match f, ordered by ID. A filter by
+// subject, tenant or key id reads that index (subject first): its cost is
+// the target's records, not every stored one. Other filters scan.
 func (s *Store) Tokens(ctx context.Context, f store.TokenFilter) ([]store.TokenRecord, error) {
 	var tokens []store.TokenRecord
 	err := s.view(ctx, func(tx *bbolt.Tx) error {
 		var err error
+		var ok bool
+		if tokens, ok, err = indexed(ctx, tx, f); ok {
+			slices.SortFunc(tokens, func(a, b store.TokenRecord) int { return strings.Compare(a.ID, b.ID) })
+			return err
+		}
 		tokens, err = scan(ctx, tx.Bucket(bucketTokens), f.Match)
 		return err
 	})
@@ -172,6 +184,9 @@ func (s *Store) DeleteToken(ctx context.Context, id string) error {
 			return store.Event{}, err
 		}
 		if err := unindexLeak(tx.Bucket(bucketTokensByLeak), ev.Token); err != nil {
+			return store.Event{}, err
+		}
+		if err := reindex(tx, ev.Token, nil); err != nil {
 			return store.Event{}, err
 		}
 		return ev, tokens.Delete([]byte(id))

@@ -10,6 +10,8 @@
 //	tokens/<jti>             store.TokenRecord
 //	leak/<hex sha256>        jti: the index behind TokenByLeakHash
 //	revocations/<rule id>    policy.Revocation
+//	index/<field>/<value>/<jti>  "": tokens by subject, tenant and kid
+//	index/v1                 "": the indexes are complete
 //
 // A write returns once etcd has committed it through raft, so it is on a
 // quorum's disks. Reads are linearizable: a node reads what any node wrote
@@ -28,11 +30,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/logutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tokenwarden/tokenwarden/agent/store"
 )
@@ -241,6 +246,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)
 	}
 	go s.run(wch, from)
+	ictx, icancel := context.WithTimeout(ctx, 5*dialTimeout)
+	err = s.buildIndexes(ictx)
+	icancel()
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open etcd store at %s: build token indexes: %w", endpoints, err)
+	}
 	return s, nil
 }
 
@@ -277,9 +289,25 @@ func (s *Store) fail(ctx context.Context, err error) error {
 		return store.ErrClosed
 	}
 	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
-		return fmt.Errorf("%w: %v", cerr, err)
+		err = fmt.Errorf("%w: %v", cerr, err)
+	}
+	if unavailable(err) {
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
 	return err
+}
+
+// unavailable: the cluster did not answer (no endpoint reachable, no
+// leader, the request's time ran out), as against a refusal.
+func unavailable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) || errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost)
 }
 
 func (s *Store) key(ns, id string) string { return s.prefix + ns + id }

@@ -97,6 +97,7 @@ func (s *Store) PutToken(ctx context.Context, t store.TokenRecord) error {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(leakKey), "=", modRevision(leakKVs)))
 			writes = append(writes, clientv3.OpPut(leakKey, t.ID))
 		}
+		var prevp *store.TokenRecord
 		if len(tokKVs) > 0 {
 			prev, err := store.DecodeRecord[store.TokenRecord](tokKVs[0].Value)
 			if err != nil {
@@ -105,7 +106,9 @@ func (s *Store) PutToken(ctx context.Context, t store.TokenRecord) error {
 			if prev.LeakHash != t.LeakHash && prev.LeakHash != ([32]byte{}) {
 				writes = append(writes, s.unindexLeak(&prev))
 			}
+			prevp = &prev
 		}
+		writes = append(writes, s.reindexOps(prevp, &t)...)
 		wresp, err := s.cli.Txn(ctx).If(cmps...).Then(writes...).Commit()
 		if err != nil {
 			return err
@@ -167,11 +170,15 @@ func (s *Store) tokenByLeakHash(ctx context.Context, h [32]byte) (store.TokenRec
 	return store.DecodeRecord[store.TokenRecord](tresp.Kvs[0].Value)
 }
 
-// Tokens returns the records that match f, ordered by ID. It reads every
-// record, page by page at one revision: fine for the thousands of tokens a
-// deployment holds.
+// Tokens returns the records that match f, ordered by ID. A filter by
+// subject, tenant or key id reads that index (subject first): its cost is
+// the target's records, not every stored one. Other filters read every
+// record, page by page at one revision.
 func (s *Store) Tokens(ctx context.Context, f store.TokenFilter) ([]store.TokenRecord, error) {
-	tokens, err := scan(ctx, s, nsTokens, f.Match)
+	tokens, ok, err := s.indexed(ctx, f)
+	if !ok {
+		tokens, err = scan(ctx, s, nsTokens, f.Match)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list tokens: %w", err)
 	}
@@ -198,6 +205,7 @@ func (s *Store) DeleteToken(ctx context.Context, id string) error {
 		if prev.LeakHash != ([32]byte{}) {
 			writes = append(writes, s.unindexLeak(&prev))
 		}
+		writes = append(writes, s.reindexOps(&prev, nil)...)
 		wresp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(tokKey), "=", resp.Kvs[0].ModRevision)).
 			Then(writes...).
