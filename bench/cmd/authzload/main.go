@@ -48,6 +48,9 @@ func main() {
 	warmup := flag.Duration("warmup", 300*time.Millisecond, "unmeasured load before each run")
 	profiles := flag.String("profile-dir", "", "have each server write a CPU profile <impl>-<mode>.prof here")
 	stats := flag.Bool("server-stats", false, "have each server print allocation and GC totals when it stops")
+	ghzBin := flag.String("ghz", "", "also drive gRPC checks with this ghz binary (rows \"grpc/ghz\"), alternating with authzload's own")
+	tokenCount := flag.Int("tokens", 1000, "distinct tokens the load rotates over, all in the server's warm cache")
+	revocations := flag.Int("revocations", 10_000, "revocation rules the server holds")
 	flag.Parse()
 	if *serverBin == "" {
 		log.Fatal("authzload: -server is required (build bench/cmd/authzserver)")
@@ -70,11 +73,12 @@ func main() {
 	loadStart := loadAverage()
 	var rows []row
 	for _, mode := range strings.Split(*modes, ",") {
-		tw, err := startServer(*serverBin, *serverCPU, "tokenwarden", mode, *policyFile, filepath.Join(dir, "tokens-"+mode), *profiles, *stats)
+		world := []string{"-tokens", strconv.Itoa(*tokenCount), "-revocations", strconv.Itoa(*revocations)}
+		tw, err := startServer(*serverBin, *serverCPU, "tokenwarden", mode, *policyFile, filepath.Join(dir, "tokens-"+mode), *profiles, *stats, world...)
 		if err != nil {
 			log.Fatal(err)
 		}
-		noop, err := startServer(*serverBin, *serverCPU, "noop", mode, *policyFile, "", *profiles, *stats)
+		noop, err := startServer(*serverBin, *serverCPU, "noop", mode, *policyFile, "", *profiles, *stats, world...)
 		if err != nil {
 			tw.stop()
 			log.Fatal(err)
@@ -88,30 +92,53 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
+		// The load generators: authzload's own, and ghz for gRPC.
+		gens := []string{mode}
+		var g *ghzLoad
+		if *ghzBin != "" && mode == "grpc" {
+			if g, err = newGHZ(*ghzBin, dir, tokens); err != nil {
+				log.Fatal(err)
+			}
+			gens = append(gens, "grpc/ghz")
+		}
 		// Short runs, interleaved: tokenwarden and no-op alternate within
 		// each round, so that load from other processes on the machine
 		// falls on both alike.
-		results := make([]map[string]*result, len(concs))
-		for i := range results {
-			results[i] = map[string]*result{"tokenwarden": {}, "noop": {}}
+		results := map[string][]map[string]*result{}
+		for _, gen := range gens {
+			results[gen] = make([]map[string]*result, len(concs))
+			for i := range concs {
+				results[gen][i] = map[string]*result{"tokenwarden": {}, "noop": {}}
+			}
 		}
 		for r := range *rounds {
 			for i, c := range concs {
-				for _, s := range []*server{tw, noop} {
-					res, err := drive(s, mode, tokens, c, *warmup, *duration)
-					if err != nil {
-						tw.stop()
-						noop.stop()
-						log.Fatalf("authzload: %s %s c=%d: %v", s.impl, mode, c, err)
+				for _, gen := range gens {
+					for _, s := range []*server{tw, noop} {
+						var res *result
+						if gen == "grpc/ghz" {
+							if _, err = g.run(s, c, *warmup, false); err == nil {
+								res, err = g.run(s, c, *duration, true)
+							}
+						} else {
+							res, err = drive(s, mode, tokens, c, *warmup, *duration)
+						}
+						if err != nil {
+							tw.stop()
+							noop.stop()
+							log.Fatalf("authzload: %s %s c=%d: %v", s.impl, gen, c, err)
+						}
+						fmt.Fprintf(os.Stderr, "round %d %-8s c=%-3d %-12s %8.0f checks/s  p50 %6.1fµs  p99 %6.1fµs  %5.1f µs CPU/check  load %s\n",
+							r+1, gen, c, s.impl, res.rate(), res.quantile(0.50), res.quantile(0.99), res.cpuPerCheck(), loadAverage())
+						results[gen][i][s.impl].merge(res)
 					}
-					fmt.Fprintf(os.Stderr, "round %d %-5s c=%-3d %-12s %8.0f checks/s  p50 %6.1fµs  p99 %6.1fµs  %5.1f µs CPU/check\n",
-						r+1, mode, c, s.impl, res.rate(), res.quantile(0.50), res.quantile(0.99), res.cpuPerCheck())
-					results[i][s.impl].merge(res)
 				}
 			}
 		}
-		for i, c := range concs {
-			rows = append(rows, row{mode, c, results[i]["tokenwarden"], results[i]["noop"]})
+		for _, gen := range gens {
+			for i, c := range concs {
+				rows = append(rows, row{gen, c, results[gen][i]["tokenwarden"], results[gen][i]["noop"]})
+			}
 		}
 		tw.stop()
 		noop.stop()
@@ -134,8 +161,8 @@ type server struct {
 	cmd              *exec.Cmd
 }
 
-func startServer(bin, cpus, impl, mode, policyFile, tokensOut, profiles string, stats bool) (*server, error) {
-	args := []string{"-c", cpus, bin, "-impl", impl, "-mode", mode, "-addr", "127.0.0.1:0", "-policy", policyFile}
+func startServer(bin, cpus, impl, mode, policyFile, tokensOut, profiles string, stats bool, extra ...string) (*server, error) {
+	args := append([]string{"-c", cpus, bin, "-impl", impl, "-mode", mode, "-addr", "127.0.0.1:0", "-policy", policyFile}, extra...)
 	if tokensOut != "" {
 		args = append(args, "-tokens-out", tokensOut)
 	}
