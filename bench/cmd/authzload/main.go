@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -49,6 +50,7 @@ func main() {
 	profiles := flag.String("profile-dir", "", "have each server write a CPU profile <impl>-<mode>.prof here")
 	stats := flag.Bool("server-stats", false, "have each server print allocation and GC totals when it stops")
 	ghzBin := flag.String("ghz", "", "also drive gRPC checks with this ghz binary (rows \"grpc/ghz\"), alternating with authzload's own")
+	jsonOut := flag.String("json", "", "also write the table's figures here as JSON (for bench/cmd/benchreport)")
 	tokenCount := flag.Int("tokens", 1000, "distinct tokens the load rotates over, all in the server's warm cache")
 	revocations := flag.Int("revocations", 10_000, "revocation rules the server holds")
 	flag.Parse()
@@ -144,6 +146,52 @@ func main() {
 		noop.stop()
 	}
 	printTable(os.Stdout, rows, *rounds, *duration, loadStart)
+	if *jsonOut != "" {
+		if err := writeJSON(*jsonOut, rows, *rounds, *duration, loadStart); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+// Figures is what -json writes: one Cell per mode (load generator) and
+// concurrency.
+type Figures struct {
+	Rounds    int    `json:"rounds"`
+	Duration  string `json:"duration"`
+	LoadStart string `json:"load_start"`
+	LoadEnd   string `json:"load_end"`
+	Cells     []Cell `json:"cells"`
+}
+
+// Cell is one row pair of the table.
+type Cell struct {
+	Mode        string `json:"mode"`
+	Clients     int    `json:"clients"`
+	Tokenwarden Server `json:"tokenwarden"`
+	Noop        Server `json:"noop"`
+}
+
+// Server is one server's figures in a cell.
+type Server struct {
+	ChecksPerSec float64 `json:"checks_per_sec"`
+	P50us        float64 `json:"p50_us"`
+	P99us        float64 `json:"p99_us"`
+	CPUus        float64 `json:"cpu_us_per_check"`
+}
+
+func writeJSON(path string, rows []row, rounds int, duration time.Duration, loadStart string) error {
+	f := Figures{Rounds: rounds, Duration: duration.String(), LoadStart: loadStart, LoadEnd: loadAverage()}
+	fig := func(r *result) Server {
+		return Server{ChecksPerSec: r.rate(), P50us: r.quantile(0.5), P99us: r.quantile(0.99), CPUus: r.cpuPerCheck()}
+	}
+	for _, r := range rows {
+		f.Cells = append(f.Cells, Cell{Mode: r.mode, Clients: r.clients, Tokenwarden: fig(r.tw), Noop: fig(r.floor)})
+	}
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o644)
 }
 
 // loadAverage is the 1-minute load average: a busy machine inflates tails.
