@@ -92,7 +92,7 @@ type ghzReport struct {
 func (g *ghzLoad) run(s *server, c int, d time.Duration, measure bool) (*result, error) {
 	cmd := exec.Command(g.bin, "--insecure", "--protoset", g.protoset,
 		"--call", "envoy.service.auth.v3.Authorization.Check", "-D", g.data,
-		"-c", strconv.Itoa(c), "--connections", strconv.Itoa((c+3)/4),
+		"-c", strconv.Itoa(c), "--timeout", checkTimeout.String(), "--connections", strconv.Itoa((c+3)/4),
 		"-z", d.String(), "-O", "json", s.addr)
 	cpu0, err := s.cpuTicks()
 	if err != nil {

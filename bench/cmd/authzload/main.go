@@ -343,7 +343,10 @@ func drive(s *server, mode string, tokens []string, c int, warmup, duration time
 		resps := make([]rawMessage, c)
 		call = func(worker, i int) error {
 			resp := &resps[worker]
-			if err := conns[worker/4].Invoke(context.Background(), checkMethod, reqs[i%len(reqs)], resp, grpc.ForceCodec(rawCodec{})); err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
+			err := conns[worker/4].Invoke(ctx, checkMethod, reqs[i%len(reqs)], resp, grpc.ForceCodec(rawCodec{}))
+			cancel()
+			if err != nil {
 				return err
 			}
 			if resp.code != 0 {
@@ -437,6 +440,10 @@ func drive(s *server, mode string, tokens []string, c int, warmup, duration time
 }
 
 const checkMethod = "/envoy.service.auth.v3.Authorization/Check"
+
+// checkTimeout is the deadline each check carries (grpc-timeout), as
+// Envoy's ext_authz filter sends its timeout (250 ms in our xDS config).
+const checkTimeout = 250 * time.Millisecond
 
 // rawMessage is a marshalled CheckRequest going out, or the status code of
 // a CheckResponse coming back.
