@@ -566,8 +566,8 @@ static long scan_step(__u64 index, void *ctx)
 			any |= any_dot(load64(buf, pos - 8));
 			if (!any) {
 				sc->scr->seg = s0;
-				sc->scr->state = ST_ID;
-				return 0;
+				token_done(sc, pos);
+				return sc->scr->state == ST_END;
 			}
 		}
 		sc->scr->pos = pos;
