@@ -110,7 +110,8 @@ func (r *report) authz(rounds int) error {
 	}
 	jsonOut := filepath.Join(dir, "authz.json")
 	args := []string{"-c", "1", filepath.Join(dir, "authzload"), "-server", filepath.Join(dir, "authzserver"), "-server-cpu", "0",
-		"-rounds", strconv.Itoa(rounds), "-tokens", "1000", "-revocations", "10000", "-json", jsonOut}
+		"-rounds", strconv.Itoa(rounds), "-tokens", "1000", "-revocations", "10000", "-json", jsonOut,
+		"-profile-dir", dir}
 	ghz := findGHZ()
 	if ghz != "" {
 		args = append(args, "-ghz", ghz)
@@ -163,7 +164,42 @@ func (r *report) authz(rounds int) error {
 	if err := r.chart("authz-cpu", cpu); err != nil {
 		return err
 	}
-	return r.chart("authz-p99", p99)
+	if err := r.chart("authz-p99", p99); err != nil {
+		return err
+	}
+	return r.profile(filepath.Join(dir, "authzserver"), filepath.Join(dir, "tokenwarden-grpc.prof"))
+}
+
+// profileLine keeps the profile lines worth reading: our code, context
+// (the call gate's deadline and release), the Check handler and syscalls.
+var profileLine = regexp.MustCompile(`Duration|flat  flat|_Authorization_Check_Handler|tokenwarden/agent|tokenwarden/policy|context\.(With|Afte|\(\*cancel)|Syscall6$`)
+
+// profile reports the tokenwarden gRPC server's CPU profile over the whole
+// authz run (the cache warm-up at start included: Verify's samples), next
+// to the one from before issue 15's changes.
+func (r *report) profile(bin, prof string) error {
+	var out bytes.Buffer
+	if err := run(&out, "go", "tool", "pprof", "-top", "-cum", "-nodecount=400", bin, prof); err != nil {
+		return err
+	}
+	var lines []string
+	for _, l := range strings.Split(out.String(), "\n") {
+		if profileLine.MatchString(l) && !strings.Contains(l, "bench.") && !strings.Contains(l, "Mint") && !strings.Contains(l, "New") {
+			lines = append(lines, l)
+		}
+		if len(lines) == 30 {
+			break
+		}
+	}
+	r.md.WriteString("### Profile of the tokenwarden gRPC server\n\n`go tool pprof -top -cum` over the runs above (the process's whole life: the start, which mints and verifies the 1,000 tokens, accounts for `Verify`), lines of our code, `context`, the Check handler and syscalls:\n\n```\n")
+	r.md.WriteString(strings.Join(lines, "\n"))
+	r.md.WriteString("\n```\n\n")
+	if before, err := os.ReadFile("bench/baseline/check-profile-before.txt"); err == nil {
+		r.md.WriteString("Before issue 15's call-gate change (`bench/baseline/check-profile-before.txt`): `CallGate.tap` took 4.6% of the server's samples, more than half of what `Server.Check` itself took, in a global mutex, an address string, `context.WithTimeout` and `context.AfterFunc` per call.\n\n```\n")
+		r.md.Write(before)
+		r.md.WriteString("```\n\n")
+	}
+	return nil
 }
 
 type authzFigs struct {
