@@ -53,6 +53,7 @@ func main() {
 		{"xds", (*report).xds},
 		{"mesh", (*report).mesh},
 	}
+	failed := false
 	for _, s := range sections {
 		if skipped[s.name] {
 			fmt.Fprintf(&r.md, "## %s\n\nNot run this time (`-skip %s`).\n\n", titles[s.name], s.name)
@@ -60,13 +61,19 @@ func main() {
 		}
 		log.Printf("benchreport: %s", s.name)
 		if err := s.run(r); err != nil {
-			log.Fatalf("benchreport: %s: %v", s.name, err)
+			// The other sections still run; the report says what failed.
+			log.Printf("benchreport: %s: %v", s.name, err)
+			fmt.Fprintf(&r.md, "**This section failed:** %s\n\n", err)
+			failed = true
 		}
 	}
 	if err := os.WriteFile(*out, r.md.Bytes(), 0o644); err != nil {
 		log.Fatal(err)
 	}
 	log.Printf("benchreport: wrote %s and %s/*.svg", *out, chartDir)
+	if failed {
+		os.Exit(1)
+	}
 }
 
 var titles = map[string]string{
