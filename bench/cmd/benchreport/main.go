@@ -150,7 +150,7 @@ func (r *report) authz(rounds int) error {
 		return err
 	}
 	fmt.Fprintf(&r.md, "%d rounds of %s per cell, alternating tokenwarden and the no-op server (bench/noop.go: answers OK at once, same gRPC server options and call gate); "+
-		"1,000 tokens in rotation, all in the warm cache; 10,000 revocation rules; Envoy-shaped CheckRequests with a 250 ms deadline. "+
+		"1,000 tokens in rotation, all in the warm cache; 10,000 revocation rules; Envoy-shaped CheckRequests with a 1 s deadline (grpc-timeout). "+
 		"`grpc` rows: authzload's own client; `grpc/ghz`: ghz; `http`: the HTTP mode. Load average %s → %s.\n\n",
 		f.Rounds, f.Duration, f.LoadStart, f.LoadEnd)
 	r.md.WriteString("| load | clients | no-op CPU µs/check | tokenwarden | **CPU ratio** | no-op p99 µs | tokenwarden | **p99 ratio** | checks/s no-op → tokenwarden |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
