@@ -123,7 +123,11 @@ func (r *report) authz(rounds int) error {
 	if ghz != "" {
 		args = append(args, "-ghz", ghz)
 	}
-	r.section("authz", "taskset "+strings.Join(args, " "))
+	// The command as a reader would type it: the binaries built from
+	// bench/cmd, not this run's temporary directory.
+	shown := strings.ReplaceAll(strings.Join(args, " "), dir+"/", "")
+	shown = strings.ReplaceAll(shown, " -profile-dir "+dir, " -profile-dir prof")
+	r.section("authz", "go build ./bench/cmd/authzserver ./bench/cmd/authzload\ntaskset "+shown)
 	if ghz == "" {
 		r.md.WriteString("ghz was not found (`go install github.com/bojand/ghz/cmd/ghz@latest`): only authzload's own load generator ran.\n\n")
 	}

@@ -23,7 +23,7 @@ var palette = []string{"#9aa5b1", "#1f6feb", "#d29922", "#2da44e"}
 func (c barChart) svg() []byte {
 	const (
 		left, right, top, bottom = 60.0, 20.0, 50.0, 60.0
-		barW, gap                = 26.0, 22.0
+		barW, gap                = 30.0, 44.0
 		plotH                    = 240.0
 	)
 	groupW := barW*float64(len(c.Series)) + gap
