@@ -23,7 +23,7 @@ COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 IMAGE     ?= localhost/tokenwarden:$(VERSION)
 LDFLAGS   := -s -w -X github.com/tokenwarden/tokenwarden/buildinfo.version=$(VERSION) -X github.com/tokenwarden/tokenwarden/buildinfo.commit=$(COMMIT)
 
-.PHONY: all build run test test-unit fuzz bench generate generate-check lint clean image image-check
+.PHONY: all build run test test-unit fuzz bench bench-report generate generate-check lint clean image image-check
 
 all: build
 
@@ -77,3 +77,10 @@ lint:
 
 clean:
 	rm -rf bin $(DATA_DIR)
+
+# docs/benchmarks.md and its charts (docs/benchmarks/*.svg): every benchmark
+# the README quotes, run and drawn by bench/cmd/benchreport (~15 minutes;
+# SKIP=authz,mesh leaves sections out).
+SKIP ?=
+bench-report:
+	$(GO) run ./bench/cmd/benchreport -out docs/benchmarks.md $(if $(SKIP),-skip $(SKIP))

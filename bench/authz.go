@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
 	"github.com/tokenwarden/tokenwarden/policy"
@@ -102,22 +104,35 @@ func ReadTokens(in io.Reader) ([]string, error) {
 	return tokens, sc.Err()
 }
 
-// CheckRequest is what an Envoy sidecar sends for GET /orders/<i> with
-// token: the pseudo-headers and the headers a typical client request has.
+// CheckRequest is what an Envoy sidecar's ext_authz filter sends for GET
+// /orders/<i> with token: the peers' socket addresses, the request time,
+// the request attributes, and the headers as Envoy forwards them (the
+// pseudo-headers, the client's, and the x-request-id and
+// x-forwarded-proto Envoy adds).
 func CheckRequest(token string, i int) *authv3.CheckRequest {
 	path := "/orders/" + strconv.Itoa(i)
+	id := "7f1c1a52-9d0e-4c47-b3a9-" + strconv.Itoa(100000000000+i)
 	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Source: &authv3.AttributeContext_Peer{},
-		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-			Id: strconv.Itoa(1_000_000 + i), Method: "GET", Host: "orders", Path: path, Scheme: "http", Protocol: "HTTP/1.1",
-			Headers: map[string]string{
-				":authority": "orders", ":method": "GET", ":path": path, ":scheme": "http",
-				"accept": "application/json", "user-agent": "orders-client/1.4",
-				"x-request-id":      "7f1c1a52-9d0e-4c47-b3a9-" + strconv.Itoa(100000000000+i),
-				"x-forwarded-proto": "http", "authorization": "Bearer " + token,
+		Source:      &authv3.AttributeContext_Peer{Address: socketAddress("10.244.1."+strconv.Itoa(2+i%250), uint32(32768+i%28000))},
+		Destination: &authv3.AttributeContext_Peer{Address: socketAddress("10.244.2.17", 8080)},
+		Request: &authv3.AttributeContext_Request{
+			Time: &timestamppb.Timestamp{Seconds: 1_800_000_000 + int64(i), Nanos: 1000 * int32(i%1000)},
+			Http: &authv3.AttributeContext_HttpRequest{
+				Id: id, Method: "GET", Host: "orders", Path: path, Scheme: "http", Protocol: "HTTP/1.1",
+				Headers: map[string]string{
+					":authority": "orders", ":method": "GET", ":path": path, ":scheme": "http",
+					"accept": "application/json", "user-agent": "orders-client/1.4",
+					"x-request-id": id, "x-forwarded-proto": "http", "authorization": "Bearer " + token,
+				},
 			},
-		}},
+		},
 	}}
+}
+
+func socketAddress(ip string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
 }
 
 // HTTPCheck is what Envoy's HTTP ext_authz (path_prefix /envoy/orders) sends for

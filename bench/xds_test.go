@@ -48,9 +48,9 @@ const (
 	xdsRoutes = 20
 )
 
-// BenchmarkXDSPush measures the xDS server against 1,000 sidecars, each a raw
-// ADS stream on its own connection that asks for clusters, listeners and
-// routes and ACKs every response, as Envoy does:
+// BenchmarkXDSPush measures the xDS server against 100, 300 and 1,000
+// sidecars, each a raw ADS stream on its own connection that asks for
+// clusters, listeners and routes and ACKs every response, as Envoy does:
 //
 //   - seconds/push: from SetPolicy with a changed route table until every
 //     sidecar has ACKed the new route configuration;
@@ -59,12 +59,19 @@ const (
 //     connects; the fleet runs in a child process);
 //   - goroutines/node: the server's goroutines per connected sidecar.
 func BenchmarkXDSPush(b *testing.B) {
+	for _, n := range []int{100, 300, xdsSidecars} {
+		b.Run(fmt.Sprintf("sidecars=%d", n), func(b *testing.B) { xdsPush(b, n) })
+	}
+}
+
+// xdsPush is BenchmarkXDSPush with a fleet of sidecars.
+func xdsPush(b *testing.B, sidecars int) {
 	creds, err := xds.ParseCredentials(fmt.Appendf(nil, "credentials:\n  - {service: orders, sha256: %x}\n", sha256.Sum256([]byte(xdsFleetCredential))))
 	if err != nil {
 		b.Fatal(err)
 	}
 	// Every sidecar of the fleet connects from 127.0.0.1: one client.
-	streams := listen.CallLimits{InFlight: 2 * xdsSidecars, PerClient: 2 * xdsSidecars}
+	streams := listen.CallLimits{InFlight: 2 * sidecars, PerClient: 2 * sidecars}
 	srv, err := xds.New(xds.Config{Credentials: creds, Logger: slog.New(slog.DiscardHandler), Streams: streams})
 	if err != nil {
 		b.Fatal(err)
@@ -88,7 +95,7 @@ func BenchmarkXDSPush(b *testing.B) {
 	})
 
 	heapBefore, goroutinesBefore := liveMemory(), runtime.NumGoroutine()
-	fleet := startXDSFleet(b, lis.Addr().String(), xdsSidecars)
+	fleet := startXDSFleet(b, lis.Addr().String(), sidecars)
 	fleet.waitRound(b, 0)
 	heapAfter, goroutinesAfter := liveMemory(), runtime.NumGoroutine()
 
@@ -105,8 +112,8 @@ func BenchmarkXDSPush(b *testing.B) {
 	}
 	b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "seconds/push")
 	b.ReportMetric(setTotal.Seconds()/float64(b.N), "setpolicy-seconds/push")
-	b.ReportMetric(float64(heapAfter-heapBefore)/xdsSidecars, "bytes/node")
-	b.ReportMetric(float64(goroutinesAfter-goroutinesBefore)/xdsSidecars, "goroutines/node")
+	b.ReportMetric(float64(heapAfter-heapBefore)/float64(sidecars), "bytes/node")
+	b.ReportMetric(float64(goroutinesAfter-goroutinesBefore)/float64(sidecars), "goroutines/node")
 }
 
 // liveMemory is the live heap and goroutine stacks. The second collection

@@ -27,11 +27,13 @@
 //      first MAX_HEADER_LINES line starts, compares "authorization:" 8 bytes
 //      at a time with ASCII case folding. The line limit bounds the work a
 //      packet of short lines can cause.
-//      The same loop finds each token's end and its last '.' 8 bytes at a
-//      time (64 per iteration), decodes 11 characters after that '.', looks
-//      the identity up in the revoked set, and goes on to the next line. No
-//      byte of the token is hashed: the cost beyond the scan does not grow
-//      with the token.
+//      The same loop finds each token's end 8 bytes at a time (128 per
+//      iteration, one branch per 64), then its last '.' from the end: one
+//      check for the usual shape ('.' and 86 characters without one), else
+//      64 bytes back per iteration. It decodes 11 characters after that
+//      '.', looks the identity up in the revoked set, and goes on to the
+//      next line. No byte of the token is hashed: beyond the search for
+//      its end, the cost does not grow with the token.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -60,14 +62,20 @@ char __license[] SEC("license") = "Dual MIT/GPL";
  * arithmetic. Real offsets stay below MAX_SCAN_LEN + PAD_LEN, so the mask
  * never changes one. */
 #define SCRATCH_MASK (2 * MAX_SCAN_LEN - 1)
-#define SCRATCH_LEN (SCRATCH_MASK + 1 + 64)
+#define SCRATCH_LEN (SCRATCH_MASK + 1 + LOOKAHEAD)
 
 /* Every scan step finds a line (at most MAX_HEADER_LINES + 1), moves 64
- * bytes on (at most MAX_SCAN_LEN / 64 + 1 in all) or leaves the OWS, SPACES
- * or TOKEN state (at most three times per line): 1024 steps are never used
- * up. */
-#define SCAN_STEPS 1024
-#define TOKEN_STEP_BYTES 64
+ * bytes on (at most MAX_SCAN_LEN / 64 + 1 in all), leaves the OWS, SPACES
+ * or TOKEN state (at most three times per line), or moves 64 bytes back in
+ * a token looking for its last '.' (at most MAX_SCAN_LEN / 64 + one per
+ * line in all): 2048 steps are never used up. */
+#define SCAN_STEPS 2048
+/* Bytes a token step looks at: it only looks for the token's end. The
+ * window reads at most LOOKAHEAD bytes, and the first byte past the data
+ * is a zero, so the first end found is never in stale scratch bytes. */
+#define TOKEN_STEP_BYTES 128
+/* A tokenwarden token's signature segment: 64 bytes in base64url. */
+#define SIG_CHARS 86
 /* Characters of the signature segment decoded into the identity: 11
  * base64url characters carry 66 bits, the first 64 are kept. */
 #define ID_CHARS 11
@@ -142,6 +150,16 @@ struct scratch {
 	 * verifier does not track its value: a known counter would make it
 	 * walk the scan callback once per possible count. */
 	__u32 lines;
+	/* The current token's end and the start of its last segment: here
+	 * for the same reason. */
+	__u32 end;
+	__u32 seg;
+	/* The scan's state, position and current token start (struct scan
+	 * has the rest): unknown to the verifier, so it checks one step from
+	 * any state once instead of once per state it can reach. */
+	__u32 state;
+	__u32 pos;
+	__u32 tok;
 };
 
 struct {
@@ -240,6 +258,9 @@ enum scan_state {
 	ST_OWS,    /* after "authorization:", skipping SP / HTAB */
 	ST_SPACES, /* after "bearer" and SP / HTAB, skipping SP / HTAB */
 	ST_TOKEN,  /* finding the end of the token that starts at tok */
+	ST_TOKEN_END, /* the token ended at end: what it is, where its last '.' is */
+	ST_DOT,    /* finding the token's last '.', backwards from pos */
+	ST_ID,     /* the token [tok, end) with its last segment at seg: record it */
 	ST_END,    /* end of headers or of data */
 };
 
@@ -258,10 +279,6 @@ struct scan {
 	__u32 payload_off; /* offset of the TCP payload from skb->data */
 	__u32 plen;        /* payload bytes in scope, at most MAX_SCAN_LEN */
 	__u32 n;           /* payload bytes copied into buf */
-	__u32 pos;
-	__u32 state;
-	__u32 tok;
-	__u32 seg;         /* start of the token's last '.'-separated segment */
 	__u32 first;       /* enum tok_result of the first token */
 	__u64 first_id;    /* its identity if TOK_FOUND */
 	__u64 revoked_id;
@@ -349,6 +366,14 @@ static __always_inline __u64 dot_bits(__u64 w)
 	return ~bytes_not(w, '.') & BYTES_80;
 }
 
+/* Nonzero iff w holds a '.' (the borrow may mark bytes above the first
+ * one too: good for "any", not for "where"). */
+static __always_inline __u64 any_dot(__u64 w)
+{
+	__u64 x = w ^ BYTES('.');
+	return (x - BYTES_01) & ~x & BYTES_80;
+}
+
 /* The wire identity of a token whose last segment starts at s and whose
  * end is at end: the first 64 bits of the base64url decoding of the
  * segment's first ID_CHARS characters, big-endian, characters past the end
@@ -417,9 +442,10 @@ static __always_inline int is_bearer_sp(const __u8 *buf, __u32 pos)
 	       (c == ' ' || c == '\t');
 }
 
-/* The token that started at sc->tok ended before pos (the first byte that
- * is not a token byte). Record it, look its identity up in the revoked set,
- * and go on with the next line. */
+/* The token that started at sc->scr->tok ended before pos (the first byte that
+ * is not a token byte); its last segment starts at sc->scr->seg when it is
+ * TOK_FOUND. Record it, look its identity up in the revoked set, and go on
+ * with the next line. */
 static __always_inline void token_done(struct scan *sc, __u32 pos)
 {
 	__u64 id = 0;
@@ -427,13 +453,13 @@ static __always_inline void token_done(struct scan *sc, __u32 pos)
 
 	if (pos >= sc->n)
 		res = TOK_INCOMPLETE; /* the rest is in a later segment */
-	else if (pos - sc->tok > MAX_TOKEN_LEN)
+	else if (pos - sc->scr->tok > MAX_TOKEN_LEN)
 		res = TOK_TRUNCATED;
 	else
 		res = TOK_FOUND;
 
 	if (res == TOK_FOUND)
-		id = wire_id(sc->buf, sc->seg, pos);
+		id = wire_id(sc->buf, sc->scr->seg, pos);
 	if (sc->first == TOK_NONE) {
 		sc->first = res;
 		sc->first_id = id;
@@ -444,8 +470,8 @@ static __always_inline void token_done(struct scan *sc, __u32 pos)
 			sc->revoked_id = id;
 		}
 	}
-	sc->pos = pos;
-	sc->state = res == TOK_INCOMPLETE ? ST_END : ST_SEEK;
+	sc->scr->pos = pos;
+	sc->scr->state = res == TOK_INCOMPLETE ? ST_END : ST_SEEK;
 }
 
 /* One step of the header scan; returns 1 to stop the loop.
@@ -471,7 +497,7 @@ static __always_inline void token_done(struct scan *sc, __u32 pos)
 static long scan_step(__u64 index, void *ctx)
 {
 	struct scan *sc = ctx;
-	__u32 pos = sc->pos;
+	__u32 pos = sc->scr->pos;
 	__u64 m = 0;
 	__u32 base = 0;
 	const __u64 *win;
@@ -484,32 +510,111 @@ static long scan_step(__u64 index, void *ctx)
 	win = window(buf, pos);
 
 	/* A token that ran to the end of the data ends at the zero padding. */
-	if (sc->state == ST_TOKEN) {
-#pragma unroll
-		for (int k = 0; k < TOKEN_STEP_BYTES / 8; k++) {
-			__u64 w = win[k];
-			__u64 e = token_end_bits(w);
-			__u64 d = dot_bits(w);
+	if (sc->scr->state == ST_TOKEN) {
+		__u64 e;
+		int k;
 
-			if (e) {
-				e &= -e;
-				d &= e - 1; /* dots before the end only */
-				if (d)
-					sc->seg = pos + 8 * k + last_marked_byte(d) + 1;
-				token_done(sc, pos + 8 * k + first_marked_byte(e));
-				return sc->state == ST_END;
+		/* Where the token ends, eight bytes at a time, one branch per
+		 * 64 bytes; then which word it is in. */
+#pragma unroll
+		for (int h = 0; h < TOKEN_STEP_BYTES / 64; h++) {
+			__u64 any = 0;
+#pragma unroll
+			for (k = 0; k < 8; k++)
+				any |= token_end_bits(win[8 * h + k]);
+			if (!any)
+				continue;
+#pragma unroll
+			for (k = 0; k < 8; k++) {
+				e = token_end_bits(win[8 * h + k]);
+				if (e) {
+					pos += 64 * h + 8 * k + first_marked_byte(e);
+					sc->scr->end = pos;
+					sc->scr->pos = pos;
+					sc->scr->state = ST_TOKEN_END;
+					return 0;
+				}
 			}
-			if (d)
-				sc->seg = pos + 8 * k + last_marked_byte(d) + 1;
 		}
-		sc->pos = pos + TOKEN_STEP_BYTES;
+		sc->scr->pos = pos + TOKEN_STEP_BYTES;
+		return 0;
+	}
+
+	/* Each of the following does one thing and returns, so the verifier
+	 * never walks the token search's exits into them. */
+	if (sc->scr->state == ST_ID) {
+		token_done(sc, sc->scr->end);
+		return sc->scr->state == ST_END;
+	}
+
+	if (sc->scr->state == ST_TOKEN_END) {
+		int k;
+
+		pos = sc->scr->end;
+		if (pos >= sc->n || pos - sc->scr->tok > MAX_TOKEN_LEN) {
+			token_done(sc, pos); /* incomplete or truncated: no identity */
+			return sc->scr->state == ST_END;
+		}
+		/* The usual shape: '.' and an 86-character signature with no
+		 * '.' in it end the token. */
+		if (pos - sc->scr->tok > SIG_CHARS && load8(buf, pos - SIG_CHARS - 1) == '.') {
+			__u32 s0 = pos - SIG_CHARS;
+			__u64 any = 0;
+#pragma unroll
+			for (k = 0; k < SIG_CHARS / 8; k++)
+				any |= any_dot(load64(buf, s0 + 8 * k));
+			/* The last 6 characters (86 = 10 * 8 + 6); the word may
+			 * overlap the one before, never the bytes after the end. */
+			any |= any_dot(load64(buf, pos - 8));
+			if (!any) {
+				sc->scr->seg = s0;
+				token_done(sc, pos);
+				return sc->scr->state == ST_END;
+			}
+		}
+		sc->scr->pos = pos;
+		sc->scr->state = ST_DOT;
+		return 0;
+	}
+
+	/* The last '.' of the token [tok, end): one window of up to 64 bytes
+	 * before pos per step, going back, never before tok. A token with no
+	 * '.' is its own last segment. */
+	if (sc->scr->state == ST_DOT) {
+		__u32 tok = sc->scr->tok;
+		__u32 lo = pos - tok > 64 ? pos - 64 : tok;
+		__s32 len = pos - lo; /* token bytes in the window */
+		const __u64 *bw = window(buf, lo);
+
+#pragma unroll
+		for (int k = 7; k >= 0; k--) {
+			__s32 valid = len - 8 * k;
+			__u64 d;
+
+			if (valid <= 0)
+				continue;
+			d = dot_bits(bw[k]);
+			if (valid < 8)
+				d &= (1ULL << (8 * valid)) - 1;
+			if (d) {
+				sc->scr->seg = lo + 8 * k + last_marked_byte(d) + 1;
+				sc->scr->state = ST_ID;
+				return 0;
+			}
+		}
+		if (lo > tok) {
+			sc->scr->pos = lo;
+			return 0;
+		}
+		sc->scr->seg = tok;
+		sc->scr->state = ST_ID;
 		return 0;
 	}
 
 	if (pos >= sc->n)
 		goto end;
 
-	if (sc->state == ST_OWS) {
+	if (sc->scr->state == ST_OWS) {
 #pragma unroll
 		for (int k = 0; k < 8; k++) {
 			__u64 w = win[k];
@@ -518,16 +623,16 @@ static long scan_step(__u64 index, void *ctx)
 				pos += 8 * k + first_marked_byte(m);
 				if (!is_bearer_sp(buf, pos))
 					goto next_line;
-				sc->pos = pos + 7;
-				sc->state = ST_SPACES;
+				sc->scr->pos = pos + 7;
+				sc->scr->state = ST_SPACES;
 				return 0;
 			}
 		}
-		sc->pos = pos + 64;
+		sc->scr->pos = pos + 64;
 		return 0;
 	}
 
-	if (sc->state == ST_SPACES) {
+	if (sc->scr->state == ST_SPACES) {
 #pragma unroll
 		for (int k = 0; k < 8; k++) {
 			__u64 w = win[k];
@@ -539,7 +644,7 @@ static long scan_step(__u64 index, void *ctx)
 				goto token;
 			}
 		}
-		sc->pos = pos + 64;
+		sc->scr->pos = pos + 64;
 		return 0;
 	}
 
@@ -552,7 +657,7 @@ static long scan_step(__u64 index, void *ctx)
 			goto line;
 		}
 	}
-	sc->pos = pos + 64;
+	sc->scr->pos = pos + 64;
 	return 0;
 
 line:
@@ -575,24 +680,24 @@ line:
 		pos += 8;
 		goto token;
 	}
-	sc->pos = pos;
-	sc->state = ST_OWS;
+	sc->scr->pos = pos;
+	sc->scr->state = ST_OWS;
 	return 0;
 
 token:
-	sc->tok = pos;
-	sc->seg = pos;
-	sc->pos = pos;
-	sc->state = ST_TOKEN;
+	sc->scr->tok = pos;
+	sc->scr->seg = pos;
+	sc->scr->pos = pos;
+	sc->scr->state = ST_TOKEN;
 	return 0;
 
 next_line:
-	sc->pos = pos;
-	sc->state = ST_SEEK;
+	sc->scr->pos = pos;
+	sc->scr->state = ST_SEEK;
 	return 0;
 
 end:
-	sc->state = ST_END;
+	sc->scr->state = ST_END;
 	return 1;
 }
 
@@ -845,7 +950,9 @@ static __always_inline enum verdict meter(struct __sk_buff *skb, __u32 l3off, __
 	sc.payload_off = p.payload_off;
 	sc.plen = p.plen < MAX_SCAN_LEN ? p.plen : MAX_SCAN_LEN;
 	load_more(&sc);
-	sc.state = ST_SEEK;
+	sc.scr->state = ST_SEEK;
+	sc.scr->pos = 0;
+	sc.scr->tok = 0;
 	bpf_loop(SCAN_STEPS, scan_step, &sc, 0);
 
 	if (sc.first == TOK_TRUNCATED)

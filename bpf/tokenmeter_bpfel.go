@@ -42,8 +42,13 @@ type tokenmeterGlobalStats struct {
 
 type tokenmeterScratch struct {
 	_     structs.HostLayout
-	Buf   [32832]uint8
+	Buf   [32896]uint8
 	Lines uint32
+	End   uint32
+	Seg   uint32
+	State uint32
+	Pos   uint32
+	Tok   uint32
 }
 
 type tokenmeterTokenStats struct {

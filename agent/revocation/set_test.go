@@ -414,3 +414,24 @@ func TestSetMemoryPerRule(t *testing.T) {
 		t.Logf("%.1f bytes per jti rule at 1M rules", per)
 	}
 }
+
+// BenchmarkRevocationScale is the look-up of a token that is not revoked
+// and the heap per rule, by the number of jti rules held (for
+// docs/benchmarks.md).
+func BenchmarkRevocationScale(b *testing.B) {
+	for _, n := range []int{1_000, 10_000, 100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+			s := NewSet()
+			fill(s, n)
+			tok := token(func(t *policy.Token) { t.ID = policy.NewTokenID() })
+			b.ReportAllocs()
+			for b.Loop() {
+				if s.Revoked(tok, t0) {
+					b.Fatal("wrong answer")
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(heapPerRule(n), "B/rule")
+		})
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -48,6 +49,10 @@ func main() {
 	warmup := flag.Duration("warmup", 300*time.Millisecond, "unmeasured load before each run")
 	profiles := flag.String("profile-dir", "", "have each server write a CPU profile <impl>-<mode>.prof here")
 	stats := flag.Bool("server-stats", false, "have each server print allocation and GC totals when it stops")
+	ghzBin := flag.String("ghz", "", "also drive gRPC checks with this ghz binary (rows \"grpc/ghz\"), alternating with authzload's own")
+	jsonOut := flag.String("json", "", "also write the table's figures here as JSON (for bench/cmd/benchreport)")
+	tokenCount := flag.Int("tokens", 1000, "distinct tokens the load rotates over, all in the server's warm cache")
+	revocations := flag.Int("revocations", 10_000, "revocation rules the server holds")
 	flag.Parse()
 	if *serverBin == "" {
 		log.Fatal("authzload: -server is required (build bench/cmd/authzserver)")
@@ -70,11 +75,12 @@ func main() {
 	loadStart := loadAverage()
 	var rows []row
 	for _, mode := range strings.Split(*modes, ",") {
-		tw, err := startServer(*serverBin, *serverCPU, "tokenwarden", mode, *policyFile, filepath.Join(dir, "tokens-"+mode), *profiles, *stats)
+		world := []string{"-tokens", strconv.Itoa(*tokenCount), "-revocations", strconv.Itoa(*revocations)}
+		tw, err := startServer(*serverBin, *serverCPU, "tokenwarden", mode, *policyFile, filepath.Join(dir, "tokens-"+mode), *profiles, *stats, world...)
 		if err != nil {
 			log.Fatal(err)
 		}
-		noop, err := startServer(*serverBin, *serverCPU, "noop", mode, *policyFile, "", *profiles, *stats)
+		noop, err := startServer(*serverBin, *serverCPU, "noop", mode, *policyFile, "", *profiles, *stats, world...)
 		if err != nil {
 			tw.stop()
 			log.Fatal(err)
@@ -88,35 +94,104 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
+		// The load generators: authzload's own, and ghz for gRPC.
+		gens := []string{mode}
+		var g *ghzLoad
+		if *ghzBin != "" && mode == "grpc" {
+			if g, err = newGHZ(*ghzBin, dir, tokens); err != nil {
+				log.Fatal(err)
+			}
+			gens = append(gens, "grpc/ghz")
+		}
 		// Short runs, interleaved: tokenwarden and no-op alternate within
 		// each round, so that load from other processes on the machine
 		// falls on both alike.
-		results := make([]map[string]*result, len(concs))
-		for i := range results {
-			results[i] = map[string]*result{"tokenwarden": {}, "noop": {}}
+		results := map[string][]map[string]*result{}
+		for _, gen := range gens {
+			results[gen] = make([]map[string]*result, len(concs))
+			for i := range concs {
+				results[gen][i] = map[string]*result{"tokenwarden": {}, "noop": {}}
+			}
 		}
 		for r := range *rounds {
 			for i, c := range concs {
-				for _, s := range []*server{tw, noop} {
-					res, err := drive(s, mode, tokens, c, *warmup, *duration)
-					if err != nil {
-						tw.stop()
-						noop.stop()
-						log.Fatalf("authzload: %s %s c=%d: %v", s.impl, mode, c, err)
+				for _, gen := range gens {
+					for _, s := range []*server{tw, noop} {
+						var res *result
+						if gen == "grpc/ghz" {
+							if _, err = g.run(s, c, *warmup, false); err == nil {
+								res, err = g.run(s, c, *duration, true)
+							}
+						} else {
+							res, err = drive(s, mode, tokens, c, *warmup, *duration)
+						}
+						if err != nil {
+							tw.stop()
+							noop.stop()
+							log.Fatalf("authzload: %s %s c=%d: %v", s.impl, gen, c, err)
+						}
+						fmt.Fprintf(os.Stderr, "round %d %-8s c=%-3d %-12s %8.0f checks/s  p50 %6.1fµs  p99 %6.1fµs  %5.1f µs CPU/check  load %s\n",
+							r+1, gen, c, s.impl, res.rate(), res.quantile(0.50), res.quantile(0.99), res.cpuPerCheck(), loadAverage())
+						results[gen][i][s.impl].merge(res)
 					}
-					fmt.Fprintf(os.Stderr, "round %d %-5s c=%-3d %-12s %8.0f checks/s  p50 %6.1fµs  p99 %6.1fµs  %5.1f µs CPU/check\n",
-						r+1, mode, c, s.impl, res.rate(), res.quantile(0.50), res.quantile(0.99), res.cpuPerCheck())
-					results[i][s.impl].merge(res)
 				}
 			}
 		}
-		for i, c := range concs {
-			rows = append(rows, row{mode, c, results[i]["tokenwarden"], results[i]["noop"]})
+		for _, gen := range gens {
+			for i, c := range concs {
+				rows = append(rows, row{gen, c, results[gen][i]["tokenwarden"], results[gen][i]["noop"]})
+			}
 		}
 		tw.stop()
 		noop.stop()
 	}
 	printTable(os.Stdout, rows, *rounds, *duration, loadStart)
+	if *jsonOut != "" {
+		if err := writeJSON(*jsonOut, rows, *rounds, *duration, loadStart); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+// Figures is what -json writes: one Cell per mode (load generator) and
+// concurrency.
+type Figures struct {
+	Rounds    int    `json:"rounds"`
+	Duration  string `json:"duration"`
+	LoadStart string `json:"load_start"`
+	LoadEnd   string `json:"load_end"`
+	Cells     []Cell `json:"cells"`
+}
+
+// Cell is one row pair of the table.
+type Cell struct {
+	Mode        string `json:"mode"`
+	Clients     int    `json:"clients"`
+	Tokenwarden Server `json:"tokenwarden"`
+	Noop        Server `json:"noop"`
+}
+
+// Server is one server's figures in a cell.
+type Server struct {
+	ChecksPerSec float64 `json:"checks_per_sec"`
+	P50us        float64 `json:"p50_us"`
+	P99us        float64 `json:"p99_us"`
+	CPUus        float64 `json:"cpu_us_per_check"`
+}
+
+func writeJSON(path string, rows []row, rounds int, duration time.Duration, loadStart string) error {
+	f := Figures{Rounds: rounds, Duration: duration.String(), LoadStart: loadStart, LoadEnd: loadAverage()}
+	fig := func(r *result) Server {
+		return Server{ChecksPerSec: r.rate(), P50us: r.quantile(0.5), P99us: r.quantile(0.99), CPUus: r.cpuPerCheck()}
+	}
+	for _, r := range rows {
+		f.Cells = append(f.Cells, Cell{Mode: r.mode, Clients: r.clients, Tokenwarden: fig(r.tw), Noop: fig(r.floor)})
+	}
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o644)
 }
 
 // loadAverage is the 1-minute load average: a busy machine inflates tails.
@@ -134,8 +209,8 @@ type server struct {
 	cmd              *exec.Cmd
 }
 
-func startServer(bin, cpus, impl, mode, policyFile, tokensOut, profiles string, stats bool) (*server, error) {
-	args := []string{"-c", cpus, bin, "-impl", impl, "-mode", mode, "-addr", "127.0.0.1:0", "-policy", policyFile}
+func startServer(bin, cpus, impl, mode, policyFile, tokensOut, profiles string, stats bool, extra ...string) (*server, error) {
+	args := append([]string{"-c", cpus, bin, "-impl", impl, "-mode", mode, "-addr", "127.0.0.1:0", "-policy", policyFile}, extra...)
 	if tokensOut != "" {
 		args = append(args, "-tokens-out", tokensOut)
 	}
@@ -268,7 +343,10 @@ func drive(s *server, mode string, tokens []string, c int, warmup, duration time
 		resps := make([]rawMessage, c)
 		call = func(worker, i int) error {
 			resp := &resps[worker]
-			if err := conns[worker/4].Invoke(context.Background(), checkMethod, reqs[i%len(reqs)], resp, grpc.ForceCodec(rawCodec{})); err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
+			err := conns[worker/4].Invoke(ctx, checkMethod, reqs[i%len(reqs)], resp, grpc.ForceCodec(rawCodec{}))
+			cancel()
+			if err != nil {
 				return err
 			}
 			if resp.code != 0 {
@@ -362,6 +440,13 @@ func drive(s *server, mode string, tokens []string, c int, warmup, duration time
 }
 
 const checkMethod = "/envoy.service.auth.v3.Authorization/Check"
+
+// checkTimeout is the deadline each check carries (grpc-timeout), as
+// Envoy's ext_authz filter sends its timeout (250 ms in our xDS config):
+// 1 s here, so that a scheduling stall on a loaded machine does not end a
+// run. Either way it is under the server's 5 s, so the call gate adds no
+// timer of its own.
+const checkTimeout = time.Second
 
 // rawMessage is a marshalled CheckRequest going out, or the status code of
 // a CheckResponse coming back.
