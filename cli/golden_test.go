@@ -184,7 +184,7 @@ func TestOutputGolden(t *testing.T) {
 			boundID = bound[i+1]
 		}
 	}
-	step("revoke", "--subject", "ci", "--reason", "role change")
+	step("revoke", "--subject", "ci", "--reason", "role change", "--yes")
 	step("keys", "rotate")
 	for _, f := range []string{"table", "wide", "json", "yaml"} {
 		golden(t, "token-list."+f, s.scrub(step("token", "list", "-o", f)))

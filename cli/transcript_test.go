@@ -51,11 +51,12 @@ func TestTranscript(t *testing.T) {
 			args: []string{"token", "list"}},
 		{note: "One token's record, in YAML.",
 			args: []string{"token", "show", "{id:0}", "-o", "yaml"}},
-		// DRY-RUN STEP: the `revoke` helper adds here, after merging, the
-		// preview of the next step, e.g.
-		//   {note: "Preview what a revocation covers.", args: []string{"revoke", "--subject", "ci", "--reason", "role change", "--dry-run"}},
-		{note: "Revoke every token of a subject (a role change).",
-			args: []string{"revoke", "--subject", "ci", "--reason", "role change"}},
+		{note: "Preview what a revocation would cover: nothing is stored or enforced.",
+			args: []string{"revoke", "--subject", "ci", "--reason", "role change", "--dry-run"}},
+		{note: "Revoke every token of a subject (a role change). On a terminal it asks first; in a script, `--yes`.",
+			args: []string{"revoke", "--subject", "ci", "--reason", "role change", "--yes"}},
+		{note: "The same rule again adds nothing: revocations are idempotent.",
+			args: []string{"revoke", "--subject", "ci", "--reason", "role change", "--yes"}},
 		{note: "The token's state is now `revoked`.",
 			args: []string{"token", "list", "--subject", "ci"}},
 		{note: "The rules in force.",
