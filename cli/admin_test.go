@@ -65,7 +65,7 @@ func TestAdminIssue(t *testing.T) {
 		t.Errorf("the pager bot mints an admin token: exit %d: %s", code, errOut)
 	}
 	// Bob revokes alice; alice is out, bob and the node's own are not.
-	if _, errOut, code = as(bob, "revoke", "--subject", "alice", "--reason", "left the team"); code != 0 {
+	if _, errOut, code = as(bob, "revoke", "--subject", "alice", "--reason", "left the team", "--yes"); code != 0 {
 		t.Fatalf("bob revokes alice: exit %d: %s", code, errOut)
 	}
 	if _, errOut, code = as(alice, "keys", "list"); code != 1 || !strings.Contains(errOut, "revoked") {

@@ -39,7 +39,7 @@ func (a *API) issueDryRun(w http.ResponseWriter, req policy.IssueRequest) error 
 func (a *API) rotateDryRun(w http.ResponseWriter, r *http.Request, id string) error {
 	rec, err := a.cfg.Store.Token(r.Context(), id)
 	if err != nil {
-		return fmt.Errorf("token %s: %w", id, err)
+		return err // the store names the token
 	}
 	now := a.cfg.Now()
 	switch v := a.view(rec, now); {

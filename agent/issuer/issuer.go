@@ -526,7 +526,7 @@ func (i *Issuer) Coverage(ctx context.Context, r policy.Revocation) ([]store.Tok
 	case policy.RevokeToken:
 		rec, err := i.cfg.Store.Token(ctx, r.Target)
 		if err != nil {
-			return nil, fmt.Errorf("token %s: %w", r.Target, err)
+			return nil, err // the store names the token
 		}
 		if rec.Live(now) {
 			return []store.TokenRecord{rec}, nil
@@ -565,7 +565,7 @@ func (i *Issuer) revoke(ctx context.Context, r policy.Revocation, markRecords bo
 	if r.Kind == policy.RevokeToken {
 		rec, err := i.cfg.Store.Token(ctx, r.Target)
 		if err != nil {
-			return r, nil, fmt.Errorf("token %s: %w", r.Target, err)
+			return r, nil, err // the store names the token
 		}
 		r.Expires = rec.ExpiresAt.Add(policy.MaxClockSkew).UTC()
 		if rec.Live(now) {
