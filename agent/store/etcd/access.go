@@ -89,6 +89,7 @@ func readPEM(path string) ([]byte, error) {
 // would surface as "no answer".
 func checkTLS(ctx context.Context, endpoints []string, cfg *tls.Config, timeout time.Duration) error {
 	var errs []error
+	undialled := 0
 	for _, ep := range endpoints {
 		host := ep
 		if u, err := url.Parse(ep); err == nil && u.Host != "" {
@@ -114,10 +115,21 @@ func checkTLS(ctx context.Context, endpoints []string, cfg *tls.Config, timeout 
 			}
 			err = rerr
 		}
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			undialled++
+		}
 		errs = append(errs, fmt.Errorf("%s: %w", ep, err))
+	}
+	if undialled == len(endpoints) {
+		return fmt.Errorf("%w: %w", errNoDial, errors.Join(errs...))
 	}
 	return fmt.Errorf("%w: %w", ErrTLS, errors.Join(errs...))
 }
+
+// errNoDial is checkTLS's answer when no endpoint could be dialled: the
+// cluster is unreachable, which says nothing of TLS.
+var errNoDial = errors.New("no endpoint answers")
 
 // requestDeadline gives each unary request without an earlier deadline one
 // of d, so a cluster that accepts connections but does not answer (lost
