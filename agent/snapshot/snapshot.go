@@ -52,6 +52,9 @@ type Snapshot struct {
 	// Revision is the store revision every change up to which the
 	// snapshot holds (0 when unknown).
 	Revision int64 `json:"revision"`
+	// Prefix is where the store lives (the etcd key prefix): a snapshot
+	// of another deployment's store is not used.
+	Prefix string `json:"prefix"`
 	// TakenAt is when the store was read: the view is current as of then.
 	TakenAt time.Time           `json:"taken_at"`
 	Rules   []policy.Revocation `json:"rules"`
@@ -154,6 +157,9 @@ func Decode(b, kek []byte) (*Snapshot, error) {
 func (s *Snapshot) validate() error {
 	if s.Revision < 0 {
 		return fmt.Errorf("snapshot: negative revision %d", s.Revision)
+	}
+	if s.Prefix == "" || len(s.Prefix) > 1024 {
+		return errors.New("snapshot: empty or oversize prefix")
 	}
 	if s.TakenAt.IsZero() {
 		return errors.New("snapshot: no taken_at time")

@@ -16,9 +16,10 @@ const DefaultEvery = time.Second
 
 // Writer keeps the snapshot file in step with the store.
 type Writer struct {
-	Path  string
-	KEK   []byte
-	Store store.Store
+	Path   string
+	KEK    []byte
+	Store  store.Store
+	Prefix string // the store's place (Snapshot.Prefix)
 	// Changes counts the changes this node applied (rules, keys, reloads):
 	// the file is rewritten only when it moved.
 	Changes func() uint64
@@ -71,7 +72,7 @@ func (w *Writer) Run(ctx context.Context) {
 // write reads the store (linearizable reads: the copy is current as of
 // their start) and replaces the file.
 func (w *Writer) write(ctx context.Context, now func() time.Time) error {
-	s := &Snapshot{Revision: w.Revision(), TakenAt: now().UTC()}
+	s := &Snapshot{Revision: w.Revision(), Prefix: w.Prefix, TakenAt: now().UTC()}
 	var err error
 	if s.Rules, err = w.Store.Revocations(ctx); err != nil {
 		return err

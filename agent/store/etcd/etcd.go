@@ -149,13 +149,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, errors.New("open etcd store: no endpoints: give at least one etcd client URL")
 	}
 	endpoints := strings.Join(cfg.Endpoints, ",")
-	prefix := cfg.Prefix
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
-	if !strings.HasSuffix(prefix, "/") {
-		prefix += "/"
-	}
+	prefix := NormalPrefix(cfg.Prefix)
 	dialTimeout := cfg.DialTimeout
 	if dialTimeout == 0 {
 		dialTimeout = DefaultDialTimeout
@@ -258,6 +252,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	go s.run(wch, from)
 	return s, nil
+}
+
+// NormalPrefix is the key prefix a Config.Prefix stands for: DefaultPrefix
+// when empty, with a trailing "/".
+func NormalPrefix(prefix string) string {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return prefix
 }
 
 // Unreached says why Open returned without an answer from the cluster
