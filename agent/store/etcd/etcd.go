@@ -87,9 +87,10 @@ type Config struct {
 	// DialTimeout bounds Open's first round trip to the cluster, which
 	// proves an endpoint answers (default DefaultDialTimeout).
 	DialTimeout time.Duration
-	// RequestTimeout bounds each request to the cluster (each attempt of
-	// it) whose context has no earlier deadline (default
-	// DefaultRequestTimeout). Watches are not requests: they stay open.
+	// RequestTimeout bounds each request to the cluster whose context has
+	// no earlier deadline, retries included, and each attempt of every
+	// request (default DefaultRequestTimeout). Watches are not requests:
+	// they stay open.
 	RequestTimeout time.Duration
 	// Username and Password authenticate to a cluster with auth enabled.
 	Username string
@@ -216,6 +217,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)
 	}
+
+	cli.KV = boundedKV{KV: cli.KV, d: requestTimeout}
 
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &Store{
