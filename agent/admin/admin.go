@@ -198,6 +198,8 @@ func (a *API) handle(pattern, scope string, h handlerFunc) {
 			case errors.As(err, &ae):
 			case errors.As(err, &ie):
 				ae = &apiError{status: http.StatusBadRequest, code: "refused_by_policy", msg: ie.Msg}
+			case errors.Is(err, store.ErrUnavailable):
+				ae = &apiError{status: http.StatusServiceUnavailable, code: "store_unavailable", msg: "the store did not answer in time; retry later"}
 			case errors.Is(err, store.ErrNotFound):
 				ae = &apiError{status: http.StatusNotFound, code: "not_found", msg: err.Error()}
 			default:

@@ -31,6 +31,10 @@ func (e *NotFoundError) Error() string { return e.Kind + " " + e.ID + " not foun
 // Is makes a NotFoundError ErrNotFound.
 func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
 
+// ErrUnavailable marks a call the store could not answer in time (the
+// cluster is down, partitioned or without quorum): retry later.
+var ErrUnavailable = errors.New("the store is unavailable")
+
 // ErrClosed is returned by calls on a closed store.
 var ErrClosed = errors.New("store is closed")
 
