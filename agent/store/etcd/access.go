@@ -155,17 +155,17 @@ func isAuthError(err error) bool {
 	return false
 }
 
-// boundedKV bounds every key-value call without an earlier deadline to d
-// as a whole, retries included: the client retries a failed attempt up to
-// a hundred times, so a bound on each attempt alone lets a call to an
-// unreachable cluster hang for minutes.
+// boundedKV bounds every key-value call without a deadline to d as a
+// whole, retries included: the client retries a failed attempt up to a
+// hundred times, so a bound on each attempt alone lets a call to an
+// unreachable cluster hang for minutes. A caller's deadline is kept.
 type boundedKV struct {
 	clientv3.KV
 	d time.Duration
 }
 
 func (k boundedKV) bound(ctx context.Context) (context.Context, context.CancelFunc) {
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= k.d {
+	if _, ok := ctx.Deadline(); ok {
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, k.d)

@@ -90,9 +90,9 @@ type Config struct {
 	// proves an endpoint answers (default DefaultDialTimeout).
 	DialTimeout time.Duration
 	// RequestTimeout bounds each request to the cluster whose context has
-	// no earlier deadline, retries included, and each attempt of every
-	// request (default DefaultRequestTimeout). Watches are not requests:
-	// they stay open.
+	// no deadline, retries included, and each attempt of every request
+	// (default DefaultRequestTimeout). Watches are not requests: they stay
+	// open.
 	RequestTimeout time.Duration
 	// Username and Password authenticate to a cluster with auth enabled.
 	Username string
