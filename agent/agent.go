@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -31,7 +32,9 @@ import (
 	"github.com/tokenwarden/tokenwarden/agent/revoke"
 	"github.com/tokenwarden/tokenwarden/agent/rotation"
 	"github.com/tokenwarden/tokenwarden/agent/scrape"
+	"github.com/tokenwarden/tokenwarden/agent/snapshot"
 	"github.com/tokenwarden/tokenwarden/agent/store"
+	etcdstore "github.com/tokenwarden/tokenwarden/agent/store/etcd"
 	"github.com/tokenwarden/tokenwarden/agent/usage"
 	"github.com/tokenwarden/tokenwarden/bpf"
 	"github.com/tokenwarden/tokenwarden/policy"
@@ -67,6 +70,10 @@ type Agent struct {
 	xds        *xds.Server // nil without XDSAddr
 	sidecars   policyPush  // a.xds, when there is one
 	adminToken *admintoken.Keeper
+	// offline is the local snapshot the agent started from, the store
+	// being unreachable; snapshots keeps that file current (etcd only).
+	offline   *snapshot.Snapshot
+	snapshots *snapshot.Writer
 
 	policyFile []byte // the policy file as New loaded it: the poller's baseline
 	reloads    *prometheus.CounterVec
@@ -126,14 +133,25 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	a.replica = replica.New(replica.Config{ReloadKeys: a.reloadKeys, Now: cfg.Now, Logger: cfg.Logger})
 	var admit authz.Admitter
+	var startKeys []store.Key // nil: read the store
+	var confirmedAt time.Time
+	if a.offline != nil {
+		a.replica.Restore(a.offline.Rules)
+		startKeys = append([]store.Key{}, a.offline.Keys...)
+		confirmedAt = a.offline.TakenAt
+	}
 	if p, ok := a.store.(store.Progresser); ok {
 		if a.fresh, err = freshness.New(freshness.Config{
 			Confirm:      func(ctx context.Context) error { return a.replica.Confirm(ctx, p) },
-			MaxStaleness: cfg.MaxStaleness, Action: freshness.Action(cfg.StaleAction), Logger: cfg.Logger,
+			MaxStaleness: cfg.MaxStaleness, Action: freshness.Action(cfg.StaleAction), ConfirmedAt: confirmedAt, Logger: cfg.Logger,
 		}); err != nil {
 			return nil, err
 		}
 		admit = a.fresh
+		a.snapshots = &snapshot.Writer{
+			Path: filepath.Join(cfg.DataDir, snapshot.FileName), KEK: kek, Store: a.store, Prefix: etcdstore.NormalPrefix(cfg.EtcdPrefix),
+			Changes: a.replica.Changes, Revision: a.replica.Revision, Now: cfg.Now, Logger: cfg.Logger,
+		}
 	}
 	a.decider = policy.NewDecider(policy.DeciderConfig{
 		Env: cfg.Env, Policy: p, Keys: policy.NewKeySet(nil), Cache: a.cache, CacheStats: a.metrics, Revocations: a.replica.Revocations(),
@@ -142,7 +160,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	// they revoke is enforced here before their call returns.
 	writer := a.replica.Writer(a.store)
 	if a.issuer, err = issuer.New(ctx, issuer.Config{
-		Store: writer, KEK: kek, Env: cfg.Env, Policy: a.decider.Policy, Audit: a.audit, Now: cfg.Now, Logger: cfg.Logger,
+		Store: writer, KEK: kek, Env: cfg.Env, Policy: a.decider.Policy, Audit: a.audit, Keys: startKeys, Now: cfg.Now, Logger: cfg.Logger,
 	}); err != nil {
 		return nil, err
 	}
@@ -275,16 +293,22 @@ func (a *Agent) openData(ctx context.Context) (kek []byte, err error) {
 	if st, err := os.Stat(dir); err == nil && st.Mode().Perm()&0o077 != 0 {
 		a.log.Warn("data dir is open to group or others; run chmod 700 on it", "data_dir", dir, "mode", fmt.Sprintf("%04o", st.Mode().Perm()))
 	}
-	if kek, a.store, err = openState(ctx, a.cfg); err != nil {
+	if kek, a.store, a.offline, err = openStateOrSnapshot(ctx, a.cfg); err != nil {
 		return nil, err
 	}
 	a.closers = append(a.closers, a.store.Close)
+	var keys audit.KeyStore = a.store
+	if a.offline != nil {
+		a.log.Warn("the store is unreachable: starting from the local snapshot, not ready until the store answers",
+			"snapshot_taken_at", a.offline.TakenAt, "revision", a.offline.Revision, "rules", len(a.offline.Rules), "err", a.store.(*etcdstore.Store).Unreached())
+		keys = a.offline
+	}
 	if a.cfg.NodeName == "" {
 		if a.cfg.NodeName, err = DefaultNodeName(dir); err != nil {
 			return nil, err
 		}
 	}
-	key, err := audit.LoadKey(ctx, a.store, kek, a.cfg.Now())
+	key, err := audit.LoadKey(ctx, keys, kek, a.cfg.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +318,9 @@ func (a *Agent) openData(ctx context.Context) (kek []byte, err error) {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
 	a.closers = append(a.closers, a.audit.Close)
-	if err := a.audit.CheckHead(ctx, a.store, a.cfg.NodeName); err != nil {
+	if a.offline != nil {
+		a.log.Warn("audit log not checked against the head recorded in the store: the store is unreachable")
+	} else if err := a.audit.CheckHead(ctx, a.store, a.cfg.NodeName); err != nil {
 		a.log.Error("audit log does not reach the head recorded in the store", "node", a.cfg.NodeName, "err", err)
 	}
 	return kek, nil

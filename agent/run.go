@@ -73,6 +73,9 @@ func (a *Agent) tasks(lis map[string]net.Listener) []task {
 	if a.kernel != nil {
 		ts = append(ts, task{"kernel", loop(a.kernel.Run)})
 	}
+	if a.snapshots != nil {
+		ts = append(ts, task{"snapshot", loop(a.snapshots.Run)})
+	}
 	if a.tls != nil {
 		ts = append(ts, task{"tls-reload", loop(func(ctx context.Context) { a.tls.Run(ctx, a.cfg.Timing.TLSPoll) })})
 	}
@@ -109,14 +112,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	if err := a.adminToken.Ensure(ctx); err != nil {
-		return err
+	adminToken := a.adminToken.Ensure(ctx)
+	if adminToken != nil && a.offline == nil {
+		return adminToken
 	}
 	lis, err := a.listen()
 	if err != nil {
 		return err
 	}
-	serving := start(ctx, a.tasks(lis))
+	ts := a.tasks(lis)
+	if adminToken != nil {
+		// Started from the snapshot: the token cannot be issued until the
+		// store takes writes.
+		a.log.Warn("cannot write the admin token while the store is unreachable; retrying", "err", adminToken)
+		ts = append(ts, task{"admin-token", loop(a.retryAdminToken)})
+	}
+	serving := start(ctx, ts)
 	a.announce(lis)
 	select {
 	case <-serving.ctx.Done():
@@ -193,6 +204,23 @@ func (a *Agent) housekeeping(ctx context.Context) {
 			a.log.Error("refresh admin token", "err", err)
 		}
 	})
+}
+
+// retryAdminToken writes the admin token every second until it succeeds.
+func (a *Agent) retryAdminToken(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := a.adminToken.Ensure(ctx); err == nil {
+			a.log.Info("admin token written")
+			return
+		}
+	}
 }
 
 // watchPolicyFile reloads the policy when the file's content changes.

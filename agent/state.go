@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/tokenwarden/tokenwarden/agent/snapshot"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/agent/store/bolt"
 	etcdstore "github.com/tokenwarden/tokenwarden/agent/store/etcd"
@@ -36,6 +38,14 @@ const maxPasswordBytes = 1024
 // With etcd, the KEK must be given (never generated on one node) and must
 // be the one the other agents on the prefix use.
 func openState(ctx context.Context, cfg Config) ([]byte, store.Store, error) {
+	kek, st, _, err := openStateOrSnapshot(ctx, cfg)
+	return kek, st, err
+}
+
+// openStateOrSnapshot is openState that, with etcd unreachable and a
+// local snapshot this KEK wrote, opens the store anyway and returns the
+// snapshot to start from.
+func openStateOrSnapshot(ctx context.Context, cfg Config) ([]byte, store.Store, *snapshot.Snapshot, error) {
 	switch cfg.StoreBackend {
 	case "", StoreBolt:
 		var kek []byte
@@ -46,41 +56,56 @@ func openState(ctx context.Context, cfg Config) ([]byte, store.Store, error) {
 			kek, err = store.LoadOrCreateKEK(filepath.Join(cfg.DataDir, kekFile))
 		}
 		if err != nil {
-			return nil, nil, kekError(err)
+			return nil, nil, nil, kekError(err)
 		}
 		st, err := bolt.Open(filepath.Join(cfg.DataDir, storeFile))
-		return kek, st, err
+		return kek, st, nil, err
 	case StoreEtcd:
 		if len(cfg.EtcdEndpoints) == 0 {
-			return nil, nil, fieldErr("EtcdEndpoints", "", "the etcd store needs at least one endpoint (e.g. https://etcd-0.etcd:2379)")
+			return nil, nil, nil, fieldErr("EtcdEndpoints", "", "the etcd store needs at least one endpoint (e.g. https://etcd-0.etcd:2379)")
 		}
 		if cfg.KEKFile == "" {
-			return nil, nil, fieldErr("KEKFile", "", "the etcd store needs the key-encryption key every agent of the mesh shares, from a Kubernetes Secret (32 random bytes: head -c 32 /dev/urandom); it is never generated on one node")
+			return nil, nil, nil, fieldErr("KEKFile", "", "the etcd store needs the key-encryption key every agent of the mesh shares, from a Kubernetes Secret (32 random bytes: head -c 32 /dev/urandom); it is never generated on one node")
 		}
 		kek, err := store.LoadKEK(cfg.KEKFile)
 		if err != nil {
-			return nil, nil, kekError(err)
+			return nil, nil, nil, kekError(err)
 		}
 		ecfg, err := etcdConfig(cfg)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
+		snapPath := filepath.Join(cfg.DataDir, snapshot.FileName)
+		snap, serr := snapshot.Load(snapPath, kek)
+		if serr == nil && snap.Prefix != etcdstore.NormalPrefix(ecfg.Prefix) {
+			serr = fmt.Errorf("it holds etcd prefix %q, not %q", snap.Prefix, etcdstore.NormalPrefix(ecfg.Prefix))
+		}
+		ecfg.AllowUnreachable = serr == nil
 		st, err := etcdstore.Open(ctx, ecfg)
 		switch {
 		case errors.Is(err, etcdstore.ErrTLS):
-			return nil, nil, fmt.Errorf("%w (check Etcd.CAFile, Etcd.CertFile and Etcd.KeyFile)", err)
+			return nil, nil, nil, fmt.Errorf("%w (check Etcd.CAFile, Etcd.CertFile and Etcd.KeyFile)", err)
 		case errors.Is(err, etcdstore.ErrAuth):
-			return nil, nil, fmt.Errorf("%w (check Etcd.Username and Etcd.PasswordFile)", err)
+			return nil, nil, nil, fmt.Errorf("%w (check Etcd.Username and Etcd.PasswordFile)", err)
+		case err != nil && errors.Is(serr, fs.ErrNotExist):
+			return nil, nil, nil, fmt.Errorf("%w (check EtcdEndpoints and Etcd.DialTimeout); no local snapshot to start from (%s)", err, snapPath)
+		case err != nil && serr != nil:
+			return nil, nil, nil, fmt.Errorf("%w (check EtcdEndpoints and Etcd.DialTimeout); the local snapshot %s cannot be used: %v", err, snapPath, serr)
 		case err != nil:
-			return nil, nil, fmt.Errorf("%w (check EtcdEndpoints and Etcd.DialTimeout)", err)
+			return nil, nil, nil, fmt.Errorf("%w (check EtcdEndpoints and Etcd.DialTimeout)", err)
+		}
+		if st.Unreached() != nil {
+			// The snapshot's MAC proves the KEK is the one that wrote it,
+			// which was checked against the store then.
+			return kek, st, snap, nil
 		}
 		if err := store.VerifyKEK(ctx, st, kek, "etcd prefix "+ecfg.Prefix); err != nil {
 			st.Close()
-			return nil, nil, fmt.Errorf("KEKFile %s: %w", cfg.KEKFile, err)
+			return nil, nil, nil, fmt.Errorf("KEKFile %s: %w", cfg.KEKFile, err)
 		}
-		return kek, st, nil
+		return kek, st, nil, nil
 	}
-	return nil, nil, fieldErr("StoreBackend", cfg.StoreBackend, "want %s or %s", StoreBolt, StoreEtcd)
+	return nil, nil, nil, fieldErr("StoreBackend", cfg.StoreBackend, "want %s or %s", StoreBolt, StoreEtcd)
 }
 
 func kekError(err error) error { return fmt.Errorf("KEKFile: %w", err) }

@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +18,8 @@ import (
 	"time"
 
 	"github.com/tokenwarden/tokenwarden/agent/freshness"
+	"github.com/tokenwarden/tokenwarden/agent/kernel"
+	"github.com/tokenwarden/tokenwarden/agent/snapshot"
 	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/agent/store/etcd/etcdtest"
 )
@@ -432,4 +436,181 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// TestStartWithoutStore restarts an agent while etcd is down. Agents A and
+// B run; a token is revoked on B; A's local snapshot holds the rule; etcd
+// is killed and A restarted. A must start within a few seconds, report
+// not ready, and deny the revoked token: under serve it keeps allowing the
+// others, under deny it denies every check with store_unavailable (503).
+// When etcd is back, A is ready and enforces a revocation made on B since
+// within 2s. An agent with no snapshot (C) still refuses to start.
+func TestStartWithoutStore(t *testing.T) {
+	e, err := etcdtest.StartProcess(t.TempDir())
+	if err != nil {
+		if os.Getenv("TOKENWARDEN_REQUIRE_BPF") == "" {
+			t.Skipf("real etcd: %v", err)
+		}
+		t.Fatalf("real etcd: %v", err)
+	}
+	t.Cleanup(e.Kill)
+	kek := writeKEK(t, store.KEKSize)
+	client := &http.Client{Timeout: 5 * time.Second}
+	for i, action := range freshness.Actions {
+		t.Run(string(action), func(t *testing.T) {
+			if i > 0 {
+				if err := e.Start(); err != nil { // killed by the previous run
+					t.Fatal(err)
+				}
+			}
+			cfg := Config{
+				StoreBackend: StoreEtcd, EtcdEndpoints: []string{e.Endpoint}, EtcdPrefix: "/tokenwarden-offline-" + string(action) + "/", KEKFile: kek,
+				Etcd:          EtcdAccess{RequestTimeout: time.Second, DialTimeout: 2 * time.Second},
+				AuthzHTTPAddr: "127.0.0.1:0", MaxStaleness: faultMaxStaleness, StaleAction: string(action),
+				DataDir: t.TempDir(),
+			}
+			a := startAgentWith(t, cfg)
+			bcfg := cfg
+			bcfg.DataDir = t.TempDir()
+			b := startAgentWith(t, bcfg)
+			tok, id := issue(t, b, `{"subject":"svc-offline","class":"service","scopes":["orders:read"]}`)
+			later, laterID := issue(t, b, `{"subject":"svc-offline","class":"service","scopes":["orders:read"]}`)
+			kept, _ := issue(t, b, `{"subject":"svc-offline","class":"service","scopes":["orders:read"]}`)
+			if st, out := call(t, "POST", "http://"+b.AdminAddr+"/v1/tokens/"+id+"/revoke", readToken(t, b.AdminTokenFile), `{"reason":"offline test"}`); st != http.StatusCreated {
+				t.Fatalf("revoke on B: %d %v", st, out)
+			}
+			waitSnapshot(t, filepath.Join(cfg.DataDir, snapshot.FileName), kek, id)
+
+			a.stop()
+			e.Kill()
+			began := time.Now()
+			a = startAgentWith(t, cfg)
+			t.Logf("A started without the store in %v", time.Since(began).Round(time.Millisecond))
+			if d := time.Since(began); d > 5*time.Second {
+				t.Errorf("A took %v to start without the store", d)
+			}
+			if ok, why := readyz(client, a.AdminAddr); ok {
+				t.Errorf("A is ready without the store: %s", why)
+			}
+			authzAddr := a.Listeners["authz-http"]
+			want := map[string]int{tok: http.StatusUnauthorized, kept: http.StatusOK, later: http.StatusOK}
+			if action == freshness.ActionDeny {
+				want = map[string]int{tok: http.StatusServiceUnavailable, kept: http.StatusServiceUnavailable, later: http.StatusServiceUnavailable}
+			}
+			for token, st := range want {
+				got, reason := checkReason(t, client, authzAddr, token)
+				if got != st || (st == http.StatusServiceUnavailable && reason != "store_unavailable") {
+					t.Errorf("A without the store: check answered %d %q, want %d", got, reason, st)
+				}
+			}
+			// Issuing needs the store: a clear refusal, not a hang.
+			issueStart := time.Now()
+			st, _ := call(t, "POST", "http://"+a.AdminAddr+"/v1/tokens", readToken(t, a.AdminTokenFile), `{"subject":"svc-offline","class":"service","scopes":["orders:read"]}`)
+			t.Logf("issue without the store: %d after %v", st, time.Since(issueStart).Round(time.Millisecond))
+			if st != http.StatusServiceUnavailable {
+				t.Errorf("issue without the store answered %d, want 503 store_unavailable", st)
+			}
+
+			if err := e.Start(); err != nil {
+				t.Fatal(err)
+			}
+			back := time.Now()
+			// B revokes another token once it can write.
+			var acked time.Time
+			for {
+				st, _ := call(t, "POST", "http://"+b.AdminAddr+"/v1/tokens/"+laterID+"/revoke", readToken(t, b.AdminTokenFile), `{"reason":"offline test, after"}`)
+				if st == http.StatusCreated {
+					acked = time.Now()
+					break
+				}
+				if time.Since(back) > 10*time.Second {
+					t.Fatalf("B cannot revoke 10s after etcd came back: %d", st)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			for {
+				ready, why := readyz(client, a.AdminAddr)
+				s1, _ := check(client, authzAddr, tok)
+				s2, _ := check(client, authzAddr, later)
+				s3, _ := check(client, authzAddr, kept)
+				if ready && s1 == http.StatusUnauthorized && s2 == http.StatusUnauthorized && s3 == http.StatusOK {
+					t.Logf("A ready and current %v after etcd came back (%v after the revocation on B)",
+						time.Since(back).Round(time.Millisecond), time.Since(acked).Round(time.Millisecond))
+					break
+				}
+				if time.Since(back) > converge && time.Since(acked) > converge {
+					t.Fatalf("A not current %v after etcd came back: /readyz %s, checks %d %d %d", converge, why, s1, s2, s3)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+
+			// An agent with no snapshot has nothing to serve from.
+			e.Kill()
+			ccfg := cfg
+			ccfg.DataDir, ccfg.PolicyPath, ccfg.Env, ccfg.BPF = t.TempDir(), "../deploy/policy.example.yaml", "dev", kernel.ModeOff
+			ccfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+			if c, err := New(t.Context(), ccfg); err == nil {
+				c.Close()
+				t.Error("an agent without a snapshot started without the store")
+			} else if !strings.Contains(err.Error(), "no local snapshot") {
+				t.Errorf("start without store or snapshot: %v, want it to say there is no local snapshot", err)
+			}
+		})
+	}
+}
+
+// waitSnapshot waits until the snapshot at path holds a rule on token id.
+func waitSnapshot(t *testing.T, path string, kek, id string) {
+	t.Helper()
+	key, err := os.ReadFile(kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if s, err := snapshot.Load(path, key); err == nil {
+			for _, r := range s.Rules {
+				if r.Target == id {
+					st, _ := os.Stat(path)
+					if st.Mode().Perm() != 0o600 {
+						t.Errorf("snapshot has mode %v, want 0600", st.Mode().Perm())
+					}
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the snapshot holds no rule on %s after 10s", id)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func readyz(client *http.Client, adminAddr string) (bool, string) {
+	resp, err := client.Get("http://" + adminAddr + "/readyz")
+	if err != nil {
+		return false, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode == http.StatusOK, resp.Status + " " + string(b)
+}
+
+// checkReason is check that also returns the reason the agent gave.
+func checkReason(t *testing.T, client *http.Client, authzAddr, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+authzAddr+"/envoy/orders/orders/42", nil)
+	req.Host = "orders"
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Error  string `json:"error"`
+		Reason string `json:"reason"`
+	}
+	json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&out)
+	return resp.StatusCode, out.Error + out.Reason
 }

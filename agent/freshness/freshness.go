@@ -66,6 +66,11 @@ type Config struct {
 	// without any check waiting.
 	PollEvery time.Duration
 	Action    Action // ActionServe when empty
+	// ConfirmedAt, when set, is when the view was last known current
+	// before New (a local snapshot the node started from): Staleness
+	// counts from it. The view is stale until the first confirmation
+	// either way.
+	ConfirmedAt time.Time
 	// Now is a monotonic clock (time.Now when nil): a paused process must
 	// see the time that passed, so it is read, never cached.
 	Now    func() time.Time
@@ -83,7 +88,7 @@ type Tracker struct {
 	// Until when checks decide under the action without waiting: a
 	// confirmation failed lately, waiting again would only add latency.
 	knownStaleUntil atomic.Int64
-	confirmedAt     atomic.Int64 // start of the last successful confirmation; -1 none
+	confirmedAt     atomic.Int64 // start of the last successful confirmation; 0 none, negative before New
 
 	mu      sync.Mutex
 	flight  *flight
@@ -115,7 +120,9 @@ func New(cfg Config) (*Tracker, error) {
 	}
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	t := &Tracker{cfg: cfg, base: cfg.Now(), lastErr: errors.New("not confirmed yet")}
-	t.confirmedAt.Store(-1)
+	if !cfg.ConfirmedAt.IsZero() && cfg.ConfirmedAt.Before(t.base) {
+		t.confirmedAt.Store(-int64(t.base.Sub(cfg.ConfirmedAt)))
+	}
 	return t, nil
 }
 
@@ -254,16 +261,14 @@ func (t *Tracker) logStale() {
 }
 
 // Staleness is the age of the view: the time since the start of the last
-// successful confirmation (since the Tracker was made, before any). Zero
+// successful confirmation (before any, since Config.ConfirmedAt, or since
+// the Tracker was made). Zero
 // for a nil Tracker.
 func (t *Tracker) Staleness() time.Duration {
 	if t == nil {
 		return 0
 	}
 	at := t.confirmedAt.Load()
-	if at < 0 {
-		at = 0
-	}
 	return time.Duration(t.since() - at)
 }
 

@@ -289,3 +289,29 @@ func BenchmarkAdmitFresh(b *testing.B) {
 		}
 	}
 }
+
+// A node started from a local snapshot is stale from its start, and its
+// staleness counts from the snapshot's time, not from the start: the alert
+// sees how old the rules really are.
+func TestRestoredViewIsStaleFromTheSnapshotTime(t *testing.T) {
+	clk := testclock.New(time.Now())
+	s := &store{}
+	s.down.Store(true)
+	tr, err := New(Config{Confirm: s.confirm, MaxStaleness: 2 * time.Second, PollEvery: time.Hour, Action: ActionDeny, Now: clk.Now, ConfirmedAt: clk.Now().Add(-time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.Staleness(); got != time.Minute {
+		t.Errorf("Staleness = %v, want 1m (the snapshot's age)", got)
+	}
+	if tr.Admit() {
+		t.Error("a restored view admitted a check under deny before any confirmation")
+	}
+	if tr.Err() == nil {
+		t.Error("a restored view reports fresh before any confirmation")
+	}
+	s.down.Store(false)
+	if !tr.Confirm() || tr.Staleness() != 0 || !tr.Admit() {
+		t.Errorf("after the store answered: staleness %v, admit %v", tr.Staleness(), tr.Admit())
+	}
+}

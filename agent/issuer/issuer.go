@@ -34,6 +34,10 @@ type Config struct {
 	Env    string
 	Policy func() *policy.Policy // the policy in force (reloads swap it)
 	Audit  Auditor
+	// Keys, when not nil, are the key records New starts from instead of
+	// reading the store (a local snapshot while the store is unreachable);
+	// no first key is created. Reload reads the store.
+	Keys   []store.Key
 	Now    func() time.Time
 	Logger *slog.Logger
 }
@@ -89,6 +93,15 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 		cfg.Logger = slog.Default()
 	}
 	i := &Issuer{cfg: cfg}
+	if cfg.Keys != nil {
+		i.mu.Lock()
+		err := i.adopt(slices.Clone(cfg.Keys))
+		i.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return i, nil
+	}
 	if err := i.Reload(ctx); err != nil {
 		return nil, err
 	}

@@ -58,6 +58,13 @@ type Replica struct {
 	barrier   atomic.Int64
 	barrierMu sync.Mutex
 	advanced  chan struct{}
+
+	// changes counts the rule and key changes applied (and reloads): what
+	// a local snapshot of them follows.
+	changes atomic.Uint64
+	// restored is set when the replica started from a local snapshot:
+	// the first load may then fail (the store is unreachable).
+	restored atomic.Bool
 }
 
 // New returns an empty replica; Run fills it.
@@ -105,19 +112,49 @@ func (r *Replica) signal() {
 	}
 }
 
+// Restore starts the replica from a local snapshot of the rules, for a
+// node started while the store is unreachable: the rules are enforced at
+// once, Synced is closed, and Gap reports the store missing until Run has
+// loaded it (Run then retries its first load instead of failing).
+func (r *Replica) Restore(rules []policy.Revocation) {
+	for _, rule := range rules {
+		r.add(rule)
+	}
+	r.gap.Store(true)
+	r.restored.Store(true)
+	r.signal()
+	r.once.Do(func() { close(r.synced) })
+}
+
+// Changes counts the rule and key changes applied and the reloads: it
+// moves whenever what a snapshot of the store holds may have changed.
+func (r *Replica) Changes() uint64 { return r.changes.Load() }
+
+// Revision is the store revision of the last confirmation applied: every
+// change up to it is applied here (0 before the first).
+func (r *Replica) Revision() int64 { return r.barrier.Load() }
+
 // Run loads the store's state and applies its changes until ctx ends. It
 // starts watching before it loads, so nothing written in between is missed
 // (applying a change twice is harmless). When the store drops the watch
 // (this node fell behind), it watches again and reloads everything,
 // retrying until that succeeds; Gap reports the interruption meanwhile.
-// Run returns an error only when the first load fails.
+// Run returns an error only when the first load fails and the replica was
+// not restored from a snapshot.
 func (r *Replica) Run(ctx context.Context, st store.Store) error {
 	events, stop, err := r.sync(ctx, st)
-	if err != nil {
+	if err != nil && !r.restored.Load() {
 		return err
 	}
-	r.once.Do(func() { close(r.synced) })
 	defer r.stopTimers()
+	if err != nil {
+		r.cfg.Logger.Warn("store unreachable at start; enforcing the rules of the local snapshot until it answers", "err", err)
+		if events, stop = r.resync(ctx, st); events == nil {
+			return nil
+		}
+	}
+	r.changes.Add(1)
+	r.once.Do(func() { close(r.synced) })
 	for {
 		for ev := range events {
 			r.apply(ctx, ev)
@@ -128,27 +165,37 @@ func (r *Replica) Run(ctx context.Context, st store.Store) error {
 		}
 		r.gap.Store(true)
 		r.cfg.Logger.Warn("store watch interrupted; reloading state")
-		for {
-			if events, stop, err = r.sync(ctx, st); err == nil {
-				if err = r.cfg.ReloadKeys(ctx); err == nil {
-					break
-				}
-				stop()
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			r.cfg.Logger.Error("reload after watch interruption; retrying", "err", err, "in", r.cfg.RetryEvery)
-			t := time.NewTimer(r.cfg.RetryEvery)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			case <-t.C:
-			}
+		if events, stop = r.resync(ctx, st); events == nil {
+			return nil
 		}
-		r.gap.Store(false)
-		r.cfg.Logger.Info("store watch re-established; state reloaded")
+		r.changes.Add(1)
+	}
+}
+
+// resync watches and reloads everything, keys included, retrying until it
+// succeeds; it returns a nil channel once ctx ends.
+func (r *Replica) resync(ctx context.Context, st store.Store) (<-chan store.Event, context.CancelFunc) {
+	for {
+		events, stop, err := r.sync(ctx, st)
+		if err == nil {
+			if err = r.cfg.ReloadKeys(ctx); err == nil {
+				r.gap.Store(false)
+				r.cfg.Logger.Info("store watch re-established; state reloaded")
+				return events, stop
+			}
+			stop()
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		r.cfg.Logger.Error("reload after watch interruption; retrying", "err", err, "in", r.cfg.RetryEvery)
+		t := time.NewTimer(r.cfg.RetryEvery)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, nil
+		case <-t.C:
+		}
 	}
 }
 
@@ -215,6 +262,7 @@ func (r *Replica) apply(ctx context.Context, ev store.Event) {
 			r.PutToken(ev.Token)
 		}
 	case store.EventKey:
+		r.changes.Add(1)
 		if err := r.cfg.ReloadKeys(ctx); err != nil {
 			r.cfg.Logger.Error("reload signing keys", "err", err)
 		}
@@ -268,6 +316,7 @@ func (r *Replica) Enforce(rule policy.Revocation) {
 
 func (r *Replica) add(rule policy.Revocation) {
 	r.set.Add(rule)
+	r.changes.Add(1)
 	if wait := rule.EffectiveAt.Sub(r.cfg.Now()); wait > 0 {
 		r.wakeAt(rule.EffectiveAt, wait)
 	}

@@ -222,3 +222,46 @@ func drain(r *Replica) {
 	default:
 	}
 }
+
+// unreachableStore fails every read until up is set: a store down at start.
+type unreachableStore struct {
+	store.Store
+	up atomic.Bool
+}
+
+func (s *unreachableStore) Watch(ctx context.Context) (<-chan store.Event, error) {
+	if !s.up.Load() {
+		return nil, store.ErrUnavailable
+	}
+	return s.Store.Watch(ctx)
+}
+
+// A replica restored from a snapshot enforces the snapshot's rules while the
+// store cannot be read, reports the gap, and loads the store once it
+// answers, rules written meanwhile included. Without a restore, a store
+// down at start is an error (nothing to enforce from).
+func TestRestoredReplicaWaitsForTheStore(t *testing.T) {
+	now := time.Now()
+	st := &unreachableStore{Store: openStore(t)}
+	r := New(Config{Logger: quiet(), RetryEvery: time.Millisecond})
+	r.Restore([]policy.Revocation{tokenRule("old", now)})
+	run(t, r, st)
+	old, fresh := &policy.Token{Claims: policy.Claims{ID: "old"}}, &policy.Token{Claims: policy.Claims{ID: "new"}}
+	if !r.Revocations().Revoked(old, now) {
+		t.Error("the snapshot's rule is not enforced")
+	}
+	if r.Gap() == nil {
+		t.Error("a restored replica reports no gap while the store is down")
+	}
+	if err := st.Store.PutRevocation(context.Background(), tokenRule("new", now)); err != nil {
+		t.Fatal(err)
+	}
+	st.up.Store(true)
+	waitFor(t, "the store's rule to be enforced", func() bool { return r.Revocations().Revoked(fresh, time.Now()) })
+	waitFor(t, "the gap to close", func() bool { return r.Gap() == nil })
+
+	down := &unreachableStore{Store: openStore(t)}
+	if err := New(Config{Logger: quiet()}).Run(t.Context(), down); err == nil {
+		t.Error("an unrestored replica ran with the store down at start")
+	}
+}

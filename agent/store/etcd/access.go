@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 )
 
@@ -89,6 +90,7 @@ func readPEM(path string) ([]byte, error) {
 // would surface as "no answer".
 func checkTLS(ctx context.Context, endpoints []string, cfg *tls.Config, timeout time.Duration) error {
 	var errs []error
+	undialled := 0
 	for _, ep := range endpoints {
 		host := ep
 		if u, err := url.Parse(ep); err == nil && u.Host != "" {
@@ -114,10 +116,21 @@ func checkTLS(ctx context.Context, endpoints []string, cfg *tls.Config, timeout 
 			}
 			err = rerr
 		}
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			undialled++
+		}
 		errs = append(errs, fmt.Errorf("%s: %w", ep, err))
+	}
+	if undialled == len(endpoints) {
+		return fmt.Errorf("%w: %w", errNoDial, errors.Join(errs...))
 	}
 	return fmt.Errorf("%w: %w", ErrTLS, errors.Join(errs...))
 }
+
+// errNoDial is checkTLS's answer when no endpoint could be dialled: the
+// cluster is unreachable, which says nothing of TLS.
+var errNoDial = errors.New("no endpoint answers")
 
 // requestDeadline gives each unary request without an earlier deadline one
 // of d, so a cluster that accepts connections but does not answer (lost
@@ -140,4 +153,72 @@ func isAuthError(err error) bool {
 		}
 	}
 	return false
+}
+
+// boundedKV bounds every key-value call without a deadline to d as a
+// whole, retries included: the client retries a failed attempt up to a
+// hundred times, so a bound on each attempt alone lets a call to an
+// unreachable cluster hang for minutes. A caller's deadline is kept.
+type boundedKV struct {
+	clientv3.KV
+	d time.Duration
+}
+
+func (k boundedKV) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, k.d)
+}
+
+func (k boundedKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
+	return k.KV.Get(ctx, key, opts...)
+}
+
+func (k boundedKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
+	return k.KV.Put(ctx, key, val, opts...)
+}
+
+func (k boundedKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
+	return k.KV.Delete(ctx, key, opts...)
+}
+
+func (k boundedKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
+	return k.KV.Do(ctx, op)
+}
+
+func (k boundedKV) Txn(ctx context.Context) clientv3.Txn {
+	ctx, cancel := k.bound(ctx)
+	return boundedTxn{Txn: k.KV.Txn(ctx), cancel: cancel}
+}
+
+// boundedTxn releases its bound when committed.
+type boundedTxn struct {
+	clientv3.Txn
+	cancel context.CancelFunc
+}
+
+func (t boundedTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
+	return boundedTxn{Txn: t.Txn.If(cs...), cancel: t.cancel}
+}
+
+func (t boundedTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	return boundedTxn{Txn: t.Txn.Then(ops...), cancel: t.cancel}
+}
+
+func (t boundedTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+	return boundedTxn{Txn: t.Txn.Else(ops...), cancel: t.cancel}
+}
+
+func (t boundedTxn) Commit() (*clientv3.TxnResponse, error) {
+	defer t.cancel()
+	return t.Txn.Commit()
 }

@@ -92,9 +92,10 @@ type Config struct {
 	// DialTimeout bounds Open's first round trip to the cluster, which
 	// proves an endpoint answers (default DefaultDialTimeout).
 	DialTimeout time.Duration
-	// RequestTimeout bounds each request to the cluster (each attempt of
-	// it) whose context has no earlier deadline (default
-	// DefaultRequestTimeout). Watches are not requests: they stay open.
+	// RequestTimeout bounds each request to the cluster whose context has
+	// no deadline, retries included, and each attempt of every request
+	// (default DefaultRequestTimeout). Watches are not requests: they stay
+	// open.
 	RequestTimeout time.Duration
 	// Username and Password authenticate to a cluster with auth enabled.
 	Username string
@@ -108,6 +109,12 @@ type Config struct {
 	// a watcher may fall behind before it is dropped. Zero means the
 	// default.
 	WatchBuffer int
+	// AllowUnreachable lets Open return a store whose cluster did not
+	// answer within DialTimeout (an agent that has a local snapshot to
+	// serve from): the etcd watch starts once an endpoint answers, and
+	// Unreached says why it had not. Refused credentials or TLS still fail
+	// Open.
+	AllowUnreachable bool
 }
 
 // Store is a store.Store kept in etcd. It is safe for concurrent use.
@@ -133,6 +140,9 @@ type Store struct {
 	// progress are the Progress calls waiting for it to move.
 	dispatched int64
 	progress   []*progressWaiter
+	// unreached is why Open returned without an answer from the cluster
+	// (Config.AllowUnreachable); nil when it had one.
+	unreached error
 }
 
 var _ store.Store = (*Store)(nil)
@@ -145,13 +155,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, errors.New("open etcd store: no endpoints: give at least one etcd client URL")
 	}
 	endpoints := strings.Join(cfg.Endpoints, ",")
-	prefix := cfg.Prefix
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
-	if !strings.HasSuffix(prefix, "/") {
-		prefix += "/"
-	}
+	prefix := NormalPrefix(cfg.Prefix)
 	dialTimeout := cfg.DialTimeout
 	if dialTimeout == 0 {
 		dialTimeout = DefaultDialTimeout
@@ -177,7 +181,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	if cfg.TLS != nil {
-		if err := checkTLS(ctx, cfg.Endpoints, cfg.TLS, dialTimeout); err != nil {
+		// An endpoint that cannot be dialled says nothing of TLS: with
+		// AllowUnreachable, the client checks it when it connects.
+		if err := checkTLS(ctx, cfg.Endpoints, cfg.TLS, dialTimeout); err != nil && !(cfg.AllowUnreachable && errors.Is(err, errNoDial)) {
 			return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)
 		}
 	}
@@ -217,6 +223,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("open etcd store at %s: %w", endpoints, err)
 	}
 
+	cli.KV = boundedKV{KV: cli.KV, d: requestTimeout}
+
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &Store{
 		cli:         cli,
@@ -234,6 +242,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	octx, ocancel := context.WithTimeout(ctx, dialTimeout)
 	wch, from, err := s.startSession(octx, 0)
 	ocancel()
+	if err != nil && cfg.AllowUnreachable && ctx.Err() == nil && !isAuthError(err) {
+		s.unreached = fmt.Errorf("open etcd store at %s: no answer within %v: %w", endpoints, dialTimeout, err)
+		go s.run(nil, 0)
+		return s, nil
+	}
 	if err != nil {
 		cancel()
 		cli.Close()
@@ -255,6 +268,24 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	return s, nil
 }
+
+// NormalPrefix is the key prefix a Config.Prefix stands for: DefaultPrefix
+// when empty, with a trailing "/".
+func NormalPrefix(prefix string) string {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return prefix
+}
+
+// Unreached says why Open returned without an answer from the cluster
+// (Config.AllowUnreachable), or nil when it had one. It does not change
+// once Open has returned: the etcd watch starts in the background when an
+// endpoint answers.
+func (s *Store) Unreached() error { return s.unreached }
 
 // Close ends every watch (closing the channels), stops the etcd watch and
 // closes the connection. Calls after Close return store.ErrClosed; a second

@@ -249,20 +249,23 @@ func (s *Store) endSession(why error) {
 // run feeds watchers from the etcd watch and starts a new one whenever it
 // ends, until Close. A new watch resumes where the last one stopped, so a
 // Watch called between the two misses nothing; after a compaction, which
-// took that history away, it starts at the current revision.
+// took that history away, it starts at the current revision. A nil wch
+// (Open did not reach the cluster) starts the first one.
 func (s *Store) run(wch clientv3.WatchChan, from int64) {
 	defer close(s.done)
 	delay := minRestartDelay
 	for {
-		started := time.Now()
-		last, err := s.consume(wch, from)
-		s.endSession(err)
-		from = last + 1
-		if errors.Is(err, rpctypes.ErrCompacted) {
-			from = 0
-		}
-		if time.Since(started) > stableSession {
-			delay = minRestartDelay
+		if wch != nil {
+			started := time.Now()
+			last, err := s.consume(wch, from)
+			s.endSession(err)
+			from = last + 1
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				from = 0
+			}
+			if time.Since(started) > stableSession {
+				delay = minRestartDelay
+			}
 		}
 		for {
 			select {
@@ -272,6 +275,7 @@ func (s *Store) run(wch clientv3.WatchChan, from int64) {
 			}
 			delay = min(2*delay, maxRestartDelay)
 			ctx, cancel := context.WithTimeout(s.ctx, s.dialTimeout)
+			var err error
 			wch, from, err = s.startSession(ctx, from)
 			cancel()
 			if err == nil {
