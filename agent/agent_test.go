@@ -70,7 +70,7 @@ func TestAdminAuthentication(t *testing.T) {
 	if status != http.StatusCreated {
 		t.Fatalf("issue admin: %d %v", status, out)
 	}
-	revokedAdmin, revokedID := out["token"].(string), out["record"].(map[string]any)["id"].(string)
+	revokedAdmin, revokedID := out["token"].(string), out["id"].(string)
 	if status, out := call(t, "POST", base+"/v1/tokens/"+revokedID+"/revoke", admin, `{"reason":"test"}`); status != http.StatusCreated {
 		t.Fatalf("revoke: %d %v", status, out)
 	}
@@ -145,7 +145,7 @@ func TestRestartKeepsState(t *testing.T) {
 		live = out["token"].(string)
 		_, out = call(t, "POST", base+"/v1/tokens", admin, `{"subject":"b","class":"service"}`)
 		revoked = out["token"].(string)
-		id := out["record"].(map[string]any)["id"].(string)
+		id := out["id"].(string)
 		if status, _ := call(t, "POST", base+"/v1/tokens/"+id+"/revoke", admin, `{"reason":"test"}`); status != 201 {
 			t.Fatal("revoke failed")
 		}

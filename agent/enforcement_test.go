@@ -20,7 +20,7 @@ func issue(t *testing.T, r runningAgent, body string) (token, id string) {
 	if status != http.StatusCreated {
 		t.Fatalf("issue: %d %v", status, out)
 	}
-	return out["token"].(string), out["record"].(map[string]any)["id"].(string)
+	return out["token"].(string), out["id"].(string)
 }
 
 // check asks the agent's ext_authz HTTP mode, as Envoy's HTTP filter does,

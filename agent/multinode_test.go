@@ -101,7 +101,7 @@ func TestKeyRotationPublishedAheadOnEveryNode(t *testing.T) {
 		if status != http.StatusCreated {
 			t.Fatalf("issue: %d %v", status, out)
 		}
-		return out["token"].(string), out["record"].(map[string]any)["kid"].(string)
+		return out["token"].(string), out["kid"].(string)
 	}
 	allowedBy := func(r runningAgent, token string) {
 		t.Helper()

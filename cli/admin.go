@@ -69,24 +69,9 @@ go to stderr.`,
 			if ttl > 0 {
 				req.TTL = ttl.String()
 			}
-			// The answer carries the record either beside the token or
-			// under "record".
-			var resp struct {
-				Token     string    `json:"token"`
-				ID        string    `json:"id"`
-				Scopes    []string  `json:"scopes"`
-				ExpiresAt time.Time `json:"expires_at"`
-				Record    *struct {
-					ID        string    `json:"id"`
-					Scopes    []string  `json:"scopes"`
-					ExpiresAt time.Time `json:"expires_at"`
-				} `json:"record"`
-			}
+			var resp admin.IssueResponse
 			if err := c.do(cmd.Context(), "POST", "/v1/admin/tokens", req, &resp); err != nil {
 				return err
-			}
-			if r := resp.Record; r != nil {
-				resp.ID, resp.Scopes, resp.ExpiresAt = r.ID, r.Scopes, r.ExpiresAt
 			}
 			if out != "" {
 				if err := atomicfile.Create(out, []byte(resp.Token+"\n")); err != nil {

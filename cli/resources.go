@@ -46,10 +46,9 @@ var tokenOut = resource[admin.TokenView]{
 }
 
 // issued is a new token as `token issue -o json|yaml` prints it: the API's
-// answer without its deprecated nested record.
+// answer.
 var issuedOut = resource[admin.IssueResponse]{
 	zoned: func(o *outputFlags, t admin.IssueResponse) admin.IssueResponse {
-		t.Record = nil
 		t.TokenView = tokenOut.zoned(o, t.TokenView)
 		return t
 	},

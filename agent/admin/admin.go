@@ -346,14 +346,11 @@ func (a *API) issue(w http.ResponseWriter, r *http.Request, c caller) error {
 type IssueResponse struct {
 	Token string `json:"token"`
 	TokenView
-	// Record repeats TokenView for clients of the earlier answer, which
-	// nested the record; deprecated, to be removed.
-	Record *TokenView `json:"record,omitempty"`
 }
 
 func (a *API) issued(out issuer.Issued) IssueResponse {
 	v := a.view(out.Record, a.cfg.Now())
-	return IssueResponse{Token: out.Token, TokenView: v, Record: &v}
+	return IssueResponse{Token: out.Token, TokenView: v}
 }
 
 // Token states: the one lifecycle field of a token as the API shows it.

@@ -207,7 +207,7 @@ func adminCall(t *testing.T, method, url, token, body string, want int) map[stri
 // issue issues a service token through a and returns it and its id.
 func (a *meshAgent) issue(t *testing.T, admin string) (token, id string) {
 	out := adminCall(t, "POST", a.admin()+"/v1/tokens", admin, `{"subject":"svc","class":"service","scopes":["orders:read"]}`, http.StatusCreated)
-	return out["token"].(string), out["record"].(map[string]any)["id"].(string)
+	return out["token"].(string), out["id"].(string)
 }
 
 var checkClient = &http.Client{Timeout: 5 * time.Second}

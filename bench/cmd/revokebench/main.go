@@ -230,16 +230,14 @@ func (b *bench) storeRecords(ctx context.Context, n int) error {
 
 func (b *bench) issue(n node, subject string) (token, id string, err error) {
 	var out struct {
-		Token  string `json:"token"`
-		Record struct {
-			ID string `json:"id"`
-		} `json:"record"`
+		Token string `json:"token"`
+		ID    string `json:"id"`
 	}
 	st, err := b.admin(n, "/v1/tokens", fmt.Sprintf(`{"subject":%q,"class":"service","scopes":["orders:read"]}`, subject), &out)
 	if err == nil && st != http.StatusCreated {
 		err = fmt.Errorf("issue: %d", st)
 	}
-	return out.Token, out.Record.ID, err
+	return out.Token, out.ID, err
 }
 
 func (b *bench) admin(n node, path, body string, out any) (int, error) {
