@@ -499,12 +499,11 @@ func TestEveryEndpointNeedsAuthentication(t *testing.T) {
 	}
 }
 
-// issuedView is the JSON of an issuer.Issued.
+// issuedView is the JSON of an IssueResponse (or a RotateResponse).
 type issuedView struct {
 	Token string `json:"token"`
 	tokenView
-	Record  tokenView `json:"record"` // deprecated repeat
-	Warning string    `json:"warning"`
+	Warning string `json:"warning"`
 }
 
 func TestIssue(t *testing.T) {
