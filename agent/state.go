@@ -151,8 +151,8 @@ func readPassword(path string) (string, error) {
 	if !st.Mode().IsRegular() {
 		return "", fmt.Errorf("%s is not a regular file", path)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%s has mode %v: run chmod 600 %s (in a Secret volume, defaultMode: 0400)", path, st.Mode().Perm(), path)
+	if err := store.SecretMode(st); err != nil {
+		return "", fmt.Errorf("%s %w: run chmod 600 %s (in a Secret volume, defaultMode: 0400)", path, err, path)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxPasswordBytes+1))
 	if err != nil {

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/tokenwarden/tokenwarden/agent/audit"
+	"github.com/tokenwarden/tokenwarden/agent/store"
 	"github.com/tokenwarden/tokenwarden/policy"
 )
 
@@ -121,8 +123,13 @@ func (a *API) mayMint(c caller, req IssueRequest) error {
 // caller, would carry it too.
 func (a *API) mayRotate(ctx context.Context, c caller, id string) error {
 	rec, err := a.cfg.Store.Token(ctx, id)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
 		return nil // Rotate reports it
+	case err != nil:
+		// Fail closed: a store that did not answer here might answer
+		// Rotate, which would hand the successor to an unchecked caller.
+		return err
 	}
 	return mayHold(c, rec.Scopes)
 }

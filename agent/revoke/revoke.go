@@ -189,7 +189,7 @@ func (v *Revoker) Submit(ctx context.Context, r policy.Revocation, opt Options) 
 	}
 	if v.existing(rule) {
 		rule.ID = "" // nothing was made
-		return Result{Rule: rule, Covered: 0, Existed: true, Stored: true}, nil
+		return Result{Rule: rule, Covered: 0, Existed: true, Stored: !v.pendingFor(rule)}, nil
 	}
 	if rule.Kind == policy.RevokeKey && opt.CallerKey == rule.Target && !opt.Force {
 		return Result{Rule: rule, Covered: -1}, ErrOwnKey
@@ -203,7 +203,7 @@ func (v *Revoker) Submit(ctx context.Context, r policy.Revocation, opt Options) 
 			v.cfg.Logger.Warn("revocation: counting its coverage failed; enforcing it without the check", "kind", rule.Kind, "target", rule.Target, "err", err)
 		case p.Existed:
 			rule.ID = ""
-			return Result{Rule: rule, Covered: 0, Existed: true, Stored: true}, nil
+			return Result{Rule: rule, Covered: 0, Existed: true, Stored: !v.pendingFor(rule)}, nil
 		case p.Covered == 0 && !opt.AllowEmpty:
 			return Result{Rule: rule, Covered: 0}, fmt.Errorf("%s %q: %w; check the target, or pass --allow-empty (allow_empty) to revoke it anyway", rule.Kind, rule.Target, ErrCoversNothing)
 		}
@@ -227,10 +227,10 @@ func (v *Revoker) Submit(ctx context.Context, r policy.Revocation, opt Options) 
 		// stays enforced here, from memory, and harms nothing.
 		v.done(rule.ID)
 		return Result{Rule: rule, Covered: -1}, err
-	case jerr != nil:
-		return Result{Rule: rule, Covered: -1}, fmt.Errorf("revocation %s is enforced on this node only and was not journaled (%v): %w", rule.ID, jerr, errors.Join(ErrStoreUnavailable, err))
 	}
-	v.cfg.Logger.Warn("revocation enforced on this node and journaled; the store has not taken it yet, retrying", "rule", rule.ID, "kind", rule.Kind, "target", rule.Target, "err", err)
+	// Not stored yet: Run retries it, from memory even when the journal
+	// could not take it (then a restart before the store returns loses it,
+	// and the caller is told so).
 	v.mu.Lock()
 	v.pending = append(v.pending, rule)
 	v.mu.Unlock()
@@ -238,7 +238,25 @@ func (v *Revoker) Submit(ctx context.Context, r policy.Revocation, opt Options) 
 	case v.kick <- struct{}{}:
 	default:
 	}
+	if jerr != nil {
+		return Result{Rule: rule, Covered: -1}, fmt.Errorf("revocation %s is enforced on this node and retried from memory, but was not journaled (%v): a restart before the store returns loses it: %w", rule.ID, jerr, errors.Join(ErrStoreUnavailable, err))
+	}
+	v.cfg.Logger.Warn("revocation enforced on this node and journaled; the store has not taken it yet, retrying", "rule", rule.ID, "kind", rule.Kind, "target", rule.Target, "err", err)
 	return Result{Rule: rule, Covered: -1}, nil
+}
+
+// pendingFor reports whether a rule with r's kind and target waits for the
+// store: a repeated request for it is answered as existing but not yet
+// stored.
+func (v *Revoker) pendingFor(r policy.Revocation) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, p := range v.pending {
+		if p.Kind == r.Kind && p.Target == r.Target {
+			return true
+		}
+	}
+	return false
 }
 
 // Insist revokes on the agent's own behalf, where nobody would retry or

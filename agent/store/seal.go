@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"syscall"
 
 	"github.com/tokenwarden/tokenwarden/agent/atomicfile"
 )
@@ -48,8 +49,8 @@ func LoadKEK(path string) ([]byte, error) {
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("key-encryption key %s is not a regular file", path)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("key-encryption key %s has mode %v: run chmod 600 %s", path, st.Mode().Perm(), path)
+	if err := SecretMode(st); err != nil {
+		return nil, fmt.Errorf("key-encryption key %s %w: run chmod 600 %s", path, err, path)
 	}
 	if st.Size() != KEKSize {
 		return nil, fmt.Errorf("key-encryption key %s is %d bytes, want %d", path, st.Size(), KEKSize)
@@ -207,4 +208,22 @@ func newAEAD(kek []byte) (cipher.AEAD, error) {
 		return nil, err
 	}
 	return cipher.NewGCM(block)
+}
+
+// SecretMode refuses a secret file (a KEK, a password) that others may
+// read, or that its group may write or execute. Group read is accepted
+// only for the process's own group: Kubernetes mounts a Secret volume
+// under fsGroup as 0440 owned by that group, whatever its defaultMode
+// (kubernetes#57923), and the agent runs as that group.
+func SecretMode(st os.FileInfo) error {
+	perm := st.Mode().Perm()
+	if perm&0o037 != 0 {
+		return fmt.Errorf("has mode %v (group may write, or others may read)", perm)
+	}
+	if perm&0o040 != 0 {
+		if sys, ok := st.Sys().(*syscall.Stat_t); !ok || int(sys.Gid) != os.Getegid() {
+			return fmt.Errorf("has mode %v and its group is not this process's", perm)
+		}
+	}
+	return nil
 }

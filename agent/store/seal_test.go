@@ -27,9 +27,17 @@ func TestLoadOrCreateKEK(t *testing.T) {
 			setup:   func(t *testing.T, path string) { writeFile(t, path, make([]byte, store.KEKSize), 0o644) },
 			wantErr: "chmod 600",
 		},
-		"refuses a key readable by group": {
-			setup:   func(t *testing.T, path string) { writeFile(t, path, make([]byte, store.KEKSize), 0o640) },
+		"refuses a key readable by another group": {
+			setup: func(t *testing.T, path string) {
+				writeFile(t, path, make([]byte, store.KEKSize), 0o640)
+				if err := os.Chown(path, -1, os.Getegid()+4242); err != nil {
+					t.Skipf("chown to another group needs root: %v", err)
+				}
+			},
 			wantErr: "chmod 600",
+		},
+		"loads a key readable by its own group (Secret volume under fsGroup)": {
+			setup: func(t *testing.T, path string) { writeFile(t, path, bytes.Repeat([]byte{7}, store.KEKSize), 0o440) },
 		},
 		"refuses a short key": {
 			setup:   func(t *testing.T, path string) { writeFile(t, path, make([]byte, 16), 0o600) },
@@ -65,8 +73,8 @@ func TestLoadOrCreateKEK(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if perm := fi.Mode().Perm(); perm != 0o600 {
-				t.Errorf("key file mode = %v, want 0600", perm)
+			if perm := fi.Mode().Perm(); perm != 0o600 && perm != 0o440 {
+				t.Errorf("key file mode = %v, want 0600 (or the 0440 it was given)", perm)
 			}
 			// The file is the key: loading again must give the same bytes.
 			again, err := store.LoadOrCreateKEK(path)
@@ -201,4 +209,47 @@ func randomBytes(t *testing.T, n int) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestSecretMode: a secret file others may read, or its group may write,
+// is refused; group read only for the process's own group (a Secret volume
+// mounted under fsGroup is 0440, owned by that group).
+func TestSecretMode(t *testing.T) {
+	other := os.Getegid() + 4242
+	tests := map[string]struct {
+		mode    os.FileMode
+		gid     int // -1: the process's own group
+		wantErr bool
+	}{
+		"0600":                     {0o600, -1, false},
+		"0400":                     {0o400, -1, false},
+		"0440 own group (fsGroup)": {0o440, -1, false},
+		"0440 another group":       {0o440, other, true},
+		"0460 group may write":     {0o460, -1, true},
+		"0604 others may read":     {0o604, -1, true},
+		"0644":                     {0o644, -1, true},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "secret")
+			if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if tt.gid >= 0 {
+				if err := os.Chown(path, -1, tt.gid); err != nil {
+					t.Skipf("chown to another group needs root: %v", err)
+				}
+			}
+			if err := os.Chmod(path, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			st, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := store.SecretMode(st); (err != nil) != tt.wantErr {
+				t.Errorf("SecretMode(%v) = %v, want error %v", tt.mode, err, tt.wantErr)
+			}
+		})
+	}
 }
