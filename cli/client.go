@@ -50,7 +50,7 @@ func (f *adminFlags) resolve() (target, error) {
 	if err != nil {
 		return target{}, err
 	}
-	ctx, _, err := cfg.selected(f.context)
+	ctx, ctxName, err := cfg.selected(f.context)
 	if err != nil {
 		return target{}, err
 	}
@@ -61,14 +61,32 @@ func (f *adminFlags) resolve() (target, error) {
 	} else if ctx != nil {
 		current = *ctx
 	}
+	server, serverFrom := first(f.server, named.Server, os.Getenv(envServer), current.Server, defaultServer)
+	tokenFile, tokenFrom := first(f.tokenFile, named.AdminTokenFile, os.Getenv(envAdminTokenFile), current.AdminTokenFile, defaultAdminTokenFile())
+	// A context's admin token goes only to that context's server: a
+	// leftover TOKENWARDEN_SERVER or a mistyped --server must not receive
+	// it. Positions 1 and 3 are the named and the current context.
+	if (tokenFrom == 1 || tokenFrom == 3) && serverFrom != tokenFrom {
+		return target{}, usageErrorf("the admin token file comes from context %q but the server (%s) does not: pass --admin-token-file too to send that token there, or drop --server / %s", ctxName, server, envServer)
+	}
 	t := target{
-		server:     firstOf(f.server, named.Server, os.Getenv(envServer), current.Server, defaultServer),
-		tokenFile:  firstOf(f.tokenFile, named.AdminTokenFile, os.Getenv(envAdminTokenFile), current.AdminTokenFile, defaultAdminTokenFile()),
+		server:     server,
+		tokenFile:  tokenFile,
 		caFile:     firstOf(f.serverCA, named.CAFile, os.Getenv(envServerCA), current.CAFile),
 		clientCert: firstOf(f.clientCert, os.Getenv(envClientCert)),
 		clientKey:  firstOf(f.clientKey, os.Getenv(envClientKey)),
 	}
 	return t, nil
+}
+
+// first is the first of vs that is set, and its position.
+func first(vs ...string) (string, int) {
+	for i, v := range vs {
+		if v != "" {
+			return v, i
+		}
+	}
+	return "", -1
 }
 
 // firstOf is the first of vs that is set.

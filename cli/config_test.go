@@ -54,15 +54,19 @@ func TestConfigContexts(t *testing.T) {
 	if _, errOut, code = run(t, "keys", "list"); code != 1 || !strings.Contains(errOut, "127.0.0.1:1") {
 		t.Errorf("%s=other: exit %d: %s", envContext, code, errOut)
 	}
-	// A flag beats the context.
-	if _, errOut, code = run(t, "keys", "list", "--server", r.AdminAddr); code != 0 {
-		t.Errorf("--server over the context: exit %d: %s", code, errOut)
+	// A context's admin token goes only to that context's server: another
+	// server from a flag or the environment is refused (exit 2) unless the
+	// token file is given as well.
+	if _, errOut, code = run(t, "keys", "list", "--server", "127.0.0.1:2"); code != 2 || !strings.Contains(errOut, `comes from context "other"`) {
+		t.Errorf("--server beside the context's token: exit %d: %s", code, errOut)
+	}
+	if _, errOut, code = run(t, "keys", "list", "--server", r.AdminAddr, "--admin-token-file", r.AdminTokenFile); code != 0 {
+		t.Errorf("--server and --admin-token-file over the context: exit %d: %s", code, errOut)
 	}
 	t.Setenv(envContext, "")
-	// The environment beats the current context, not a named one.
 	t.Setenv(envServer, "127.0.0.1:2")
-	if _, errOut, code = run(t, "keys", "list"); code != 1 || !strings.Contains(errOut, "127.0.0.1:2") {
-		t.Errorf("%s over the current context: exit %d: %s", envServer, code, errOut)
+	if _, errOut, code = run(t, "keys", "list"); code != 2 || !strings.Contains(errOut, `comes from context "dev"`) {
+		t.Errorf("a leftover %s beside the current context's token: exit %d: %s", envServer, code, errOut)
 	}
 	if _, errOut, code = run(t, "keys", "list", "--context", "dev"); code != 0 {
 		t.Errorf("--context dev over %s: exit %d: %s", envServer, code, errOut)

@@ -139,7 +139,7 @@ func (a *API) Serve(ctx context.Context, lis net.Listener) error {
 // endStreamsOn ends long-lived responses (the audit stream) when ctx ends.
 func endStreamsOn(ctx context.Context, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, "/stream") {
+		if r.URL.Path == "/v1/audit/stream" {
 			rctx, cancel := context.WithCancel(r.Context())
 			defer cancel()
 			stop := context.AfterFunc(ctx, cancel)
@@ -209,7 +209,7 @@ func (a *API) handle(pattern, scope string, h handlerFunc) {
 			defer func() { a.auditRequest(r, c, pattern, rec.status) }()
 		}
 		w = rec
-		if !strings.HasSuffix(r.URL.Path, "/stream") {
+		if pattern != "GET /v1/audit/stream" { // the stream has its per-write deadline
 			ctx, cancel := context.WithTimeout(r.Context(), HandlerDeadline)
 			defer cancel()
 			r = r.WithContext(ctx)

@@ -320,7 +320,7 @@ func (s *Store) fail(ctx context.Context, err error) error {
 		return store.ErrClosed
 	}
 	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
-		err = fmt.Errorf("%w: %v", cerr, err)
+		err = fmt.Errorf("%w: %w", cerr, err) // keep err's type: a refusal stays one
 	}
 	if unavailable(err) {
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
