@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tokenwarden/tokenwarden/agent/atomicfile"
 )
 
 // TLSFiles is the transport security of the agent's TCP listeners: one
@@ -224,18 +225,12 @@ func nextProtos(name string) []string {
 	return []string{"http/1.1"}
 }
 
+// readBounded reads one of the TLS files: a regular file of at most
+// maxTLSFileBytes (atomicfile.Read).
 func readBounded(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxTLSFileBytes+1))
+	b, _, err := atomicfile.Read(path, maxTLSFileBytes)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if len(b) > maxTLSFileBytes {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxTLSFileBytes)
 	}
 	return b, nil
 }

@@ -9,13 +9,14 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+
+	"github.com/tokenwarden/tokenwarden/agent/atomicfile"
 )
 
 // ErrTLS is returned by Open when no endpoint completes a TLS handshake
@@ -68,18 +69,12 @@ func ClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// readPEM reads a certificate or key file: a regular file of at most
+// maxPEMBytes (atomicfile.Read).
 func readPEM(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxPEMBytes+1))
+	b, _, err := atomicfile.Read(path, maxPEMBytes)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if len(b) > maxPEMBytes {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxPEMBytes)
 	}
 	return b, nil
 }
