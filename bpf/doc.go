@@ -5,7 +5,7 @@
 //
 // Tokens are named by HashToken (policy.WireHash), their wire identity: the
 // first 64 bits of the token's signature, decoded from the 11 characters
-// after its last '.'. The kernel never sees or stores anything else about a
+// that start 86 bytes before its end. The kernel never sees or stores anything else about a
 // token. ParseRequest is the exact Go statement of what the programs look
 // for in a packet.
 //

@@ -7,8 +7,8 @@
 // token, a space, and the start of a request target), the programs find
 // every "Authorization: Bearer <token>" header in the header block of that
 // packet and take each token's wire identity: 64 bits of its signature, the
-// base64url decoding of the first 11 characters of its last '.'-separated
-// segment (policy.WireHash). The request is counted under the identity of
+// base64url decoding of the 11 characters that start 86 bytes before its end
+// (policy.WireHash; a minted token's last 86 characters are its signature). The request is counted under the identity of
 // the first token, and dropped if the identity of any of them is in the
 // revoked set.
 //
@@ -28,12 +28,12 @@
 //      at a time with ASCII case folding. The line limit bounds the work a
 //      packet of short lines can cause.
 //      The same loop finds each token's end 8 bytes at a time (128 per
-//      iteration, one branch per 64), then its last '.' from the end: one
-//      check for the usual shape ('.' and 86 characters without one), else
-//      64 bytes back per iteration. It decodes 11 characters after that
-//      '.', looks the identity up in the revoked set, and goes on to the
-//      next line. No byte of the token is hashed: beyond the search for
-//      its end, the cost does not grow with the token.
+//      iteration, one branch per 64; the usual token ends within the
+//      iteration that found its header line), decodes the 11 characters
+//      that start 86 bytes before that end, looks the identity up in the
+//      revoked set, and goes on to the next line. No byte of the token is
+//      hashed and no '.' is searched for: beyond the search for its end,
+//      the cost does not grow with the token.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -65,16 +65,17 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define SCRATCH_LEN (SCRATCH_MASK + 1 + LOOKAHEAD)
 
 /* Every scan step finds a line (at most MAX_HEADER_LINES + 1), moves 64
- * bytes on (at most MAX_SCAN_LEN / 64 + 1 in all), leaves the OWS, SPACES
- * or TOKEN state (at most three times per line), or moves 64 bytes back in
- * a token looking for its last '.' (at most MAX_SCAN_LEN / 64 + one per
- * line in all): 2048 steps are never used up. */
+ * bytes or more on (at most MAX_SCAN_LEN / 64 + 1 in all), or leaves the
+ * OWS, SPACES or TOKEN state (at most three times per line): 2048 steps are
+ * never used up. */
 #define SCAN_STEPS 2048
 /* Bytes a token step looks at: it only looks for the token's end. The
  * window reads at most LOOKAHEAD bytes, and the first byte past the data
  * is a zero, so the first end found is never in stale scratch bytes. */
 #define TOKEN_STEP_BYTES 128
-/* A tokenwarden token's signature segment: 64 bytes in base64url. */
+/* A tokenwarden token's signature segment: 64 bytes in base64url. The
+ * identity is read this many bytes before the token's end
+ * (policy.SignatureChars). */
 #define SIG_CHARS 86
 /* Characters of the signature segment decoded into the identity: 11
  * base64url characters carry 66 bits, the first 64 are kept. */
@@ -145,21 +146,20 @@ struct drop_event {
 };
 
 struct scratch {
-	__u8 buf[SCRATCH_LEN];
 	/* Line starts seen by the scan. Kept here, not on the stack, so the
 	 * verifier does not track its value: a known counter would make it
 	 * walk the scan callback once per possible count. */
 	__u32 lines;
-	/* The current token's end and the start of its last segment: here
-	 * for the same reason. */
-	__u32 end;
-	__u32 seg;
 	/* The scan's state, position and current token start (struct scan
 	 * has the rest): unknown to the verifier, so it checks one step from
 	 * any state once instead of once per state it can reach. */
 	__u32 state;
 	__u32 pos;
 	__u32 tok;
+	/* After the counters, so that a load or store of one is a single
+	 * instruction: BPF memory offsets are 16-bit, and every counter is
+	 * within reach of the map value's start. */
+	__u8 buf[SCRATCH_LEN];
 };
 
 struct {
@@ -258,9 +258,6 @@ enum scan_state {
 	ST_OWS,    /* after "authorization:", skipping SP / HTAB */
 	ST_SPACES, /* after "bearer" and SP / HTAB, skipping SP / HTAB */
 	ST_TOKEN,  /* finding the end of the token that starts at tok */
-	ST_TOKEN_END, /* the token ended at end: what it is, where its last '.' is */
-	ST_DOT,    /* finding the token's last '.', backwards from pos */
-	ST_ID,     /* the token [tok, end) with its last segment at seg: record it */
 	ST_END,    /* end of headers or of data */
 };
 
@@ -340,16 +337,6 @@ static __always_inline __u32 first_marked_byte(__u64 m)
 	return (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
 }
 
-/* Index of the highest marked byte of m (m != 0, only bit 7 of a byte
- * set): mark every byte below it too, then count the marks. */
-static __always_inline __u32 last_marked_byte(__u64 m)
-{
-	m |= m >> 8;
-	m |= m >> 16;
-	m |= m >> 32;
-	return (((m >> 7) * BYTES_01) >> 56) - 1;
-}
-
 /* High bit of each byte of w set iff that byte ends a token: below 0x21 or
  * above 0x7e. Exact per byte: no sum carries into the next byte. */
 static __always_inline __u64 token_end_bits(__u64 w)
@@ -358,20 +345,6 @@ static __always_inline __u64 token_end_bits(__u64 w)
 	__u64 ge21 = a + BYTES(0x80 - 0x21);
 	__u64 ge7f = a + BYTES(0x01);
 	return (~ge21 | ge7f | w) & BYTES_80;
-}
-
-/* High bit of each byte of w set iff that byte is '.'. */
-static __always_inline __u64 dot_bits(__u64 w)
-{
-	return ~bytes_not(w, '.') & BYTES_80;
-}
-
-/* Nonzero iff w holds a '.' (the borrow may mark bytes above the first
- * one too: good for "any", not for "where"). */
-static __always_inline __u64 any_dot(__u64 w)
-{
-	__u64 x = w ^ BYTES('.');
-	return (x - BYTES_01) & ~x & BYTES_80;
 }
 
 /* The wire identity of a token whose last segment starts at s and whose
@@ -442,10 +415,46 @@ static __always_inline int is_bearer_sp(const __u8 *buf, __u32 pos)
 	       (c == ' ' || c == '\t');
 }
 
+/* pos, through the scratch area: the verifier reads back a value it knows
+ * nothing about, so the paths that reach one point with different known
+ * ranges for pos become one state there instead of one each. */
+static __always_inline __u32 unknown_pos(struct scan *sc, __u32 pos)
+{
+	sc->scr->pos = pos;
+	return *(volatile __u32 *)&sc->scr->pos;
+}
+
+/* Where the token that is at least at win ends: 1 with *pos moved to its
+ * first byte that is not a token byte, if that is within TOKEN_STEP_BYTES;
+ * else 0. Eight bytes at a time, one branch per 64 bytes, then which word. */
+static __always_inline int find_token_end(const __u64 *win, __u32 *pos)
+{
+#pragma unroll
+	for (int h = 0; h < TOKEN_STEP_BYTES / 64; h++) {
+		__u64 any = 0;
+#pragma unroll
+		for (int k = 0; k < 8; k++)
+			any |= token_end_bits(win[8 * h + k]);
+		if (!any)
+			continue;
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			__u64 e = token_end_bits(win[8 * h + k]);
+			if (e) {
+				*pos += 64 * h + 8 * k + first_marked_byte(e);
+				return 1;
+			}
+		}
+	}
+	return 0;
+}
+
 /* The token that started at sc->scr->tok ended before pos (the first byte that
- * is not a token byte); its last segment starts at sc->scr->seg when it is
- * TOK_FOUND. Record it, look its identity up in the revoked set, and go on
- * with the next line. */
+ * is not a token byte). Record it, look its identity up in the revoked set,
+ * and go on with the next line. The identity is decoded from the
+ * SIG_CHARS-character tail of the token, where a tokenwarden token keeps its
+ * signature segment (the whole token if it is shorter): no search for the
+ * last '.', and the same for every token length. */
 static __always_inline void token_done(struct scan *sc, __u32 pos)
 {
 	__u64 id = 0;
@@ -458,8 +467,10 @@ static __always_inline void token_done(struct scan *sc, __u32 pos)
 	else
 		res = TOK_FOUND;
 
-	if (res == TOK_FOUND)
-		id = wire_id(sc->buf, sc->scr->seg, pos);
+	if (res == TOK_FOUND) {
+		__u32 tok = sc->scr->tok;
+		id = wire_id(sc->buf, pos - tok >= SIG_CHARS ? pos - SIG_CHARS : tok, pos);
+	}
 	if (sc->first == TOK_NONE) {
 		sc->first = res;
 		sc->first_id = id;
@@ -487,10 +498,11 @@ static __always_inline void token_done(struct scan *sc, __u32 pos)
  *              expect "bearer ".
  *   ST_SPACES  skip SP/HTAB after "bearer", 64 bytes per step, then
  *              expect a token byte.
- *   ST_TOKEN   look for the token's end and its '.' bytes in the next
- *              TOKEN_STEP_BYTES bytes, 8 at a time; at the end, record the
- *              token and go back to ST_SEEK: every Authorization line is
- *              looked at.
+ *   ST_TOKEN   look for the token's end in the next TOKEN_STEP_BYTES
+ *              bytes, 8 at a time; at the end, record the token and go
+ *              back to ST_SEEK: every Authorization line is looked at.
+ *              ST_SEEK and ST_SPACES do the first such search themselves
+ *              when the loaded data reaches far enough.
  *
  * Bytes past the data are zero: never '\n', SP, HTAB or a token byte.
  */
@@ -511,103 +523,9 @@ static long scan_step(__u64 index, void *ctx)
 
 	/* A token that ran to the end of the data ends at the zero padding. */
 	if (sc->scr->state == ST_TOKEN) {
-		__u64 e;
-		int k;
-
-		/* Where the token ends, eight bytes at a time, one branch per
-		 * 64 bytes; then which word it is in. */
-#pragma unroll
-		for (int h = 0; h < TOKEN_STEP_BYTES / 64; h++) {
-			__u64 any = 0;
-#pragma unroll
-			for (k = 0; k < 8; k++)
-				any |= token_end_bits(win[8 * h + k]);
-			if (!any)
-				continue;
-#pragma unroll
-			for (k = 0; k < 8; k++) {
-				e = token_end_bits(win[8 * h + k]);
-				if (e) {
-					pos += 64 * h + 8 * k + first_marked_byte(e);
-					sc->scr->end = pos;
-					sc->scr->pos = pos;
-					sc->scr->state = ST_TOKEN_END;
-					return 0;
-				}
-			}
-		}
+		if (find_token_end(win, &pos))
+			goto token_end;
 		sc->scr->pos = pos + TOKEN_STEP_BYTES;
-		return 0;
-	}
-
-	/* Each of the following does one thing and returns, so the verifier
-	 * never walks the token search's exits into them. */
-	if (sc->scr->state == ST_ID) {
-		token_done(sc, sc->scr->end);
-		return sc->scr->state == ST_END;
-	}
-
-	if (sc->scr->state == ST_TOKEN_END) {
-		int k;
-
-		pos = sc->scr->end;
-		if (pos >= sc->n || pos - sc->scr->tok > MAX_TOKEN_LEN) {
-			token_done(sc, pos); /* incomplete or truncated: no identity */
-			return sc->scr->state == ST_END;
-		}
-		/* The usual shape: '.' and an 86-character signature with no
-		 * '.' in it end the token. */
-		if (pos - sc->scr->tok > SIG_CHARS && load8(buf, pos - SIG_CHARS - 1) == '.') {
-			__u32 s0 = pos - SIG_CHARS;
-			__u64 any = 0;
-#pragma unroll
-			for (k = 0; k < SIG_CHARS / 8; k++)
-				any |= any_dot(load64(buf, s0 + 8 * k));
-			/* The last 6 characters (86 = 10 * 8 + 6); the word may
-			 * overlap the one before, never the bytes after the end. */
-			any |= any_dot(load64(buf, pos - 8));
-			if (!any) {
-				sc->scr->seg = s0;
-				token_done(sc, pos);
-				return sc->scr->state == ST_END;
-			}
-		}
-		sc->scr->pos = pos;
-		sc->scr->state = ST_DOT;
-		return 0;
-	}
-
-	/* The last '.' of the token [tok, end): one window of up to 64 bytes
-	 * before pos per step, going back, never before tok. A token with no
-	 * '.' is its own last segment. */
-	if (sc->scr->state == ST_DOT) {
-		__u32 tok = sc->scr->tok;
-		__u32 lo = pos - tok > 64 ? pos - 64 : tok;
-		__s32 len = pos - lo; /* token bytes in the window */
-		const __u64 *bw = window(buf, lo);
-
-#pragma unroll
-		for (int k = 7; k >= 0; k--) {
-			__s32 valid = len - 8 * k;
-			__u64 d;
-
-			if (valid <= 0)
-				continue;
-			d = dot_bits(bw[k]);
-			if (valid < 8)
-				d &= (1ULL << (8 * valid)) - 1;
-			if (d) {
-				sc->scr->seg = lo + 8 * k + last_marked_byte(d) + 1;
-				sc->scr->state = ST_ID;
-				return 0;
-			}
-		}
-		if (lo > tok) {
-			sc->scr->pos = lo;
-			return 0;
-		}
-		sc->scr->seg = tok;
-		sc->scr->state = ST_ID;
 		return 0;
 	}
 
@@ -686,10 +604,21 @@ line:
 
 token:
 	sc->scr->tok = pos;
-	sc->scr->seg = pos;
+	pos = unknown_pos(sc, pos);
+	/* The usual token ends within this step's reach: finish it here. A
+	 * window past the loaded data (more to load) waits for ST_TOKEN. */
+	if (pos + LOOKAHEAD <= sc->n || sc->n >= sc->plen) {
+		if (find_token_end(window(buf, pos), &pos))
+			goto token_end;
+		pos += TOKEN_STEP_BYTES;
+	}
 	sc->scr->pos = pos;
 	sc->scr->state = ST_TOKEN;
 	return 0;
+
+token_end:
+	token_done(sc, unknown_pos(sc, pos));
+	return sc->scr->state == ST_END;
 
 next_line:
 	sc->scr->pos = pos;

@@ -42,13 +42,11 @@ type tokenmeterGlobalStats struct {
 
 type tokenmeterScratch struct {
 	_     structs.HostLayout
-	Buf   [32896]uint8
 	Lines uint32
-	End   uint32
-	Seg   uint32
 	State uint32
 	Pos   uint32
 	Tok   uint32
+	Buf   [32896]uint8
 }
 
 type tokenmeterTokenStats struct {

@@ -99,23 +99,30 @@ func NewTokenID() string {
 
 // WireHash is a token's wire identity: what the kernel side counts and
 // revokes by, the agent's per-token counters and the store's second key. It
-// is the first 64 bits of the token's signature: the base64url decoding of
-// the first 11 characters of the token's last '.'-separated segment (the
-// whole token if it has no '.'), read big-endian; characters past the end
-// of the segment, and bytes outside the base64url alphabet, count as 0.
+// is the base64url decoding of the 11 characters that start SignatureChars
+// bytes before the token's end (at its start if it is shorter), read
+// big-endian and cut to 64 bits; characters past the end, and bytes outside
+// the base64url alphabet, count as 0.
 //
-// For a token this package minted, that is the first 8 bytes of its Ed25519
-// signature (the encoding of the point R, unique per signed message), so
-// two tokens share an identity only if they carry the same signature bits:
-// a holder who alters the header or claims either keeps the signature (same
-// identity, same revocation) or produces a token Verify refuses. It is not
-// a hash of attacker-chosen bytes, so nobody can aim a crafted token at
-// another token's identity without knowing that token's signature.
+// A token this package mints ends with its 86-character Ed25519 signature
+// segment, so its identity is the first 8 bytes of that signature (the
+// encoding of the point R, unique per signed message). Two tokens share an
+// identity only if they carry the same signature bits: a holder who alters
+// the header or claims either keeps the signature (same identity, same
+// revocation) or produces a token Verify refuses. It is not a hash of
+// attacker-chosen bytes, so nobody can aim a crafted token at another
+// token's identity without knowing that token's signature.
 //
-// It costs the same for a token of any length after the last '.' is found:
-// the kernel reads 11 bytes, not the token.
+// The identity is read at a fixed distance from the end, not after the last
+// '.': the kernel finds it without searching the token for a '.', at the
+// same cost for every token length. For other JWS tokens an agent verifies
+// (RS256, ES256, EdDSA from a JWK Set) those 86 characters are signature
+// characters too.
 func WireHash(token string) uint64 {
-	seg := token[strings.LastIndexByte(token, '.')+1:]
+	seg := token
+	if len(token) >= SignatureChars {
+		seg = token[len(token)-SignatureChars:]
+	}
 	var id uint64
 	for i := 0; i < wireIDChars-1; i++ {
 		var v byte
@@ -130,6 +137,11 @@ func WireHash(token string) uint64 {
 	}
 	return id<<4 | uint64(v>>2)
 }
+
+// SignatureChars is the length of a minted token's signature segment: 64
+// Ed25519 signature bytes in unpadded base64url. WireHash reads the
+// identity from the first characters of the token's last SignatureChars.
+const SignatureChars = 86
 
 // wireIDChars is how many signature characters WireHash decodes: 66 bits,
 // of which the first 64 are kept.

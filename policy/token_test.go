@@ -485,14 +485,17 @@ func TestWireHash(t *testing.T) {
 	}{
 		"minted token: first 8 signature bytes":   {tok, binary.BigEndian.Uint64(sig)},
 		"empty":                                   {"", 0},
-		"no dot: the whole string":                {"B", 1 << 58},
-		"short segment: missing characters are 0": {"x.AB", 1 << 52},
-		"trailing dot":                            {"tw_a.b.", 0},
-		"eleventh character's top 4 bits":         {"a.b.AAAAAAAAAAE", 1},
-		"eleventh character's low 2 bits dropped": {"a.b.AAAAAAAAAAD", 0},
-		"only 11 characters count":                {"a.b.AAAAAAAAAAA_____", 0},
+		"short token: the whole string":           {"B", 1 << 58},
+		"short token: missing chars are 0":        {"AB", 1 << 52},
+		"short token: dots are not special":       {"x.AB", 49<<58 | 1<<40},
+		"eleventh character's top 4 bits":         {"AAAAAAAAAAE", 1},
+		"eleventh character's low 2 bits":         {"AAAAAAAAAAD", 0},
+		"only 11 characters count":                {"AAAAAAAAAAA_____", 0},
 		"last character values":                   {"_-__________", ^uint64(0) &^ (1 << 52)},
-		"bytes outside base64url count as 0":      {"a.~+/=\x00\xff!AAAAA", 0},
+		"bytes outside base64url count as 0":      {"~+/=\x00\xff!.AAAAA", 0},
+		"86 from the end, not after the last dot": {"tw_h.c.AAAA" + "B" + strings.Repeat("A", 85), 1 << 58},
+		"the first of the last 86":                {"x" + "B" + strings.Repeat("A", 85), 1 << 58},
+		"87 characters: the first is ignored":     {"B" + strings.Repeat("A", 86), 0},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

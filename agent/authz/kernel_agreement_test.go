@@ -62,8 +62,8 @@ func TestAllowedTokensAreSeenByTheKernel(t *testing.T) {
 // token's signature segment to have its requests counted under the victim
 // (and the victim revoked by the anomaly detector), or around its own
 // signature to dodge a revocation. Every such token is refused by ext_authz;
-// the kernel counts it under the victim only when it carries the victim's
-// signature bits, and no byte outside the signature moves the identity.
+// the kernel counts it under the victim only when it ends with the victim's
+// signature segment, and no byte before the signature moves the identity.
 func TestBorrowedSignatureIsRefused(t *testing.T) {
 	f := newFixture(t)
 	victim, _ := f.mint(t, policy.IssueRequest{Subject: "victim", Scopes: []string{"orders:read"}}, fixedNow)
@@ -82,7 +82,9 @@ func TestBorrowedSignatureIsRefused(t *testing.T) {
 		{"attacker's header and claims, victim's signature", attacker[:aDot+1] + victimSig, victim},
 		{"garbage claims, victim's signature", "tw_eyJhbGciOiJFZERTQSJ9.e30." + victimSig, victim},
 		{"victim's signature alone", victimSig, victim},
-		{"victim's signature, extra characters", victim + "AAAA", victim},
+		// The identity is read 86 characters from the end: characters
+		// appended after the signature move it off the victim's.
+		{"victim's token, characters appended", victim + "AAAA", ""},
 		{"victim's token, one signature character changed", victim[:vDot+1] + string(flipped), ""},
 		// Dodging a revocation of one's own token by changing the claims
 		// does not work either: the identity stays the attacker's.
