@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
@@ -100,7 +99,7 @@ type Server struct {
 	misconfigured   *misconfiguredLog
 
 	denials      map[policy.Reason]*denial
-	public       *authv3.CheckResponse // allowed without a token (public route)
+	public       answer // allowed without a token (public route)
 	identities   *identities
 	strip        []string // headers removed from every allowed request
 	clientCert   string   // canonical ClientCertHeader, "" when off
@@ -152,7 +151,7 @@ func New(cfg Config) (*Server, error) {
 			s.denials[r] = newDenial(r)
 		}
 	}
-	s.public = s.allowedGRPC(&policy.Decision{Allow: true}, "", nil)
+	s.public = encoded(s.allowedGRPC(&policy.Decision{Allow: true}, "", nil))
 	return s, nil
 }
 

@@ -102,6 +102,7 @@ func ServerOptions(gate *listen.CallGate) []grpc.ServerOption {
 		grpc.InitialWindowSize(streamWindowBytes),
 		grpc.InitialConnWindowSize(connWindowBytes),
 		grpc.ConnectionTimeout(connectionTimeout),
+		grpc.ForceServerCodecV2(newAnswerCodec()),
 		gate.ServerOption(),
 	}
 }
@@ -116,17 +117,27 @@ func (s *Server) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.Che
 	ev := Event{Protocol: ProtocolGRPC}
 	var token string
 	defer func() { s.stop(start, &ev, token) }()
-	return s.check(req, &ev, &token), nil
+	return s.check(req, &ev, &token).msg, nil
+}
+
+// checkEncoded is Check for the gRPC server: the same answer, with the
+// bytes of a shared answer encoded once (see answer).
+func (s *Server) checkEncoded(req *authv3.CheckRequest) answer {
+	start := time.Now()
+	ev := Event{Protocol: ProtocolGRPC}
+	var token string
+	defer func() { s.stop(start, &ev, token) }()
+	return s.check(req, &ev, &token)
 }
 
 // check answers one CheckRequest, filling ev. A panic anywhere in it is an
 // internal_error denial.
-func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp *authv3.CheckResponse) {
+func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp answer) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("authz: check panicked; denying", "panic", r)
 			ev.Decision = denyDecision(policy.ReasonInternalError)
-			resp = s.denied(policy.ReasonInternalError).grpc
+			resp = s.denied(policy.ReasonInternalError).answer
 		}
 	}()
 	attrs := req.GetAttributes()
@@ -138,12 +149,12 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 	httpReq := attrs.GetRequest().GetHttp()
 	if httpReq == nil {
 		ev.Decision = denyDecision(policy.ReasonInternalError)
-		return s.denied(policy.ReasonInternalError).grpc
+		return s.denied(policy.ReasonInternalError).answer
 	}
 	h, ok := s.readHeaders(httpReq)
 	if !ok {
 		ev.Decision = denyDecision(policy.ReasonInternalError)
-		return s.denied(policy.ReasonInternalError).grpc
+		return s.denied(policy.ReasonInternalError).answer
 	}
 	*token = policy.BearerToken(h.authorization)
 	preq := policy.Request{
@@ -167,7 +178,7 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 	}
 	ev.Decision = s.decide(preq)
 	if !ev.Decision.Allow {
-		return s.denied(ev.Decision.Reason).grpc
+		return s.denied(ev.Decision.Reason).answer
 	}
 	return s.answerGRPC(&ev.Decision, h.forged)
 }
@@ -247,7 +258,7 @@ func (s *Server) GRPC() *grpc.Server {
 	s.grpcOnce.Do(func() {
 		s.checks = listen.NewCallGate("authz-grpc", CheckLimits, s.listenerMetrics, s.log)
 		gs := grpc.NewServer(ServerOptions(s.checks)...)
-		authv3.RegisterAuthorizationServer(gs, s)
+		gs.RegisterService(&checkService, s)
 		s.healthServer = health.NewServer()
 		s.healthServer.SetServingStatus(authorizationService, healthpb.HealthCheckResponse_SERVING)
 		healthpb.RegisterHealthServer(gs, s.healthServer)

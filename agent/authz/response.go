@@ -21,7 +21,7 @@ import (
 // and shared, read-only, by every check denied for that reason.
 type denial struct {
 	status    int
-	grpc      *authv3.CheckResponse
+	answer    answer
 	challenge []string // WWW-Authenticate, as an http.Header value
 	body      []byte   // {"error": reason, "message": ...}
 }
@@ -63,14 +63,14 @@ func newDenial(r policy.Reason) *denial {
 	}
 	return &denial{
 		status: r.Status(),
-		grpc: &authv3.CheckResponse{
+		answer: encoded(&authv3.CheckResponse{
 			Status: &status.Status{Code: int32(grpcCode), Message: string(r)},
 			HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
 				Status:  &typev3.HttpStatus{Code: typev3.StatusCode(r.Status())},
 				Headers: headers,
 				Body:    string(body),
 			}},
-		},
+		}),
 		challenge: []string{r.Challenge()},
 		body:      body,
 	}
@@ -86,7 +86,7 @@ func newDenial(r policy.Reason) *denial {
 type identity struct {
 	wireHash uint64
 	scopes   []string // the decision's scopes it was built from
-	grpc     *authv3.CheckResponse
+	grpc     answer
 	http     [4][]string // subject, token id, scopes, tenant
 }
 
@@ -154,7 +154,7 @@ func (s *Server) newIdentity(dec *policy.Decision) *identity {
 	return &identity{
 		wireHash: dec.WireHash,
 		scopes:   slices.Clone(dec.Scopes),
-		grpc:     s.allowedGRPC(dec, scopes, nil),
+		grpc:     encoded(s.allowedGRPC(dec, scopes, nil)),
 		http:     [4][]string{{dec.Subject}, {dec.TokenID}, {scopes}, {dec.Tenant}},
 	}
 }
@@ -187,14 +187,14 @@ func (s *Server) allowedGRPC(dec *policy.Decision, scopes string, forged []strin
 
 // answerGRPC is the response to an allowed check: shared unless the
 // request forged x-tokenwarden- headers.
-func (s *Server) answerGRPC(dec *policy.Decision, forged []string) *authv3.CheckResponse {
+func (s *Server) answerGRPC(dec *policy.Decision, forged []string) answer {
 	switch {
 	case len(forged) > 0:
-		return s.allowedGRPC(dec, strings.Join(dec.Scopes, " "), forged)
+		return answer{msg: s.allowedGRPC(dec, strings.Join(dec.Scopes, " "), forged)}
 	case dec.TokenID == "":
 		return s.public
 	case dec.WireHash == 0:
-		return s.allowedGRPC(dec, strings.Join(dec.Scopes, " "), nil)
+		return answer{msg: s.allowedGRPC(dec, strings.Join(dec.Scopes, " "), nil)}
 	}
 	return s.identity(dec).grpc
 }
