@@ -4,14 +4,35 @@ import (
 	"context"
 	"net/http"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // NoopAuthorization answers every Check OK at once, with a response built
-// once: the floor any ext_authz server is measured against.
+// once: the floor any ext_authz server is measured against. With Identity
+// set it answers with the four identity headers tokenwarden's allowed
+// answer carries (the same sizes), so that what a client pays to handle
+// that answer can be told from what the server pays to make it.
 type NoopAuthorization struct {
 	authv3.UnimplementedAuthorizationServer
+	Identity bool
+}
+
+var noopIdentity = &authv3.CheckResponse{
+	Status: &status.Status{},
+	HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{
+		noopHeader("x-tokenwarden-subject", "svc-0001"),
+		noopHeader("x-tokenwarden-token-id", "sgdi7ksvdrsgccvokb6brgjlhy"),
+		noopHeader("x-tokenwarden-scopes", "orders:read orders:write"),
+		noopHeader("x-tokenwarden-tenant", "acme"),
+	}}},
+}
+
+func noopHeader(k, v string) *corev3.HeaderValueOption {
+	//lint:ignore SA1019 the same field tokenwarden's answer sets
+	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, Append: wrapperspb.Bool(false)}
 }
 
 var noopOK = &authv3.CheckResponse{
@@ -20,7 +41,10 @@ var noopOK = &authv3.CheckResponse{
 }
 
 // Check implements envoy.service.auth.v3.Authorization/Check.
-func (NoopAuthorization) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+func (n NoopAuthorization) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	if n.Identity {
+		return noopIdentity, nil
+	}
 	return noopOK, nil
 }
 

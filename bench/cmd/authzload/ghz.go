@@ -87,13 +87,17 @@ type ghzReport struct {
 }
 
 // run has ghz load s with c concurrent workers over one connection per
-// four workers (as drive does) for d, and reports what it measured; cpu
-// is the server's CPU time over the run.
-func (g *ghzLoad) run(s *server, c int, d time.Duration, measure bool) (*result, error) {
-	cmd := exec.Command(g.bin, "--insecure", "--protoset", g.protoset,
+// four workers (as drive does) for d, at rps checks a second if rps > 0,
+// and reports what it measured; cpu is the server's CPU time over the run.
+func (g *ghzLoad) run(s *server, c, rps int, d time.Duration, measure bool) (*result, error) {
+	args := []string{"--insecure", "--protoset", g.protoset,
 		"--call", "envoy.service.auth.v3.Authorization.Check", "-D", g.data,
-		"-c", strconv.Itoa(c), "--timeout", checkTimeout.String(), "--connections", strconv.Itoa((c+3)/4),
-		"-z", d.String(), "-O", "json", s.addr)
+		"-c", strconv.Itoa(c), "--timeout", checkTimeout.String(), "--connections", strconv.Itoa((c + 3) / 4),
+		"-z", d.String(), "-O", "json"}
+	if rps > 0 {
+		args = append(args, "--rps", strconv.Itoa(rps))
+	}
+	cmd := exec.Command(g.bin, append(args, s.addr)...)
 	cpu0, err := s.cpuTicks()
 	if err != nil {
 		return nil, err

@@ -31,7 +31,7 @@ import (
 )
 
 func main() {
-	impl := flag.String("impl", "tokenwarden", "tokenwarden or noop")
+	impl := flag.String("impl", "tokenwarden", "tokenwarden, noop, or noop-identity (the no-op answering with tokenwarden's identity headers)")
 	mode := flag.String("mode", "grpc", "grpc or http")
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	policyFile := flag.String("policy", "deploy/policy.example.yaml", "policy file")
@@ -68,9 +68,9 @@ func run(impl, mode, addr, policyFile, tokensOut string, tokens, revocations int
 	var grpcServer *grpc.Server
 	var handler http.Handler
 	switch impl {
-	case "noop":
+	case "noop", "noop-identity":
 		grpcServer = grpc.NewServer(authz.ServerOptions(nil)...)
-		authv3.RegisterAuthorizationServer(grpcServer, bench.NoopAuthorization{})
+		authv3.RegisterAuthorizationServer(grpcServer, bench.NoopAuthorization{Identity: impl == "noop-identity"})
 		handler = bench.NoopHTTP
 	case "tokenwarden":
 		s, err := newServer(policyFile, tokensOut, tokens, revocations)
@@ -79,7 +79,7 @@ func run(impl, mode, addr, policyFile, tokensOut string, tokens, revocations int
 		}
 		grpcServer, handler = s.GRPC(), s.Handler()
 	default:
-		return fmt.Errorf("-impl %q: want tokenwarden or noop", impl)
+		return fmt.Errorf("-impl %q: want tokenwarden, noop or noop-identity", impl)
 	}
 
 	lis, err := listen.Open(addr, 0)
