@@ -19,13 +19,33 @@ import (
 // about as much as the decision it carries; a shared answer is never
 // encoded again. An answer built for one check (forged headers to remove)
 // has no encoding and is encoded as usual.
+//
+// A token's cached answer keeps only its bytes (msg is nil): a thousand
+// cached tokens are then a thousand byte slices the garbage collector does
+// not look into, not some twenty thousand small protobuf objects it marks
+// on every cycle. The in-process Check decodes them (Message).
 type answer struct {
 	msg  *authv3.CheckResponse
 	wire []byte
 }
 
+// Message is the answer's CheckResponse, decoded from its bytes when only
+// those are kept.
+func (a answer) Message() *authv3.CheckResponse {
+	if a.msg != nil {
+		return a.msg
+	}
+	msg := new(authv3.CheckResponse)
+	if err := proto.Unmarshal(a.wire, msg); err != nil {
+		panic("authz: decode a check answer we encoded: " + err.Error())
+	}
+	return msg
+}
+
 // encoded returns msg with its encoding. Deterministic, so the bytes are
 // the same from run to run; msg must not change afterwards.
+//
+// Answers cached per token keep only the bytes: see bytesOnly.
 func encoded(msg *authv3.CheckResponse) answer {
 	wire, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
 	if err != nil {
@@ -33,6 +53,9 @@ func encoded(msg *authv3.CheckResponse) answer {
 	}
 	return answer{msg: msg, wire: wire}
 }
+
+// bytesOnly is a without its message.
+func (a answer) bytesOnly() answer { return answer{wire: a.wire} }
 
 // answerCodec is grpc-go's "proto" codec that also sends an answer: its
 // encoding when it has one, else its message encoded as usual. Everything

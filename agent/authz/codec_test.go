@@ -52,8 +52,8 @@ func TestCodecMatchesProto(t *testing.T) {
 			if err := std.Unmarshal(data, &back); err != nil {
 				t.Fatal(err)
 			}
-			if !proto.Equal(&back, a.msg) {
-				t.Errorf("decoded %v, want %v", &back, a.msg)
+			if !proto.Equal(&back, a.Message()) {
+				t.Errorf("decoded %v, want %v", &back, a.Message())
 			}
 		})
 	}
@@ -72,7 +72,8 @@ func TestCodecMatchesProto(t *testing.T) {
 }
 
 // TestCheckReturnsTheEncodedMessage: the in-process Check and the gRPC
-// handler give the same message.
+// handler give the same message, and a token's cached answer is kept as
+// bytes only.
 func TestCheckReturnsTheEncodedMessage(t *testing.T) {
 	f := newFixture(t)
 	s := f.server(t, Config{})
@@ -82,8 +83,12 @@ func TestCheckReturnsTheEncodedMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := s.checkEncoded(req); a.msg != resp || a.wire == nil {
-		t.Fatalf("gRPC answer %p (encoded: %v), Check answered %p", a.msg, a.wire != nil, resp)
+	a := s.checkEncoded(req)
+	if a.msg != nil || a.wire == nil {
+		t.Fatalf("a token's cached answer keeps its message (%v) or lacks its bytes (%v)", a.msg != nil, a.wire == nil)
+	}
+	if !proto.Equal(a.Message(), resp) {
+		t.Fatalf("gRPC answer %v, Check answered %v", a.Message(), resp)
 	}
 }
 
@@ -92,10 +97,11 @@ func TestCheckReturnsTheEncodedMessage(t *testing.T) {
 func BenchmarkCodecMarshal(b *testing.B) {
 	a := codecAnswers(b)["allowed"]
 	std, c := encoding.GetCodecV2("proto"), newAnswerCodec()
+	msg := a.Message()
 	b.Run("proto", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			data, err := std.Marshal(a.msg)
+			data, err := std.Marshal(msg)
 			if err != nil {
 				b.Fatal(err)
 			}

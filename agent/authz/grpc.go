@@ -117,7 +117,7 @@ func (s *Server) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.Che
 	ev := Event{Protocol: ProtocolGRPC}
 	var token string
 	defer func() { s.stop(start, &ev, token) }()
-	return s.check(req, &ev, &token).msg, nil
+	return s.check(req, &ev, &token).Message(), nil
 }
 
 // checkEncoded is Check for the gRPC server: the same answer, with the

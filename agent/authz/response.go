@@ -154,7 +154,7 @@ func (s *Server) newIdentity(dec *policy.Decision) *identity {
 	return &identity{
 		wireHash: dec.WireHash,
 		scopes:   slices.Clone(dec.Scopes),
-		grpc:     encoded(s.allowedGRPC(dec, scopes, nil)),
+		grpc:     encoded(s.allowedGRPC(dec, scopes, nil)).bytesOnly(),
 		http:     [4][]string{{dec.Subject}, {dec.TokenID}, {scopes}, {dec.Tenant}},
 	}
 }

@@ -40,7 +40,11 @@ func main() {
 	revocations := flag.Int("revocations", 100_000, "revocation rules held")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the serving time here")
 	stats := flag.Bool("stats", false, "print allocation and GC totals on exit")
+	flag.StringVar(&memProfile, "memprofile", "", "write a profile of the live heap (what the collector marks on every cycle) here once the server is ready")
 	flag.Parse()
+	if memProfile != "" {
+		runtime.MemProfileRate = 1 // every allocation from here on
+	}
 	if *stats {
 		defer printStats()
 	}
@@ -85,6 +89,9 @@ func run(impl, mode, addr, policyFile, tokensOut string, tokens, revocations int
 	lis, err := listen.Open(addr, 0)
 	if err != nil {
 		return err
+	}
+	if memProfile != "" {
+		writeHeapProfile(memProfile)
 	}
 	fmt.Printf("ready %s\n", lis.Addr())
 	switch mode {
@@ -157,6 +164,23 @@ func newServer(policyFile, tokensOut string, tokens, revocations int) (*authz.Se
 		}
 	}
 	return s, nil
+}
+
+// memProfile is the -memprofile path.
+var memProfile string
+
+// writeHeapProfile writes the live heap after a collection.
+func writeHeapProfile(path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		log.Print(err)
+		return
+	}
+	defer f.Close()
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		log.Print(err)
+	}
 }
 
 // printStats reports what the process allocated and how often it collected.
