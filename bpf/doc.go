@@ -5,8 +5,8 @@
 //
 // Tokens are named by HashToken (policy.WireHash), their wire identity: the
 // first 64 bits of the token's signature, decoded from the 11 characters
-// that start 86 bytes before its end. The kernel never sees or stores anything else about a
-// token. ParseRequest is the exact Go statement of what the programs look
+// that start 86 bytes before its end. The kernel never sees or stores
+// anything else about a token. ParseRequest is the exact Go statement of what the programs look
 // for in a packet.
 //
 // Loading needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (or root), and TCX

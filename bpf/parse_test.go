@@ -101,7 +101,7 @@ var payloadCases = func() []payloadCase {
 		{name: "starts_with_utf8", payload: req("Authorization: Bearer \u00f6abc"), isRequest: true},
 		{name: "one_byte_token", payload: req("Authorization: Bearer x"), isRequest: true, token: "x"},
 
-		// The signature segment: what follows the token's last '.'.
+		// The identity: the 11 characters that start 86 before the end.
 		{name: "jws_shape", payload: req("Authorization: Bearer " + jws(40, 80)), isRequest: true, token: jws(40, 80)},
 		{name: "trailing_dot", payload: req("Authorization: Bearer abc."), isRequest: true, token: "abc."},
 		{name: "only_dots", payload: req("Authorization: Bearer ..."), isRequest: true, token: "..."},
@@ -109,6 +109,17 @@ var payloadCases = func() []payloadCase {
 		{name: "dot_then_end_same_word", payload: req("Authorization: Bearer abcdefg.hi"), isRequest: true, token: "abcdefg.hi"},
 		{name: "dot_after_end_same_word", payload: req("Authorization: Bearer abc x.y"), isRequest: true, token: "abc"},
 		{name: "dot_in_next_line", payload: req("Authorization: Bearer abcdef", "X-A: .b"), isRequest: true, token: "abcdef"},
+		// Around the 86 characters the identity is read from, and the
+		// 128 bytes the step that finds the line searches.
+		{name: "token_85", payload: req("Authorization: Bearer " + sigChars(85)), isRequest: true, token: sigChars(85)},
+		{name: "token_86", payload: req("Authorization: Bearer " + sigChars(86)), isRequest: true, token: sigChars(86)},
+		{name: "token_87", payload: req("Authorization: Bearer " + sigChars(87)), isRequest: true, token: sigChars(87)},
+		{name: "token_127", payload: req("Authorization: Bearer " + sigChars(127)), isRequest: true, token: sigChars(127)},
+		{name: "token_128", payload: req("Authorization: Bearer " + sigChars(128)), isRequest: true, token: sigChars(128)},
+		{name: "token_129", payload: req("Authorization: Bearer " + sigChars(129)), isRequest: true, token: sigChars(129)},
+		// A token that starts within 128 bytes of the first 512 copied,
+		// with more payload to copy: its search waits for the next copy.
+		{name: "token_across_first_copy", payload: req("X-Filler: "+strings.Repeat("f", 400), "Authorization: Bearer "+jws(60, 120)), isRequest: true, token: jws(60, 120)},
 
 		// The line limit.
 		{name: "last_examined_line", payload: "GET / HTTP/1.1\r\n" + strings.Repeat("a\n", MaxHeaderLines-1) + "Authorization: Bearer " + tok + "\r\n\r\n", isRequest: true, token: tok},
@@ -185,6 +196,11 @@ var payloadCases = func() []payloadCase {
 func jws(header, claims int) string {
 	sig := fmt.Sprintf("S%04d%04d", header, claims) + strings.Repeat("Zz09-_", 13)[:77]
 	return "tw_" + strings.Repeat("h", header) + "." + strings.Repeat("c", claims) + "." + sig
+}
+
+// sigChars is n characters of the base64url alphabet, no '.'.
+func sigChars(n int) string {
+	return strings.Repeat("Ab9-_zQ", n/7+1)[:n]
 }
 
 // longPayloadCases are payloads too big for BPF_PROG_TEST_RUN: tokens up to
@@ -328,8 +344,8 @@ func btoi(b bool) int {
 	return 0
 }
 
-// BenchmarkHashToken200B is the identity of a 200-byte token in Go: find
-// the last '.', decode 11 characters.
+// BenchmarkHashToken200B is the identity of a 200-byte token in Go: decode
+// the 11 characters that start 86 before its end.
 func BenchmarkHashToken200B(b *testing.B) {
 	token := jws(40, 69)
 	if len(token) != 200 {

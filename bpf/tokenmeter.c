@@ -8,7 +8,8 @@
 // every "Authorization: Bearer <token>" header in the header block of that
 // packet and take each token's wire identity: 64 bits of its signature, the
 // base64url decoding of the 11 characters that start 86 bytes before its end
-// (policy.WireHash; a minted token's last 86 characters are its signature). The request is counted under the identity of
+// (policy.WireHash; a minted token's last 86 characters are its
+// signature). The request is counted under the identity of
 // the first token, and dropped if the identity of any of them is in the
 // revoked set.
 //
@@ -28,8 +29,10 @@
 //      at a time with ASCII case folding. The line limit bounds the work a
 //      packet of short lines can cause.
 //      The same loop finds each token's end 8 bytes at a time (128 per
-//      iteration, one branch per 64; the usual token ends within the
-//      iteration that found its header line), decodes the 11 characters
+//      iteration, one branch per 64; the first 128 in the iteration that
+//      found its header line, so a token under 128 bytes takes no
+//      iteration of its own and a minted one, 250 bytes or more, one or
+//      two), decodes the 11 characters
 //      that start 86 bytes before that end, looks the identity up in the
 //      revoked set, and goes on to the next line. No byte of the token is
 //      hashed and no '.' is searched for: beyond the search for its end,
@@ -73,6 +76,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
  * window reads at most LOOKAHEAD bytes, and the first byte past the data
  * is a zero, so the first end found is never in stale scratch bytes. */
 #define TOKEN_STEP_BYTES 128
+_Static_assert(TOKEN_STEP_BYTES <= LOOKAHEAD, "a token step reads TOKEN_STEP_BYTES from one window");
 /* A tokenwarden token's signature segment: 64 bytes in base64url. The
  * identity is read this many bytes before the token's end
  * (policy.SignatureChars). */
@@ -301,8 +305,9 @@ static __always_inline __u64 load64(const __u8 *buf, __u32 off)
 	return *(const __u64 *)(buf + (off & SCRATCH_MASK));
 }
 
-/* The 64 bytes from off, read as eight words at constant offsets from one
- * masked pointer (SCRATCH_LEN leaves 64 bytes after the mask's range). */
+/* The LOOKAHEAD bytes from off, read as words at constant offsets from one
+ * masked pointer (SCRATCH_LEN leaves LOOKAHEAD bytes after the mask's
+ * range). */
 static __always_inline const __u64 *window(const __u8 *buf, __u32 off)
 {
 	return (const __u64 *)(buf + (off & SCRATCH_MASK));
@@ -358,11 +363,11 @@ static __always_inline __u64 token_end_any(__u64 w)
 	return (w - BYTES(0x21)) | (w + BYTES(0x01)) | w;
 }
 
-/* The wire identity of a token whose last segment starts at s and whose
- * end is at end: the first 64 bits of the base64url decoding of the
- * segment's first ID_CHARS characters, big-endian, characters past the end
- * counting as 0. For a tokenwarden token, the first 8 bytes of its Ed25519
- * signature. */
+/* The wire identity of a token that ends at end, read from s (SIG_CHARS
+ * before the end, or the token's start if it is shorter): the first 64 bits
+ * of the base64url decoding of the ID_CHARS characters from s, big-endian,
+ * characters past the end counting as 0. For a tokenwarden token, the
+ * first 8 bytes of its Ed25519 signature. */
 static __always_inline __u64 wire_id(const __u8 *buf, __u32 s, __u32 end)
 {
 	__u32 len = end - s;
@@ -616,8 +621,9 @@ line:
 token:
 	sc->scr->tok = pos;
 	pos = unknown_pos(sc, pos);
-	/* The usual token ends within this step's reach: finish it here. A
-	 * window past the loaded data (more to load) waits for ST_TOKEN. */
+	/* Search the token's first TOKEN_STEP_BYTES in this step: a token
+	 * under that ends here. A window past the loaded data (more to load)
+	 * waits for ST_TOKEN, which loads first. */
 	if (pos + LOOKAHEAD <= sc->n || sc->n >= sc->plen) {
 		if (find_token_end(window(buf, pos), &pos))
 			goto token_end;

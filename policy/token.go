@@ -115,9 +115,9 @@ func NewTokenID() string {
 //
 // The identity is read at a fixed distance from the end, not after the last
 // '.': the kernel finds it without searching the token for a '.', at the
-// same cost for every token length. For other JWS tokens an agent verifies
-// (RS256, ES256, EdDSA from a JWK Set) those 86 characters are signature
-// characters too.
+// same cost for every token length. Every token an agent accepts is one
+// minted here (EdDSA, the tw_ prefix); for any other string the identity is
+// just 64 bits of its tail, which ext_authz refuses anyway.
 func WireHash(token string) uint64 {
 	seg := token
 	if len(token) >= SignatureChars {

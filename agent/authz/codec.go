@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -24,14 +25,22 @@ import (
 // cached tokens are then a thousand byte slices the garbage collector does
 // not look into, not some twenty thousand small protobuf objects it marks
 // on every cycle. The in-process Check decodes them (Message).
+//
+// Shared answers are handed to grpc-go by pointer, with the BufferSlice the
+// codec returns built once too: sending one allocates nothing.
 type answer struct {
 	msg  *authv3.CheckResponse
 	wire []byte
+	bufs mem.BufferSlice // wire as grpc-go's codec returns it; read-only
 }
+
+// empty reports whether a has nothing to send: an empty CheckResponse has
+// status 0, OK, so it must never go out.
+func (a *answer) empty() bool { return a == nil || (a.msg == nil && len(a.wire) == 0) }
 
 // Message is the answer's CheckResponse, decoded from its bytes when only
 // those are kept.
-func (a answer) Message() *authv3.CheckResponse {
+func (a *answer) Message() *authv3.CheckResponse {
 	if a.msg != nil {
 		return a.msg
 	}
@@ -51,11 +60,11 @@ func encoded(msg *authv3.CheckResponse) answer {
 	if err != nil {
 		panic("authz: encode a check answer: " + err.Error()) // a well-formed message cannot fail
 	}
-	return answer{msg: msg, wire: wire}
+	return answer{msg: msg, wire: wire, bufs: mem.BufferSlice{mem.SliceBuffer(wire)}}
 }
 
 // bytesOnly is a without its message.
-func (a answer) bytesOnly() answer { return answer{wire: a.wire} }
+func (a answer) bytesOnly() answer { return answer{wire: a.wire, bufs: a.bufs} }
 
 // answerCodec is grpc-go's "proto" codec that also sends an answer: its
 // encoding when it has one, else its message encoded as usual. Everything
@@ -67,12 +76,18 @@ func newAnswerCodec() answerCodec { return answerCodec{proto: encoding.GetCodecV
 func (answerCodec) Name() string { return "proto" }
 
 func (c answerCodec) Marshal(v any) (mem.BufferSlice, error) {
-	a, ok := v.(answer)
+	a, ok := v.(*answer)
 	switch {
 	case !ok:
 		return c.proto.Marshal(v)
+	case a.empty():
+		// checkEncoded answers a denial instead, so this is unreachable.
+		return nil, errEmptyAnswer
+	case a.bufs != nil:
+		// Shared and read-only: a SliceBuffer's Ref and Free do nothing,
+		// so grpc-go never returns it to a pool, and it only reads it.
+		return a.bufs, nil
 	case a.wire != nil:
-		// Shared and read-only: a SliceBuffer is never returned to a pool.
 		return mem.BufferSlice{mem.SliceBuffer(a.wire)}, nil
 	}
 	return c.proto.Marshal(a.msg)
@@ -80,13 +95,25 @@ func (c answerCodec) Marshal(v any) (mem.BufferSlice, error) {
 
 func (c answerCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
 
+// errEmptyAnswer is answerCodec's refusal to send an answer with neither a
+// message nor bytes.
+var errEmptyAnswer = errors.New("authz: an empty check answer would read as OK; refusing to send it")
+
+// encodedChecker is what checkService's handler calls: Server.checkEncoded.
+// grpc.Server.RegisterService refuses a server that does not implement it.
+type encodedChecker interface {
+	checkEncoded(*authv3.CheckRequest) *answer
+}
+
 // checkService is envoy.service.auth.v3.Authorization with a Check
 // handler that answers with an answer (encoded by answerCodec) instead of
 // the bare message: the service name, method and wire format are those of
-// authv3.Authorization_ServiceDesc.
+// authv3.Authorization_ServiceDesc. An interceptor, were one configured,
+// would see the request as a *authv3.CheckRequest and the reply as an
+// answer.
 var checkService = grpc.ServiceDesc{
 	ServiceName: authv3.Authorization_ServiceDesc.ServiceName,
-	HandlerType: (*authv3.AuthorizationServer)(nil),
+	HandlerType: (*encodedChecker)(nil),
 	Methods: []grpc.MethodDesc{{
 		MethodName: "Check",
 		Handler:    checkHandler,
@@ -99,13 +126,16 @@ func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor
 	if err := dec(in); err != nil {
 		return nil, err
 	}
-	s, ok := srv.(*Server)
-	if !ok {
-		return nil, fmt.Errorf("authz: Check registered on %T", srv)
-	}
+	s := srv.(encodedChecker) // RegisterService checked it
 	if interceptor == nil {
 		return s.checkEncoded(in), nil
 	}
 	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: authv3.Authorization_Check_FullMethodName}
-	return interceptor(ctx, in, info, func(context.Context, any) (any, error) { return s.checkEncoded(in), nil })
+	return interceptor(ctx, in, info, func(_ context.Context, req any) (any, error) {
+		r, ok := req.(*authv3.CheckRequest)
+		if !ok {
+			return nil, fmt.Errorf("authz: an interceptor passed %T to Check", req)
+		}
+		return s.checkEncoded(r), nil
+	})
 }

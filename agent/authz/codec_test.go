@@ -13,11 +13,11 @@ import (
 // codecAnswers are the answers a check gives: allowed with identity
 // headers (shared), allowed with forged headers to remove (built for that
 // check), denied (shared).
-func codecAnswers(tb testing.TB) map[string]answer {
+func codecAnswers(tb testing.TB) map[string]*answer {
 	f := newFixture(tb)
 	s := f.server(tb, Config{})
 	tok, _ := f.mint(tb, policy.IssueRequest{Subject: "svc", Tenant: "acme", Scopes: []string{"orders:read", "orders:write"}}, fixedNow)
-	out := map[string]answer{}
+	out := map[string]*answer{}
 	for name, req := range map[string]*authv3.CheckRequest{
 		"allowed": checkRequest("GET", "orders", "/orders/1", map[string]string{"authorization": "Bearer " + tok}),
 		"forged":  checkRequest("GET", "orders", "/orders/1", map[string]string{"authorization": "Bearer " + tok, "x-tokenwarden-subject": "root"}),

@@ -122,22 +122,29 @@ func (s *Server) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.Che
 
 // checkEncoded is Check for the gRPC server: the same answer, with the
 // bytes of a shared answer encoded once (see answer).
-func (s *Server) checkEncoded(req *authv3.CheckRequest) answer {
+func (s *Server) checkEncoded(req *authv3.CheckRequest) *answer {
 	start := time.Now()
 	ev := Event{Protocol: ProtocolGRPC}
 	var token string
 	defer func() { s.stop(start, &ev, token) }()
-	return s.check(req, &ev, &token)
+	a := s.check(req, &ev, &token)
+	if a.empty() {
+		// An empty answer would read as OK (status 0): never send one.
+		s.log.Error("authz: check produced no answer; denying")
+		ev.Decision = denyDecision(policy.ReasonInternalError)
+		return &s.denied(policy.ReasonInternalError).answer
+	}
+	return a
 }
 
 // check answers one CheckRequest, filling ev. A panic anywhere in it is an
 // internal_error denial.
-func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp answer) {
+func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp *answer) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("authz: check panicked; denying", "panic", r)
 			ev.Decision = denyDecision(policy.ReasonInternalError)
-			resp = s.denied(policy.ReasonInternalError).answer
+			resp = &s.denied(policy.ReasonInternalError).answer
 		}
 	}()
 	attrs := req.GetAttributes()
@@ -149,12 +156,12 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 	httpReq := attrs.GetRequest().GetHttp()
 	if httpReq == nil {
 		ev.Decision = denyDecision(policy.ReasonInternalError)
-		return s.denied(policy.ReasonInternalError).answer
+		return &s.denied(policy.ReasonInternalError).answer
 	}
 	h, ok := s.readHeaders(httpReq)
 	if !ok {
 		ev.Decision = denyDecision(policy.ReasonInternalError)
-		return s.denied(policy.ReasonInternalError).answer
+		return &s.denied(policy.ReasonInternalError).answer
 	}
 	*token = policy.BearerToken(h.authorization)
 	preq := policy.Request{
@@ -178,7 +185,7 @@ func (s *Server) check(req *authv3.CheckRequest, ev *Event, token *string) (resp
 	}
 	ev.Decision = s.decide(preq)
 	if !ev.Decision.Allow {
-		return s.denied(ev.Decision.Reason).answer
+		return &s.denied(ev.Decision.Reason).answer
 	}
 	return s.answerGRPC(&ev.Decision, h.forged)
 }

@@ -187,16 +187,16 @@ func (s *Server) allowedGRPC(dec *policy.Decision, scopes string, forged []strin
 
 // answerGRPC is the response to an allowed check: shared unless the
 // request forged x-tokenwarden- headers.
-func (s *Server) answerGRPC(dec *policy.Decision, forged []string) answer {
+func (s *Server) answerGRPC(dec *policy.Decision, forged []string) *answer {
 	switch {
 	case len(forged) > 0:
-		return answer{msg: s.allowedGRPC(dec, strings.Join(dec.Scopes, " "), forged)}
+		return &answer{msg: s.allowedGRPC(dec, strings.Join(dec.Scopes, " "), forged)}
 	case dec.TokenID == "":
-		return s.public
+		return &s.public
 	case dec.WireHash == 0:
-		return answer{msg: s.allowedGRPC(dec, strings.Join(dec.Scopes, " "), nil)}
+		return &answer{msg: s.allowedGRPC(dec, strings.Join(dec.Scopes, " "), nil)}
 	}
-	return s.identity(dec).grpc
+	return &s.identity(dec).grpc
 }
 
 // removals lists the headers to remove from an allowed request: forged

@@ -50,7 +50,7 @@ func main() {
 	profiles := flag.String("profile-dir", "", "have each server write a CPU profile <impl>-<mode>.prof here")
 	stats := flag.Bool("server-stats", false, "have each server print allocation and GC totals when it stops")
 	ghzBin := flag.String("ghz", "", "also drive gRPC checks with this ghz binary (rows \"grpc/ghz\"), alternating with authzload's own")
-	floor := flag.String("floor", "noop", "the floor server: noop (answers OK and nothing else) or noop-identity (answers with the four identity headers tokenwarden's allowed answer carries, to tell what the client's handling of a larger answer costs)")
+	flag.StringVar(&floorImpl, "floor", "noop", "the floor server: noop (answers OK and nothing else) or noop-identity (answers with the four identity headers tokenwarden's allowed answer carries, to tell what the client's handling of a larger answer costs)")
 	ghzRPS := flag.String("ghz-rps", "", "ghz's request rate per -concurrency entry (e.g. 1500,3000), the same for both servers; empty: as fast as ghz goes. ghz is the bottleneck on its core, and a larger answer costs it more to decode: at a fixed rate both servers see the same load")
 	jsonOut := flag.String("json", "", "also write the table's figures here as JSON (for bench/cmd/benchreport)")
 	tokenCount := flag.Int("tokens", 1000, "distinct tokens the load rotates over, all in the server's warm cache")
@@ -96,7 +96,7 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		noop, err := startServer(*serverBin, *serverCPU, *floor, mode, *policyFile, "", *profiles, *stats, world...)
+		noop, err := startServer(*serverBin, *serverCPU, floorImpl, mode, *policyFile, "", *profiles, *stats, world...)
 		if err != nil {
 			tw.stop()
 			log.Fatal(err)
@@ -175,9 +175,13 @@ func main() {
 	}
 }
 
+// floorImpl is -floor: the authzserver -impl of the no-op server.
+var floorImpl string
+
 // Figures is what -json writes: one Cell per mode (load generator) and
 // concurrency.
 type Figures struct {
+	Floor     string `json:"floor"` // authzserver -impl of the no-op server
 	Rounds    int    `json:"rounds"`
 	Duration  string `json:"duration"`
 	LoadStart string `json:"load_start"`
@@ -206,7 +210,7 @@ type Server struct {
 }
 
 func writeJSON(path string, rows []row, rounds int, duration time.Duration, loadStart string) error {
-	f := Figures{Rounds: rounds, Duration: duration.String(), LoadStart: loadStart, LoadEnd: loadAverage()}
+	f := Figures{Floor: floorImpl, Rounds: rounds, Duration: duration.String(), LoadStart: loadStart, LoadEnd: loadAverage()}
 	fig := func(r *result) Server {
 		return Server{ChecksPerSec: r.rate(), P50us: r.quantile(0.5), P99us: r.quantile(0.99), CPUus: r.cpuPerCheck()}
 	}
@@ -598,7 +602,8 @@ func ratiosOf(tw, floor *result) ratios {
 	return ratios{cpu: tw.cpuPerCheck() / floor.cpuPerCheck(), p99: tw.quantile(0.99) / floor.quantile(0.99)}
 }
 
-// medianRatios is the median of each ratio over the rounds.
+// medianRatios is the median of each ratio over the rounds (the upper of
+// the two middle ones for an even count).
 func medianRatios(rs []ratios) ratios {
 	med := func(f func(ratios) float64) float64 {
 		v := make([]float64, len(rs))
@@ -615,8 +620,8 @@ func medianRatios(rs []ratios) ratios {
 }
 
 func printTable(out io.Writer, rows []row, rounds int, duration time.Duration, loadStart string) {
-	fmt.Fprintf(out, "\n%d rounds of %s per cell, alternating tokenwarden and no-op; server and load generator on separate cores; load average %s at start, %s at end.\n\n",
-		rounds, duration, loadStart, loadAverage())
+	fmt.Fprintf(out, "\n%d rounds of %s per cell, alternating tokenwarden and no-op (-floor %s); server and load generator on separate cores; load average %s at start, %s at end.\n\n",
+		rounds, duration, floorImpl, loadStart, loadAverage())
 	fmt.Fprintln(out, "| mode | clients | server | checks/s | p50 µs | p99 µs | server CPU µs/check |")
 	fmt.Fprintln(out, "|---|---:|---|---:|---:|---:|---:|")
 	ok := true

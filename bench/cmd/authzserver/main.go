@@ -40,7 +40,7 @@ func main() {
 	revocations := flag.Int("revocations", 100_000, "revocation rules held")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the serving time here")
 	stats := flag.Bool("stats", false, "print allocation and GC totals on exit")
-	flag.StringVar(&memProfile, "memprofile", "", "write a profile of the live heap (what the collector marks on every cycle) here once the server is ready")
+	flag.StringVar(&memProfile, "memprofile", "", "write a profile of the live heap (what the collector marks on every cycle) here when the server stops, its caches full; records every allocation, so not for timing runs")
 	flag.Parse()
 	if memProfile != "" {
 		runtime.MemProfileRate = 1 // every allocation from here on
@@ -91,7 +91,13 @@ func run(impl, mode, addr, policyFile, tokensOut string, tokens, revocations int
 		return err
 	}
 	if memProfile != "" {
-		writeHeapProfile(memProfile)
+		// At the end, with the server still referenced: its per-token
+		// caches fill during the load.
+		defer func(g *grpc.Server, h http.Handler) {
+			writeHeapProfile(memProfile)
+			runtime.KeepAlive(g)
+			runtime.KeepAlive(h)
+		}(grpcServer, handler)
 	}
 	fmt.Printf("ready %s\n", lis.Addr())
 	switch mode {
