@@ -97,6 +97,8 @@ func serve(cmd *cobra.Command, cfg agent.Config, logger *slog.Logger, banner boo
 	if banner {
 		cfg.OnReady = func(r agent.Ready) { printReady(cmd.ErrOrStderr(), r) }
 	}
+	percent, fromEnv := agent.TuneCollector()
+	logger.Debug("garbage collector target", "gogc", percent, "from_env", fromEnv)
 	a, err := agent.New(ctx, cfg)
 	if err != nil {
 		return namingFlags(err)

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
+	"github.com/tokenwarden/tokenwarden/agent"
 	"github.com/tokenwarden/tokenwarden/agent/authz"
 	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
@@ -77,6 +78,8 @@ func run(impl, mode, addr, policyFile, tokensOut string, tokens, revocations int
 		authv3.RegisterAuthorizationServer(grpcServer, bench.NoopAuthorization{Identity: impl == "noop-identity"})
 		handler = bench.NoopHTTP
 	case "tokenwarden":
+		// The collector target the agent's serve sets (GOGC wins if set).
+		agent.TuneCollector()
 		s, err := newServer(policyFile, tokensOut, tokens, revocations)
 		if err != nil {
 			return err
