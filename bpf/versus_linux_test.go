@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -40,6 +41,10 @@ func BenchmarkProgramVersusBaseline(b *testing.B) {
 		{"http_token_200B", frame{}.build([]byte(goRequest("Authorization: Bearer " + benchToken)))},
 		{"http_token_400B", frame{}.build([]byte(goRequest("Authorization: Bearer " + benchTokenOf(400))))},
 		{"http_token_800B", frame{}.build([]byte(goRequest("Authorization: Bearer " + benchTokenOf(800))))},
+		// The 800-byte case's length with a 100-byte token and a 700-byte
+		// header line before it: what the token's length costs beyond the
+		// scan of as many bytes of request.
+		{"http_token_100B_pad_700B", frame{}.build([]byte(goRequest("X-Pad: "+strings.Repeat("p", 700-len("X-Pad: \r\n")), "Authorization: Bearer "+benchTokenOf(100))))},
 	}
 	const rounds = 7
 	for _, c := range cases {
