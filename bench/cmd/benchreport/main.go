@@ -302,6 +302,10 @@ func (r *report) xds() error {
 
 var meshLine = regexp.MustCompile(`mesh: revocation propagation to all (\d+) agents over (\d+) revocations: p50 (\S+) p99 (\S+) max (\S+)`)
 
+// meshSkip is the last line the mesh test logs before it skips: the
+// reason (helm or the agent binary missing outside CI).
+var meshSkip = regexp.MustCompile(`(?s).*mesh_test\.go:\d+: ([^\n]+)\n.*--- SKIP: TestMeshInABox`)
+
 func (r *report) mesh() error {
 	args := []string{"test", "-count=1", "-run", "^TestMeshInABox$", "-v", "./deploy/helm/"}
 	r.section("mesh", "go "+strings.Join(args, " "))
@@ -312,6 +316,9 @@ func (r *report) mesh() error {
 	}
 	m := meshLine.FindStringSubmatch(out.String())
 	if m == nil {
+		if skip := meshSkip.FindStringSubmatch(out.String()); skip != nil {
+			return fmt.Errorf("the test skipped: %s", skip[1])
+		}
 		return fmt.Errorf("no propagation line in the test's output")
 	}
 	fmt.Fprintf(&r.md, "A real etcd and %s agent processes configured from the chart's rendered DaemonSet; a revocation made through one agent's admin API, until every agent's HTTP ext_authz denies the token, over %s revocations.\n\n"+
