@@ -9,7 +9,9 @@ DATA_DIR  ?=
 POLICY    ?= deploy/policy.example.yaml
 ENV       ?= dev
 FUZZTIME  ?= 3s
-STATICCHECK_VERSION := 2026.2.2
+# The module version (staticcheck 2026.2.2 is v0.8.2; the proxy serves the
+# module version only).
+STATICCHECK_VERSION := v0.8.2
 STATICCHECK ?= $(or $(shell command -v staticcheck 2>/dev/null),$(HOME)/go/bin/staticcheck)
 # Interfaces for the kernel side (e.g. BPF_IFACE=veth0). Empty by default:
 # on lo it would also see the ext_authz HTTP checks, which carry the token,
