@@ -19,6 +19,7 @@ import (
 
 	"github.com/tokenwarden/tokenwarden/agent"
 	"github.com/tokenwarden/tokenwarden/agent/audit"
+	"github.com/tokenwarden/tokenwarden/agent/authz"
 	"github.com/tokenwarden/tokenwarden/agent/secretscan"
 	"github.com/tokenwarden/tokenwarden/buildinfo"
 )
@@ -97,7 +98,7 @@ func serve(cmd *cobra.Command, cfg agent.Config, logger *slog.Logger, banner boo
 	if banner {
 		cfg.OnReady = func(r agent.Ready) { printReady(cmd.ErrOrStderr(), r) }
 	}
-	percent, fromEnv := agent.TuneCollector()
+	percent, fromEnv := authz.TuneCollector()
 	logger.Debug("garbage collector target", "gogc", percent, "from_env", fromEnv)
 	a, err := agent.New(ctx, cfg)
 	if err != nil {

@@ -23,7 +23,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
-	"github.com/tokenwarden/tokenwarden/agent"
 	"github.com/tokenwarden/tokenwarden/agent/authz"
 	"github.com/tokenwarden/tokenwarden/agent/listen"
 	"github.com/tokenwarden/tokenwarden/agent/revocation"
@@ -79,7 +78,7 @@ func run(impl, mode, addr, policyFile, tokensOut string, tokens, revocations int
 		handler = bench.NoopHTTP
 	case "tokenwarden":
 		// The collector target the agent's serve sets (GOGC wins if set).
-		agent.TuneCollector()
+		authz.TuneCollector()
 		s, err := newServer(policyFile, tokensOut, tokens, revocations)
 		if err != nil {
 			return err
