@@ -52,3 +52,23 @@ func (n NoopAuthorization) Check(context.Context, *authv3.CheckRequest) (*authv3
 var NoopHTTP = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 	w.WriteHeader(http.StatusOK)
 })
+
+// NoopHTTPIdentity answers every HTTP check 200 with the four identity
+// headers tokenwarden's allowed answer carries (the same sizes, values
+// shared as tokenwarden's are): what net/http and the client pay for a
+// larger answer, told apart from what the decision costs.
+var NoopHTTPIdentity = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	h := w.Header()
+	h["X-Tokenwarden-Subject"] = noopHTTPSubject
+	h["X-Tokenwarden-Token-Id"] = noopHTTPTokenID
+	h["X-Tokenwarden-Scopes"] = noopHTTPScopes
+	h["X-Tokenwarden-Tenant"] = noopHTTPTenant
+	w.WriteHeader(http.StatusOK)
+})
+
+var (
+	noopHTTPSubject = []string{"svc-0001"}
+	noopHTTPTokenID = []string{"sgdi7ksvdrsgccvokb6brgjlhy"}
+	noopHTTPScopes  = []string{"orders:read orders:write"}
+	noopHTTPTenant  = []string{"acme"}
+)

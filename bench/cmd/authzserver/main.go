@@ -76,6 +76,9 @@ func run(impl, mode, addr, policyFile, tokensOut string, tokens, revocations int
 		grpcServer = grpc.NewServer(authz.ServerOptions(nil)...)
 		authv3.RegisterAuthorizationServer(grpcServer, bench.NoopAuthorization{Identity: impl == "noop-identity"})
 		handler = bench.NoopHTTP
+		if impl == "noop-identity" {
+			handler = bench.NoopHTTPIdentity
+		}
 	case "tokenwarden":
 		// The collector target the agent's serve sets (GOGC wins if set).
 		authz.TuneCollector()
