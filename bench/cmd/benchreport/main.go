@@ -303,7 +303,7 @@ func (r *report) xds() error {
 var meshLine = regexp.MustCompile(`mesh: revocation propagation to all (\d+) agents over (\d+) revocations: p50 (\S+) p99 (\S+) max (\S+)`)
 
 // meshSkip is the last line the mesh test logs before it skips: the
-// reason (helm or the agent binary missing outside CI).
+// reason (helm not installed, or -short).
 var meshSkip = regexp.MustCompile(`(?s).*mesh_test\.go:\d+: ([^\n]+)\n.*--- SKIP: TestMeshInABox`)
 
 func (r *report) mesh() error {
