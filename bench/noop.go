@@ -20,15 +20,26 @@ type NoopAuthorization struct {
 	Identity bool
 }
 
-var noopIdentity = &authv3.CheckResponse{
-	Status: &status.Status{},
-	HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{
-		noopHeader("x-tokenwarden-subject", "svc-0001"),
-		noopHeader("x-tokenwarden-token-id", "sgdi7ksvdrsgccvokb6brgjlhy"),
-		noopHeader("x-tokenwarden-scopes", "orders:read orders:write"),
-		noopHeader("x-tokenwarden-tenant", "acme"),
-	}}},
+// identityHeaders are the four identity headers tokenwarden's allowed
+// answer carries, with values of typical sizes: both identity no-ops send
+// them.
+var identityHeaders = [4][2]string{
+	{"x-tokenwarden-subject", "svc-0001"},
+	{"x-tokenwarden-token-id", "sgdi7ksvdrsgccvokb6brgjlhy"},
+	{"x-tokenwarden-scopes", "orders:read orders:write"},
+	{"x-tokenwarden-tenant", "acme"},
 }
+
+var noopIdentity = func() *authv3.CheckResponse {
+	var headers []*corev3.HeaderValueOption
+	for _, h := range identityHeaders {
+		headers = append(headers, noopHeader(h[0], h[1]))
+	}
+	return &authv3.CheckResponse{
+		Status:       &status.Status{},
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{Headers: headers}},
+	}
+}()
 
 func noopHeader(k, v string) *corev3.HeaderValueOption {
 	//lint:ignore SA1019 the same field tokenwarden's answer sets
@@ -54,21 +65,24 @@ var NoopHTTP = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 })
 
 // NoopHTTPIdentity answers every HTTP check 200 with the four identity
-// headers tokenwarden's allowed answer carries (the same sizes, values
-// shared as tokenwarden's are): what net/http and the client pay for a
-// larger answer, told apart from what the decision costs.
+// headers tokenwarden's allowed answer carries (values shared, as
+// tokenwarden's are): what net/http and the client pay for a larger answer,
+// told apart from what the decision costs.
 var NoopHTTPIdentity = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 	h := w.Header()
-	h["X-Tokenwarden-Subject"] = noopHTTPSubject
-	h["X-Tokenwarden-Token-Id"] = noopHTTPTokenID
-	h["X-Tokenwarden-Scopes"] = noopHTTPScopes
-	h["X-Tokenwarden-Tenant"] = noopHTTPTenant
+	for _, kv := range noopHTTPIdentity {
+		h[kv.key] = kv.value
+	}
 	w.WriteHeader(http.StatusOK)
 })
 
-var (
-	noopHTTPSubject = []string{"svc-0001"}
-	noopHTTPTokenID = []string{"sgdi7ksvdrsgccvokb6brgjlhy"}
-	noopHTTPScopes  = []string{"orders:read orders:write"}
-	noopHTTPTenant  = []string{"acme"}
-)
+// noopHTTPIdentity is identityHeaders as net/http header entries.
+var noopHTTPIdentity = func() (out [len(identityHeaders)]struct {
+	key   string
+	value []string
+}) {
+	for i, h := range identityHeaders {
+		out[i].key, out[i].value = http.CanonicalHeaderKey(h[0]), []string{h[1]}
+	}
+	return out
+}()

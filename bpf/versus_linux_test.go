@@ -26,7 +26,7 @@ var baselineObject = filepath.Join("..", "bench", "baseline", "tokenmeter-issue1
 // median ns/pkt of each and the median of the per-round ratios, so a figure
 // can be stated against the baseline the issue names.
 //
-//	go test -run '^$' -bench BenchmarkProgramVersusBaseline -benchtime 100000x ./bpf/
+//	go test -run '^$' -bench BenchmarkProgramVersusBaseline -benchtime 300000x ./bpf/
 func BenchmarkProgramVersusBaseline(b *testing.B) {
 	s := loadSentry(b, Config{EventBufferBytes: 16 << 20})
 	floor := loadFloor(b)

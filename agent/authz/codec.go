@@ -87,8 +87,6 @@ func (c answerCodec) Marshal(v any) (mem.BufferSlice, error) {
 		// Shared and read-only: a SliceBuffer's Ref and Free do nothing,
 		// so grpc-go never returns it to a pool, and it only reads it.
 		return a.bufs, nil
-	case a.wire != nil:
-		return mem.BufferSlice{mem.SliceBuffer(a.wire)}, nil
 	}
 	return c.proto.Marshal(a.msg)
 }

@@ -113,15 +113,12 @@ var _ authv3.AuthorizationServer = (*Server)(nil)
 // returns an error: every fault is a denial in the CheckResponse, so Envoy
 // denies even with failure_mode_allow set.
 func (s *Server) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	start := time.Now()
-	ev := Event{Protocol: ProtocolGRPC}
-	var token string
-	defer func() { s.stop(start, &ev, token) }()
-	return s.check(req, &ev, &token).Message(), nil
+	return s.checkEncoded(req).Message(), nil
 }
 
-// checkEncoded is Check for the gRPC server: the same answer, with the
-// bytes of a shared answer encoded once (see answer).
+// checkEncoded is what the gRPC server runs per check (checkService): the
+// answer Check gives, with the bytes of a shared answer encoded once (see
+// answer).
 func (s *Server) checkEncoded(req *authv3.CheckRequest) *answer {
 	start := time.Now()
 	ev := Event{Protocol: ProtocolGRPC}
