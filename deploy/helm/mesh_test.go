@@ -292,47 +292,10 @@ func TestMeshInABox(t *testing.T) {
 
 	// Revocations made on any agent are denied by all: measured.
 	const n = 100
-	type issued struct{ token, id string }
-	toks := make([]issued, n)
-	for i := range toks {
-		toks[i].token, toks[i].id = agents[i%3].issue(t, admins[i%3])
-	}
-	lat := make([]time.Duration, 0, n)
-	for i, tk := range toks {
-		for _, a := range agents {
-			if !a.allowed(t, tk.token) {
-				t.Fatalf("token %s refused by %s before its revocation", tk.id, a.ip)
-			}
-		}
-		by := agents[(i+1)%3]
-		adminCall(t, "POST", by.admin()+"/v1/tokens/"+tk.id+"/revoke", admins[(i+1)%3], `{"reason":"mesh test"}`, http.StatusCreated)
-		made := time.Now()
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		worst := time.Duration(0)
-		for _, a := range agents {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				deadline := made.Add(10 * time.Second)
-				for a.allowed(t, tk.token) {
-					if time.Now().After(deadline) {
-						t.Errorf("revocation of %s made on %s not enforced by %s within 10s", tk.id, by.ip, a.ip)
-						return
-					}
-				}
-				mu.Lock()
-				worst = max(worst, time.Since(made))
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
-		lat = append(lat, worst)
-	}
-	slices.Sort(lat)
+	toks, lat := propagation(t, agents, admins, n)
 	p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
 	t.Logf("revocation made on one agent, denied by all three: p50 %v, p99 %v, max %v over %d revocations", p50, p99, lat[len(lat)-1], n)
-	fmt.Printf("mesh: revocation propagation to all 3 agents over %d revocations: p50 %v p99 %v max %v\n", n, p50.Round(100*time.Microsecond), p99.Round(100*time.Microsecond), lat[len(lat)-1].Round(100*time.Microsecond))
+	printPropagation(len(agents), lat)
 	// The median is held to the 100 ms target; the tail is reported, not
 	// asserted: on a loaded 2-core CI machine a scheduling stall of the
 	// four processes lands in it (each revocation must still arrive within
@@ -398,5 +361,99 @@ func TestMeshInABox(t *testing.T) {
 		if !strings.Contains(string(b), id) {
 			t.Errorf("token %s is missing from the list after a kill", id)
 		}
+	}
+}
+
+// issued is a token issued through the mesh, and its id.
+type issued struct{ token, id string }
+
+// propagation issues n tokens round-robin through agents, checks each is
+// allowed everywhere, revokes each through the next agent, and measures
+// from the revocation's answer until every agent denies it (polling its
+// HTTP ext_authz). It returns the tokens, all revoked, and the times,
+// sorted.
+func propagation(t *testing.T, agents []*meshAgent, admins []string, n int) ([]issued, []time.Duration) {
+	t.Helper()
+	toks := make([]issued, n)
+	for i := range toks {
+		toks[i].token, toks[i].id = agents[i%len(agents)].issue(t, admins[i%len(agents)])
+	}
+	lat := make([]time.Duration, 0, n)
+	for i, tk := range toks {
+		for _, a := range agents {
+			if !a.allowed(t, tk.token) {
+				t.Fatalf("token %s refused by %s before its revocation", tk.id, a.ip)
+			}
+		}
+		j := (i + 1) % len(agents)
+		by := agents[j]
+		adminCall(t, "POST", by.admin()+"/v1/tokens/"+tk.id+"/revoke", admins[j], `{"reason":"mesh test"}`, http.StatusCreated)
+		made := time.Now()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		worst := time.Duration(0)
+		for _, a := range agents {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				deadline := made.Add(10 * time.Second)
+				for a.allowed(t, tk.token) {
+					if time.Now().After(deadline) {
+						t.Errorf("revocation of %s made on %s not enforced by %s within 10s", tk.id, by.ip, a.ip)
+						return
+					}
+				}
+				mu.Lock()
+				worst = max(worst, time.Since(made))
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		lat = append(lat, worst)
+	}
+	slices.Sort(lat)
+	return toks, lat
+}
+
+// printPropagation prints the line make bench-report reads
+// (bench/cmd/benchreport's meshLine).
+func printPropagation(agents int, lat []time.Duration) {
+	p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
+	r := func(d time.Duration) time.Duration { return d.Round(100 * time.Microsecond) }
+	fmt.Printf("mesh: revocation propagation to all %d agents over %d revocations: p50 %v p99 %v max %v\n", agents, len(lat), r(p50), r(p99), r(lat[len(lat)-1]))
+}
+
+// TestRevocationPropagationByAgents measures revoke -> denied everywhere
+// with 2, 4 and 8 agents on one real etcd, each configured from the
+// chart's DaemonSet: the same 100 ms target at every size (the median; the
+// tail on this 2-core machine is scheduling, as in TestMeshInABox).
+func TestRevocationPropagationByAgents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the agent and runs up to nine processes")
+	}
+	bin := buildAgent(t)
+	for _, size := range []int{2, 4, 8} {
+		t.Run(fmt.Sprintf("agents=%d", size), func(t *testing.T) {
+			e, endpoints, err := etcdtest.Start(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(e.Close)
+			pod, cms := podFromChart(t, endpoints[0])
+			kek := make([]byte, 32)
+			rand.Read(kek)
+			secrets := map[string]map[string][]byte{"tokenwarden-kek": {"kek": kek}}
+			agents := make([]*meshAgent, size)
+			admins := make([]string, size)
+			for i := range agents {
+				agents[i] = startMeshAgent(t, bin, fmt.Sprintf("127.0.0.%d", 10+i), pod, cms, secrets)
+				admins[i] = agents[i].adminToken(t)
+			}
+			_, lat := propagation(t, agents, admins, 50)
+			printPropagation(size, lat)
+			if p50 := lat[len(lat)/2]; p50 > 100*time.Millisecond {
+				t.Errorf("%d agents: p50 %v; a revocation must be enforced everywhere within 100 ms", size, p50)
+			}
+		})
 	}
 }
